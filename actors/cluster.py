@@ -1,0 +1,41 @@
+"""Starting or joining a Ray cluster quietly: no dashboard, no usage stats, no auth prompt, nothing in $HOME."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+             object_store_memory: int | None = 256 * 2**20, **kwargs: Any) -> None:
+    """Join ``address`` (e.g. ``ray://head:10001`` or ``auto``) or start a local cluster; no-op if already up.
+
+    Quiet settings go into this process's environment and every worker's (``runtime_env``).
+    """
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV} | _passthrough_env()}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True, **kwargs)
+        return
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, object_store_memory=object_store_memory,
+             runtime_env=env, log_to_driver=True, **kwargs)
+
+
+def _passthrough_env() -> dict[str, str]:
+    """Project settings that workers must share with the driver (cache location, Python path)."""
+    keys = ("LATENTCOMM_HOME", "PYTHONPATH", "HF_HOME")
+    return {k: os.environ[k] for k in keys if k in os.environ}

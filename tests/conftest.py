@@ -1,0 +1,46 @@
+"""Shared fixtures: the tiny random backbone (in memory and as a folder) and a quiet local Ray cluster."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from latentcomm import GenerativeEmbedder, HeadConfig
+from latentcomm.testing import save_tiny_backbone, tiny_backbone
+
+TINY_HEAD = HeadConfig(num_thought=2, num_compression=3, embed_dim=16, max_query_tokens=64, max_response_tokens=32)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep caches out of $HOME unless the run names one (the slow tests reuse a converted backbone)."""
+    os.environ.setdefault("LATENTCOMM_HOME", str(tmp_path_factory.mktemp("latentcomm_home")))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return tiny_backbone()
+
+
+@pytest.fixture()
+def tiny_model(tiny) -> GenerativeEmbedder:
+    return GenerativeEmbedder(tiny, TINY_HEAD, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny backbone saved as a Hugging Face folder (for other processes: Ray actors, DeepSpeed workers)."""
+    return save_tiny_backbone(tmp_path_factory.mktemp("tiny_backbone"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A quiet local Ray cluster shared by the whole session (2 CPUs, small object store)."""
+    ray = pytest.importorskip("ray")
+    from latentcomm.actors.cluster import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
