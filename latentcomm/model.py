@@ -89,11 +89,15 @@ class GenerativeEmbedder(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, config: HeadConfig | None = None, *, seed: int = 0) -> None:
+        """A fresh (untrained) head on ``backbone``; the same ``seed`` gives the same head in any process."""
         super().__init__()
         self.backbone = backbone
         self.config = config or HeadConfig()
         init = initial_token_embeddings(backbone.model.get_input_embeddings().weight, self.config.num_special, seed)
-        self.head = CompressionHead(self.config, backbone.hidden_size, init).to(backbone.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = CompressionHead(self.config, backbone.hidden_size, init)
+        self.head = head.to(backbone.device)
         self.padding_side = "left"
         self._template_cache: dict[str | None, tuple[list[int], list[int]]] = {}
         self._fingerprint: tuple[tuple[int, ...], str] | None = None
@@ -280,7 +284,7 @@ class GenerativeEmbedder(nn.Module):
 
     def _check_latent(self, latent: Latent, *, same_head: bool) -> None:
         if not isinstance(latent, Latent):
-            raise LatentError(f"expected a Latent, got {type(latent).__name__} (wrap arrays with Latent.from_numpy)")
+            raise TypeError(f"expected a Latent, got {type(latent).__name__} (wrap arrays with Latent.from_numpy)")
         check_vectors(latent.vectors, self.backbone.hidden_size)
         if latent.backbone_id != self.backbone.backbone_id:
             raise HeadMismatchError(f"latent comes from backbone {latent.backbone_id}, this model runs "

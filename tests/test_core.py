@@ -1,0 +1,254 @@
+"""Core model on the tiny random backbone: shapes, frozen backbone, padding, persistence, decoding, bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_HEAD
+from latentcomm import GenerativeEmbedder, HeadConfig, HeadMismatchError, Latent, LatentError
+from latentcomm.testing import tiny_backbone
+
+QUERIES = ["What is the capital of France?", "hi", "Explain transformers in simple terms, please.", ""]
+
+
+def test_shapes(tiny_model: GenerativeEmbedder) -> None:
+    latent = tiny_model.compress(QUERIES)
+    assert latent.shape == (4, TINY_HEAD.num_compression, tiny_model.backbone.hidden_size)
+    assert latent.fingerprint == tiny_model.fingerprint
+    assert latent.backbone_id == tiny_model.backbone.backbone_id
+    emb = tiny_model.encode(QUERIES)
+    assert isinstance(emb, np.ndarray) and emb.shape == (4, TINY_HEAD.embed_dim)
+    single = tiny_model.encode("hi")
+    assert single.shape == (TINY_HEAD.embed_dim,)
+    np.testing.assert_allclose(single, emb[1], atol=1e-5)
+    tensor = tiny_model.encode(QUERIES, convert_to_tensor=True, normalize_embeddings=True)
+    assert isinstance(tensor, torch.Tensor)
+    torch.testing.assert_close(tensor.norm(dim=-1), torch.ones(4))
+
+
+def test_encode_equals_embedding_of_compressed_latent(tiny_model: GenerativeEmbedder) -> None:
+    latent = tiny_model.compress(QUERIES, batch_size=3)
+    np.testing.assert_allclose(tiny_model.embed_latent(latent), tiny_model.encode(QUERIES, batch_size=2), atol=1e-5)
+
+
+def test_gradients_reach_only_the_head(tiny_model: GenerativeEmbedder) -> None:
+    out = tiny_model(QUERIES[:2], ["Paris.", "Hello there!"], torch.randn(2, TINY_HEAD.embed_dim))
+    out.loss.backward()
+    assert out.recon > 0 and out.align > 0
+    names = {name for name, _ in tiny_model.named_parameters()}
+    assert names == {"head.special.weight", "head.recon.weight", "head.recon.bias", "head.align.weight",
+                     "head.align.bias"}
+    for name, param in tiny_model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert all(p.grad is None and not p.requires_grad for p in tiny_model.backbone.model.parameters())
+    thought, compression = TINY_HEAD.num_thought, TINY_HEAD.num_compression
+    assert tiny_model.head.special.weight.grad.shape == (thought + compression, tiny_model.backbone.hidden_size)
+
+
+def test_loss_weights_select_terms(tiny_model: GenerativeEmbedder) -> None:
+    targets = torch.randn(2, TINY_HEAD.embed_dim)
+    only_align = tiny_model(QUERIES[:2], ["a", "b"], targets, recon_weight=0.0)
+    assert only_align.recon == 0.0 and only_align.loss.item() == pytest.approx(only_align.align, rel=1e-5)
+    cosine = tiny_model(QUERIES[:2], ["a", "b"], targets, recon_weight=0.0, align_loss="cosine")
+    assert 0.0 <= cosine.align <= 2.0
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        tiny_model(QUERIES[:2], ["a"], targets)
+
+
+def test_padding_side_and_batching_do_not_change_results(tiny_model: GenerativeEmbedder) -> None:
+    left = tiny_model.compress(QUERIES, batch_size=4).vectors
+    tiny_model.padding_side = "right"
+    right = tiny_model.compress(QUERIES, batch_size=4).vectors
+    one_by_one = torch.cat([tiny_model.compress(q).vectors for q in QUERIES])
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(left, one_by_one, atol=1e-5, rtol=1e-4)
+
+
+def test_save_load_round_trip(tiny_model: GenerativeEmbedder, tiny, tmp_path) -> None:
+    with torch.no_grad():
+        tiny_model.head.align.weight.add_(0.5)
+    tiny_model.save_pretrained(tmp_path / "head")
+    loaded = GenerativeEmbedder.from_pretrained(tmp_path / "head", backbone=tiny)
+    assert loaded.fingerprint == tiny_model.fingerprint
+    assert loaded.config == tiny_model.config
+    torch.testing.assert_close(loaded.compress(QUERIES).vectors, tiny_model.compress(QUERIES).vectors)
+    np.testing.assert_allclose(loaded.encode(QUERIES), tiny_model.encode(QUERIES), atol=1e-6)
+
+
+def test_head_on_wrong_backbone_fails(tiny_model: GenerativeEmbedder, tmp_path) -> None:
+    tiny_model.save_pretrained(tmp_path / "head")
+    other = tiny_backbone(seed=1)
+    with pytest.raises(HeadMismatchError, match="trained on backbone"):
+        GenerativeEmbedder.from_pretrained(tmp_path / "head", backbone=other)
+
+
+def test_corrupted_head_file_is_detected(tiny_model: GenerativeEmbedder, tiny, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tiny_model.save_pretrained(tmp_path / "head")
+    state = load_file(tmp_path / "head" / "head.safetensors")
+    state["align.bias"] += 1.0
+    save_file(state, tmp_path / "head" / "head.safetensors")
+    with pytest.raises(HeadMismatchError, match="fingerprint"):
+        GenerativeEmbedder.from_pretrained(tmp_path / "head", backbone=tiny)
+
+
+def test_fingerprint_follows_the_weights(tiny_model: GenerativeEmbedder) -> None:
+    before = tiny_model.fingerprint
+    assert tiny_model.fingerprint == before
+    optimizer = torch.optim.SGD(tiny_model.parameters(), lr=0.1)
+    tiny_model(QUERIES[:2], ["a", "b"], torch.randn(2, TINY_HEAD.embed_dim)).loss.backward()
+    optimizer.step()
+    assert tiny_model.fingerprint != before
+
+
+def test_decode_with_and_without_cache_agree(tiny_model: GenerativeEmbedder) -> None:
+    latent = tiny_model.compress(QUERIES)
+    cached = tiny_model.decode(latent, max_new_tokens=12)
+    uncached = tiny_model.decode(latent, max_new_tokens=12, use_cache=False)
+    assert cached == uncached
+    assert len(cached) == 4 and all(isinstance(t, str) for t in cached)
+    assert tiny_model.decode(latent, max_new_tokens=12, batch_size=1) == cached
+
+
+def test_respond_with_and_without_cache_agree(tiny_model: GenerativeEmbedder) -> None:
+    cached = tiny_model.respond(QUERIES, max_new_tokens=10)
+    assert cached == tiny_model.respond(QUERIES, max_new_tokens=10, use_cache=False)
+    assert cached == [tiny_model.respond(q, max_new_tokens=10)[0] for q in QUERIES]
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model: GenerativeEmbedder) -> None:
+    latent = tiny_model.compress(QUERIES[:2])
+    first = tiny_model.decode(latent, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+    assert first == tiny_model.decode(latent, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+
+
+def test_decoding_needs_the_backbone_embedding_needs_the_head(tiny_model: GenerativeEmbedder, tiny) -> None:
+    other_head = GenerativeEmbedder(tiny, TINY_HEAD, seed=1)
+    latent = other_head.compress(QUERIES[:2])
+    assert len(tiny_model.decode(latent, max_new_tokens=4)) == 2
+    with pytest.raises(HeadMismatchError, match="embedding needs the producing head"):
+        tiny_model.embed_latent(latent)
+    foreign = Latent(latent.vectors, latent.fingerprint, "llama-other")
+    with pytest.raises(HeadMismatchError, match="backbone"):
+        tiny_model.decode(foreign)
+
+
+@pytest.mark.parametrize("vectors, message", [
+    (torch.zeros(2, 3), "batch, n, hidden"),
+    (torch.zeros(1, 3, 64, dtype=torch.int64), "floating point"),
+    (torch.full((1, 3, 64), float("nan")), "NaN"),
+    (torch.zeros(1, 3, 65), "hidden size"),
+])
+def test_bad_latents_are_rejected(tiny_model: GenerativeEmbedder, vectors, message) -> None:
+    with pytest.raises(LatentError, match=message):
+        tiny_model.decode(_unchecked(vectors, tiny_model))
+
+
+def _unchecked(vectors: torch.Tensor, model: GenerativeEmbedder) -> Latent:
+    """A Latent built around its own validation, as a buggy or hostile producer might."""
+    latent = object.__new__(Latent)
+    object.__setattr__(latent, "vectors", vectors)
+    object.__setattr__(latent, "fingerprint", model.fingerprint)
+    object.__setattr__(latent, "backbone_id", model.backbone.backbone_id)
+    return latent
+
+
+def test_latent_constructor_validates_and_slices(tiny_model: GenerativeEmbedder) -> None:
+    with pytest.raises(LatentError, match="NaN"):
+        Latent(torch.full((1, 3, 64), float("inf")), "f", "b")
+    with pytest.raises(LatentError, match="floats"):
+        Latent.from_numpy(np.zeros((3, 64), dtype=np.int32), "f", "b")
+    latent = tiny_model.compress(QUERIES)
+    assert latent[-1].shape == (1, 3, 64) and latent[1:3].shape == (2, 3, 64)
+    torch.testing.assert_close(Latent.concat([latent[:2], latent[2:]]).vectors, latent.vectors)
+    assert Latent.from_numpy(latent.numpy()[0], latent.fingerprint, latent.backbone_id).shape == (1, 3, 64)
+    with pytest.raises(TypeError):
+        tiny_model.decode(latent.vectors)  # type: ignore[arg-type]
+
+
+def test_bad_text_input(tiny_model: GenerativeEmbedder) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        tiny_model.compress([])
+    with pytest.raises(ValueError, match="empty"):
+        tiny_model.respond([])
+    with pytest.raises(TypeError, match="strings"):
+        tiny_model.encode(["ok", 3])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_model.encode(["ok"], batch_size=0)
+
+
+def test_overlong_query_is_truncated_but_special_tokens_kept(tiny_model: GenerativeEmbedder) -> None:
+    long_text = "word " * 500
+    ids = tiny_model.query_token_ids([long_text])[0]
+    assert len(ids) == TINY_HEAD.max_query_tokens
+    assert ids[-3:] == tiny_model.backbone.tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids[-3:]
+    longer = tiny_model.compress([long_text, long_text + " and more"]).vectors
+    torch.testing.assert_close(longer[0], longer[1])
+
+
+def test_same_seed_same_head(tiny) -> None:
+    torch.manual_seed(123)
+    a = GenerativeEmbedder(tiny, TINY_HEAD, seed=4)
+    torch.manual_seed(456)
+    b = GenerativeEmbedder(tiny, TINY_HEAD, seed=4)
+    assert a.fingerprint == b.fingerprint != GenerativeEmbedder(tiny, TINY_HEAD, seed=5).fingerprint
+
+
+def test_head_variants(tiny) -> None:
+    for config in (HeadConfig(num_thought=0, num_compression=2, recon_head="mlp", align_head="mlp", embed_dim=8),
+                   HeadConfig(num_thought=1, num_compression=1, chat_template=False)):
+        model = GenerativeEmbedder(tiny, config)
+        latent = model.compress(QUERIES)
+        assert latent.shape == (4, config.num_compression, 64)
+        assert model.encode(QUERIES).shape == (4, config.embed_dim or 64)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_compression=0), dict(num_thought=-1), dict(recon_head="conv"),
+                                    dict(embed_dim=0), dict(max_query_tokens=0)])
+def test_head_config_validation(kwargs) -> None:
+    with pytest.raises(ValueError):
+        HeadConfig(**kwargs)
+    with pytest.raises(ValueError, match="unknown"):
+        HeadConfig.from_dict({"num_tokens": 3})
+
+
+def test_self_teacher_and_mean_pooling(tiny) -> None:
+    from latentcomm.teachers import load_teacher
+
+    teacher = load_teacher("self", backbone=tiny)
+    emb = teacher.embed(["a response", "another, longer response text"])
+    assert emb.shape == (2, tiny.hidden_size)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown teacher"):
+        load_teacher("nope")
+
+
+def test_minilm_teacher_from_its_package() -> None:
+    from latentcomm.teachers import load_teacher
+
+    teacher = load_teacher("minilm")
+    emb = teacher.embed(["Paris is the capital of France.", "The capital of France is Paris.", "I like turtles."])
+    assert emb.shape == (3, 384) and teacher.dim == 384
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.3
+
+
+def test_core_imports_neither_ray_nor_deepspeed() -> None:
+    code = ("import sys, latentcomm, latentcomm.model, latentcomm.teachers, latentcomm.cli, latentcomm.demo;"
+            "import latentcomm.protocols;"
+            "bad = [m for m in ('ray', 'deepspeed') if m in sys.modules]; assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_cli_help_lists_commands(capsys) -> None:
+    from latentcomm.cli import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "run" in out and "train" in out and "bench" in out
+    assert main(["no-such-command"]) == 2
