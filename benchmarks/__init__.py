@@ -1,0 +1,1 @@
+"""Benchmarks: each module has main(argv) and writes JSON + a PNG."""

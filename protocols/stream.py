@@ -1,0 +1,89 @@
+"""Framing: many packed messages on one byte stream, each as a u32 LE length then the message.
+
+Works with file-like objects (``write``/``read``) and socket-like ones (``sendall``/``recv``).
+The reader checks each frame length against ``Limits`` before reading the frame, reads in
+bounded chunks, stops cleanly at end-of-stream on a frame boundary, and raises
+``MalformedMessage`` if the stream ends inside a frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import LimitExceeded, MalformedMessage
+from .message import LatentMessage
+from .wire import DEFAULT_LIMITS, Limits, pack, unpack
+
+__all__ = ["read_frames", "read_messages", "write_frame", "write_message"]
+
+_LEN = struct.Struct("<I")
+_CHUNK = 1 << 20
+
+
+def write_frame(stream: Any, data: bytes) -> int:
+    """Write one frame (length prefix + ``data``); returns bytes written.
+
+    Uses ``sendall`` if the stream has it, else ``write`` until done (``None`` counts as all).
+    """
+    if len(data) > 0xFFFFFFFF:
+        raise LimitExceeded(f"frame of {len(data)} bytes does not fit a u32 length")
+    frame = _LEN.pack(len(data)) + data
+    if hasattr(stream, "sendall"):
+        stream.sendall(frame)
+        return len(frame)
+    view = memoryview(frame)
+    while view:
+        written = stream.write(view)
+        view = view[len(view) if written is None else written :]
+    return len(frame)
+
+
+def write_message(stream: Any, msg: LatentMessage, *, key: bytes | None = None, limits: Limits = DEFAULT_LIMITS) -> int:
+    """Pack ``msg`` (signed if ``key``) and write it as one frame; returns bytes written."""
+    return write_frame(stream, pack(msg, key=key, limits=limits))
+
+
+def _read_some(stream: Any, n: int) -> bytes:
+    chunk = stream.recv(n) if hasattr(stream, "recv") else stream.read(n)
+    return chunk or b""
+
+
+def _read_exact(stream: Any, n: int, what: str) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = _read_some(stream, min(n - got, _CHUNK))
+        if not chunk:
+            raise MalformedMessage(f"truncated stream: {what} needs {n} bytes, got {got}")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_frames(stream: Any, *, max_frame_bytes: int = DEFAULT_LIMITS.max_message_bytes) -> Iterator[bytes]:
+    """Yield each frame's bytes until end-of-stream; ``LimitExceeded`` before reading an oversized frame."""
+    while True:
+        first = _read_some(stream, _LEN.size)
+        if not first:
+            return
+        head = first + (_read_exact(stream, _LEN.size - len(first), "frame length") if len(first) < _LEN.size else b"")
+        (length,) = _LEN.unpack(head)
+        if length > max_frame_bytes:
+            raise LimitExceeded(f"frame of {length} bytes > max frame {max_frame_bytes}")
+        yield _read_exact(stream, length, f"frame of {length} bytes")
+
+
+def read_messages(
+    stream: Any,
+    *,
+    key: bytes | None = None,
+    require_signature: bool | None = None,
+    expect_fingerprint: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Iterator[LatentMessage]:
+    """Yield each message on ``stream``, validated exactly as ``unpack`` does."""
+    for frame in read_frames(stream, max_frame_bytes=limits.max_message_bytes):
+        yield unpack(
+            frame, key=key, require_signature=require_signature, expect_fingerprint=expect_fingerprint, limits=limits
+        )
