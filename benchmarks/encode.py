@@ -90,6 +90,7 @@ def plot(results: dict, path: Path) -> None:
     left.bar(labels, [r["texts_per_s"] for r in enc], color="#4c72b0")
     for i, r in enumerate(enc):
         left.text(i, r["texts_per_s"], f"{r['flops_fraction_of_matmul']:.0%} of matmul", ha="center", va="bottom")
+    left.set_ylim(top=max(r["texts_per_s"] for r in enc) * 1.15)
     left.set_ylabel("texts / s")
     left.set_title("encode throughput")
     dec = results["decode"]
