@@ -1,0 +1,278 @@
+"""Agents that talk in latents: send a latent, an embedding or text to another agent; handlers read it.
+
+An ``Agent`` has a name, a role prompt and a ``ReplicaPool`` that does its model work. Sending packs a
+protocol ``LatentMessage`` (signed when the agent has a key); the receiver verifies and unpacks the bytes,
+drops re-sent message ids (the first result is returned again), runs each conversation's messages from
+one sender in the order they were sent, and calls the handler for the message's kind. The default
+handlers decode a latent to text (soft prompt to the receiver's frozen LLM), and return an embedding's
+vector or a text as is. Model work goes to replica actors as protocol bytes; a replica killed mid-call is
+retried on its restarted actor by the pool, and a failed delivery is re-sent with the same message id.
+
+    solver, critic = Agent("solver", pool), Agent("critic", pool)
+    draft = await solver.send_latent(critic, "What is 7 * 6?")   # the critic decoded the solver's latent
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from latentcomm.actors.pool import NoReplicaError, ReplicaPool, run_sync
+from latentcomm.actors.trace import Hop, Trace
+from latentcomm.messaging import address, message_embedding
+from latentcomm.protocols import KINDS, LatentMessage, ProtocolError, pack, unpack
+
+log = logging.getLogger(__name__)
+
+SEQ_KEY = "seq"
+"""Metadata key: the message's position in its (conversation, sender -> recipient) stream."""
+PRODUCE_KEY = "produce_s"
+"""Metadata key: seconds the sender spent producing the message (compress, embed or generate)."""
+
+
+class OrderingError(RuntimeError):
+    """A message waited too long for an earlier message of its conversation that never arrived."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A verified message as a handler sees it, with the exact bytes that arrived."""
+
+    message: LatentMessage
+    data: bytes
+
+    @property
+    def kind(self) -> str:
+        return self.message.kind
+
+
+Handler = Callable[["Agent", Incoming], Awaitable[Any]]
+
+
+async def decode_latent(agent: "Agent", incoming: Incoming) -> str:
+    """Default for latents: the receiver's frozen LLM continues from the latent; returns the text."""
+    return await agent.decode(incoming)
+
+
+async def embed_latent(agent: "Agent", incoming: Incoming) -> np.ndarray:
+    """Handler for latents used for routing/retrieval: MLP_align + mean pooling -> (D,) vector."""
+    return await agent.embed(incoming)
+
+
+async def read_embedding(agent: "Agent", incoming: Incoming) -> np.ndarray:
+    """Default for embeddings: the (D,) float32 vector."""
+    return message_embedding(incoming.message)
+
+
+async def read_text(agent: "Agent", incoming: Incoming) -> str:
+    """Default for text: the text."""
+    return incoming.message.text()
+
+
+DEFAULT_HANDLERS: dict[str, Handler] = {"latent": decode_latent, "embedding": read_embedding, "text": read_text}
+
+
+class Agent:
+    """A named participant with a role prompt, a replica pool, handlers per message kind and an inbox state.
+
+    ``key`` (bytes) signs every message it sends and makes it reject unsigned or forged messages.
+    ``dtype`` is the wire dtype of latents and embeddings it sends (``float16`` halves the bytes with
+    a cosine above 0.9999). Every handled message is recorded in ``trace``.
+    """
+
+    def __init__(self, name: str, pool: ReplicaPool, *, role: str = "", key: bytes | None = None,
+                 trace: Trace | None = None, dtype: str = "float16", max_new_tokens: int | None = None,
+                 max_redeliveries: int = 3, order_timeout_s: float = 120.0, remember: int = 100_000) -> None:
+        if not name:
+            raise ValueError("an agent needs a non-empty name")
+        self.name = name
+        self.pool = pool
+        self.role = role
+        self.key = key
+        self.trace = trace if trace is not None else Trace()
+        self.dtype = dtype
+        self.max_new_tokens = max_new_tokens
+        self.max_redeliveries = max_redeliveries
+        self.order_timeout_s = order_timeout_s
+        self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
+        self.duplicates = 0
+        self.rejected = 0
+        self.label = ""
+        self._remember = remember
+        self._results: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._pending: dict[str, asyncio.Future] = {}
+        self._expected: dict[tuple[str, str], int] = collections.defaultdict(int)
+        self._next_seq: dict[tuple[str, str], int] = collections.defaultdict(int)
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Condition] = \
+            weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r}, role={self.role[:30]!r}, pool={self.pool.name!r})"
+
+    def on(self, kind: str, handler: Handler) -> "Agent":
+        """Use ``handler`` for messages of ``kind`` ("latent", "embedding" or "text"); returns self."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+        self.handlers[kind] = handler
+        return self
+
+    def prompt(self, text: str) -> str:
+        """``text`` under this agent's role prompt (the input its model sees)."""
+        return f"{self.role}\n\n{text}" if self.role else text
+
+    # ---- sending ----------------------------------------------------------------------------------
+    async def send_latent(self, to: "Agent", text: str, *, conversation_id: str = "default") -> Any:
+        """Compress ``text`` (under the role prompt) into a latent — one forward pass — and send it."""
+        start = time.perf_counter()
+        [data] = await self.pool.call("compress", [self.prompt(text)], dtype=self.dtype)
+        return await self.send(to, unpack(data), conversation_id=conversation_id,
+                               produce_s=time.perf_counter() - start)
+
+    async def send_embedding(self, to: "Agent", text: str, *, conversation_id: str = "default") -> Any:
+        """Embed ``text`` (under the role prompt) and send the (D,) vector."""
+        start = time.perf_counter()
+        [data] = await self.pool.call("embed_texts", [self.prompt(text)], dtype=self.dtype)
+        return await self.send(to, unpack(data), conversation_id=conversation_id,
+                               produce_s=time.perf_counter() - start)
+
+    async def send_text(self, to: "Agent", text: str, *, conversation_id: str = "default",
+                        generate: bool = False) -> Any:
+        """Send ``text`` as is, or with ``generate`` the backbone's full answer to it (the text baseline)."""
+        start = time.perf_counter()
+        if generate:
+            [text] = await self.pool.call("respond", [self.prompt(text)], max_new_tokens=self.max_new_tokens)
+        return await self.send(to, LatentMessage.from_text(text), conversation_id=conversation_id,
+                               produce_s=time.perf_counter() - start)
+
+    async def send(self, to: "Agent", message: LatentMessage, *, conversation_id: str = "default",
+                   produce_s: float = 0.0) -> Any:
+        """Address, sign and deliver ``message``; returns the receiver's handler result.
+
+        Delivery is at-least-once: if the receiver fails for lack of a live replica the same bytes (same
+        message id) are sent again; the receiver's de-duplication makes the handler run once.
+        """
+        stream = (conversation_id, to.name)
+        seq = self._next_seq[stream]
+        self._next_seq[stream] += 1
+        metadata = dict(message.metadata) | {SEQ_KEY: seq, PRODUCE_KEY: float(produce_s)}
+        message = address(message, sender=self.name, recipient=to.name, conversation_id=conversation_id,
+                          metadata=metadata, created_ns=time.time_ns())
+        data = pack(message, key=self.key)
+        for attempt in range(self.max_redeliveries + 1):
+            try:
+                return await to.receive(data)
+            except NoReplicaError:
+                if attempt == self.max_redeliveries:
+                    raise
+                log.warning("%s -> %s: delivery of %s failed; re-sending", self.name, to.name, message.message_id)
+        raise AssertionError("unreachable")
+
+    # ---- receiving --------------------------------------------------------------------------------
+    async def receive(self, data: bytes) -> Any:
+        """Verify and unpack ``data``, drop duplicates, keep per-conversation order, run the kind's handler."""
+        try:
+            message = unpack(data, key=self.key)
+        except ProtocolError:
+            self.rejected += 1
+            raise
+        if message.recipient and message.recipient != self.name:
+            self.rejected += 1
+            raise ProtocolError(f"{self.name} received a message addressed to {message.recipient!r}")
+        mid = message.message_id
+        if mid in self._results:
+            self.duplicates += 1
+            return self._results[mid]
+        if mid in self._pending:
+            self.duplicates += 1
+            return await asyncio.shield(self._pending[mid])
+        future = asyncio.get_running_loop().create_future()
+        self._pending[mid] = future
+        try:
+            result = await self._in_order(message, Incoming(message, bytes(data)))
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # retrieved here; duplicates waiting on it get it re-raised
+            raise
+        else:
+            future.set_result(result)
+            self._results[mid] = result
+            while len(self._results) > self._remember:
+                self._results.popitem(last=False)
+            return result
+        finally:
+            self._pending.pop(mid, None)
+
+    async def _in_order(self, message: LatentMessage, incoming: Incoming) -> Any:
+        """Wait for the earlier messages of this (conversation, sender) stream, handle, then let the next go."""
+        seq = message.metadata.get(SEQ_KEY)
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            return await self._handle(incoming)
+        stream = (message.conversation_id, message.sender)
+        turn = self._turn()
+        async with turn:
+            try:
+                await asyncio.wait_for(turn.wait_for(lambda: self._expected[stream] >= seq), self.order_timeout_s)
+            except asyncio.TimeoutError:
+                raise OrderingError(f"{self.name}: message {seq} of {stream} waited {self.order_timeout_s} s for "
+                                    f"message {self._expected[stream]}") from None
+        try:
+            return await self._handle(incoming)
+        finally:
+            async with turn:
+                self._expected[stream] = max(self._expected[stream], seq + 1)
+                turn.notify_all()
+
+    async def _handle(self, incoming: Incoming) -> Any:
+        message = incoming.message
+        handler = self.handlers[message.kind]
+        start_ns = time.time_ns()
+        result = await handler(self, incoming)
+        done_ns = time.time_ns()
+        produce_s = float(message.metadata.get(PRODUCE_KEY, 0.0))
+        text = message.text() if message.kind == "text" else result if isinstance(result, str) else None
+        self.trace.record(Hop(conversation_id=message.conversation_id, message_id=message.message_id,
+                              sender=message.sender, receiver=self.name, kind=message.kind,
+                              bytes=len(incoming.data), produce_s=produce_s,
+                              deliver_s=max(start_ns - message.created_ns, 0) / 1e9,
+                              handle_s=(done_ns - start_ns) / 1e9,
+                              latency_s=produce_s + max(done_ns - message.created_ns, 0) / 1e9,
+                              text=text, label=self.label))
+        return result
+
+    def _turn(self) -> asyncio.Condition:
+        loop = asyncio.get_running_loop()
+        if loop not in self._turns:
+            self._turns[loop] = asyncio.Condition()
+        return self._turns[loop]
+
+    # ---- model work for handlers ----------------------------------------------------------------------
+    async def decode(self, incoming: Incoming, *, max_new_tokens: int | None = None) -> str:
+        """The text of a latent message, decoded by this agent's replicas."""
+        [text] = await self.pool.call("decode", [incoming.data], max_new_tokens=max_new_tokens or self.max_new_tokens)
+        return text
+
+    async def embed(self, incoming: Incoming) -> np.ndarray:
+        """The (D,) embedding of a latent message (needs the head that made the latent)."""
+        [data] = await self.pool.call("embed", [incoming.data])
+        return message_embedding(unpack(data))
+
+    # ---- synchronous twins ----------------------------------------------------------------------------
+    def send_latent_sync(self, to: "Agent", text: str, *, conversation_id: str = "default") -> Any:
+        return run_sync(self.send_latent(to, text, conversation_id=conversation_id))
+
+    def send_embedding_sync(self, to: "Agent", text: str, *, conversation_id: str = "default") -> Any:
+        return run_sync(self.send_embedding(to, text, conversation_id=conversation_id))
+
+    def send_text_sync(self, to: "Agent", text: str, *, conversation_id: str = "default",
+                       generate: bool = False) -> Any:
+        return run_sync(self.send_text(to, text, conversation_id=conversation_id, generate=generate))
+
+    def receive_sync(self, data: bytes) -> Any:
+        return run_sync(self.receive(data))

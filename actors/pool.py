@@ -1,0 +1,153 @@
+"""ReplicaPool: N replica actors behind one async call, with load balancing, back-pressure and retries.
+
+Each call waits for a slot (at most ``max_in_flight`` requests outstanding per pool: back-pressure),
+goes to the least-loaded (or next round-robin) live replica, and is retried when the replica dies:
+Ray restarts it (``max_restarts``) and the call is sent again, so a killed replica loses no request.
+Errors raised by the replica's own code (bad input, protocol errors) are not retried.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import weakref
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import ray
+from ray.exceptions import RayActorError
+
+from latentcomm.actors.replica import Replica, ReplicaConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Strategy = Literal["least_loaded", "round_robin"]
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How many replicas, what each one reserves, and how hard the pool pushes and retries."""
+
+    num_replicas: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_in_flight: int = 8
+    """Requests outstanding at once over the whole pool; further calls wait (back-pressure)."""
+    max_restarts: int = 3
+    """Times Ray restarts a dead replica (-1: forever)."""
+    max_retries: int = 5
+    """Times one call is re-sent after its replica died."""
+    retry_backoff_s: float = 0.2
+    strategy: Strategy = "least_loaded"
+
+    def __post_init__(self) -> None:
+        if self.num_replicas < 1:
+            raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ValueError("num_cpus and num_gpus must be >= 0")
+        if self.strategy not in ("least_loaded", "round_robin"):
+            raise ValueError(f"strategy must be 'least_loaded' or 'round_robin', got {self.strategy!r}")
+
+
+class NoReplicaError(RuntimeError):
+    """A call could not be served: its retries ran out (replicas dead for good) or the pool was shut down."""
+
+
+class ReplicaPool:
+    """N ``Replica`` actors; ``await pool.call("decode", [data])`` runs a replica method on one of them."""
+
+    def __init__(self, replica: ReplicaConfig | None = None, config: PoolConfig | None = None, *,
+                 name: str = "replicas") -> None:
+        if not ray.is_initialized():
+            raise RuntimeError("Ray is not running: call latentcomm.actors.cluster.init_ray() first")
+        self.replica = replica or ReplicaConfig()
+        self.config = config or PoolConfig()
+        self.name = name
+        actor_class = ray.remote(Replica).options(num_cpus=self.config.num_cpus, num_gpus=self.config.num_gpus,
+                                                  max_restarts=self.config.max_restarts, max_task_retries=0)
+        self.actors = [actor_class.remote(self.replica) for _ in range(self.config.num_replicas)]
+        self.in_flight = [0] * len(self.actors)
+        self.calls = [0] * len(self.actors)
+        self.retries = 0
+        self._suspect_until = [0.0] * len(self.actors)
+        self._shut_down = False
+        self._turn = itertools.count()
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+            weakref.WeakKeyDictionary()
+
+    # ---- calls ------------------------------------------------------------------------------------
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``Replica.<method>(*args, **kwargs)`` on a live replica; retried if that replica dies."""
+        if not callable(getattr(Replica, method, None)) or method.startswith("_"):
+            raise AttributeError(f"Replica has no method {method!r}")
+        async with self._slot():
+            for attempt in range(self.config.max_retries + 1):
+                index = self._choose()
+                self.in_flight[index] += 1
+                self.calls[index] += 1
+                try:
+                    return await getattr(self.actors[index], method).remote(*args, **kwargs)
+                except RayActorError as err:
+                    self._suspect_until[index] = time.monotonic() + self.config.retry_backoff_s * (attempt + 2)
+                    if attempt == self.config.max_retries:
+                        raise NoReplicaError(f"{self.name}: {method} failed {attempt + 1} times: {err}") from err
+                    self.retries += 1
+                    log.warning("%s: replica %d failed during %s (%s); retrying", self.name, index, method,
+                                type(err).__name__)
+                    await asyncio.sleep(self.config.retry_backoff_s * (attempt + 1))
+                finally:
+                    self.in_flight[index] -= 1
+        raise AssertionError("unreachable")
+
+    def call_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``call`` for code without an event loop."""
+        return run_sync(self.call(method, *args, **kwargs))
+
+    async def ready(self) -> list[dict[str, Any]]:
+        """Wait until every replica has loaded; returns each one's ``info()``. Checks they share one head."""
+        infos = await asyncio.gather(*(actor.info.remote() for actor in self.actors))
+        heads = {(i["backbone_id"], i["fingerprint"]) for i in infos}
+        if len(heads) > 1:
+            raise RuntimeError(f"{self.name}: replicas disagree on backbone/head: {sorted(heads)}")
+        return list(infos)
+
+    def stats(self) -> dict[str, Any]:
+        return {"name": self.name, "replicas": len(self.actors), "calls": list(self.calls), "retries": self.retries}
+
+    def shutdown(self) -> None:
+        """Kill every replica for good."""
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self._shut_down = True
+
+    # ---- internals --------------------------------------------------------------------------------
+    def _slot(self) -> asyncio.Semaphore:
+        """The back-pressure semaphore of the running event loop (asyncio primitives belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._slots:
+            self._slots[loop] = asyncio.Semaphore(self.config.max_in_flight)
+        return self._slots[loop]
+
+    def _choose(self) -> int:
+        """A replica that has not just failed (if any), then the least loaded or the next in turn."""
+        if self._shut_down:
+            raise NoReplicaError(f"{self.name} was shut down")
+        now = time.monotonic()
+        live = [i for i in range(len(self.actors)) if self._suspect_until[i] <= now] or list(range(len(self.actors)))
+        if self.config.strategy == "round_robin":
+            return live[next(self._turn) % len(live)]
+        return min(live, key=lambda i: (self.in_flight[i], self.calls[i]))
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code (not from inside a running event loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise RuntimeError("called a *_sync method inside a running event loop: await the async method instead")

@@ -1,0 +1,103 @@
+"""A conversation trace: every hop between agents (who, what kind, bytes, latency, what was said).
+
+For latents the trace keeps the text the receiver decoded, so a person can read what was "said";
+export with ``to_jsonl`` and read with ``table()``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One delivered message. Times are seconds; ``latency_s`` runs from the sender starting to produce the
+    message to the receiver's handler finishing with it."""
+
+    conversation_id: str
+    message_id: str
+    sender: str
+    receiver: str
+    kind: str
+    bytes: int
+    produce_s: float
+    """Sender side: text -> message (compress, embed or generate the text)."""
+    deliver_s: float
+    """Wire: pack, hand over, unpack and verify."""
+    handle_s: float
+    """Receiver side: the handler (e.g. decode the latent)."""
+    latency_s: float
+    text: str | None = None
+    """What was said: the decoded text of a latent, the text of a text message, None for embeddings."""
+    label: str = ""
+    """Free tag, e.g. the mode of a run ("latent" or "text")."""
+
+
+class Trace:
+    """An append-only, thread-safe list of hops."""
+
+    def __init__(self, hops: list[Hop] | None = None) -> None:
+        self._hops: list[Hop] = list(hops or [])
+        self._lock = threading.Lock()
+
+    def record(self, hop: Hop) -> None:
+        with self._lock:
+            self._hops.append(hop)
+
+    @property
+    def hops(self) -> list[Hop]:
+        with self._lock:
+            return list(self._hops)
+
+    def __len__(self) -> int:
+        return len(self._hops)
+
+    def conversation(self, conversation_id: str) -> list[Hop]:
+        return [h for h in self.hops if h.conversation_id == conversation_id]
+
+    def to_jsonl(self, path: str | os.PathLike) -> Path:
+        """One JSON object per hop."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for hop in self.hops:
+                f.write(json.dumps(dataclasses.asdict(hop), ensure_ascii=False) + "\n")
+        return path
+
+    @classmethod
+    def from_jsonl(cls, path: str | os.PathLike) -> "Trace":
+        with Path(path).open() as f:
+            return cls([Hop(**json.loads(line)) for line in f if line.strip()])
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per (label, sender -> receiver, kind): count, mean bytes and mean/p50 latency."""
+        groups: dict[str, list[Hop]] = {}
+        for hop in self.hops:
+            key = f"{hop.label + ' ' if hop.label else ''}{hop.sender}->{hop.receiver} {hop.kind}"
+            groups.setdefault(key, []).append(hop)
+        return {key: {"count": len(hops), "mean_bytes": statistics.fmean(h.bytes for h in hops),
+                      "mean_latency_s": statistics.fmean(h.latency_s for h in hops),
+                      "p50_latency_s": statistics.median(h.latency_s for h in hops),
+                      "mean_produce_s": statistics.fmean(h.produce_s for h in hops),
+                      "mean_handle_s": statistics.fmean(h.handle_s for h in hops)}
+                for key, hops in groups.items()}
+
+    def table(self, *, width: int = 60, limit: int | None = None) -> str:
+        """A readable table of the hops (text cut to ``width`` characters), oldest first."""
+        hops = self.hops[:limit] if limit else self.hops
+        rows = [("conv", "sender", "receiver", "kind", "bytes", "latency", "said")]
+        for hop in hops:
+            said = "" if hop.text is None else " ".join(hop.text.split())
+            said = said if len(said) <= width else said[:width - 1] + "…"
+            rows.append((hop.conversation_id[:10], hop.sender, hop.receiver, hop.kind, str(hop.bytes),
+                         f"{hop.latency_s * 1000:.0f} ms", said))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Replica actors, pools and agents on the tiny model: every kind, dedup, order, a killed replica, signing."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from latentcomm.actors.agent import SEQ_KEY, Agent, embed_latent
+from latentcomm.actors.pool import PoolConfig, ReplicaPool
+from latentcomm.actors.replica import ReplicaConfig
+from latentcomm.actors.trace import Trace
+from latentcomm.protocols import LatentMessage, SignatureError, pack
+from conftest import TINY_HEAD
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def replica_config(tiny_backbone_dir) -> ReplicaConfig:
+    return ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, dtype="float32", num_threads=1,
+                         max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, replica_config):
+    pool = ReplicaPool(replica_config, PoolConfig(num_replicas=2, num_cpus=0, max_in_flight=2), name="tiny")
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture()
+def pair(pool):
+    trace = Trace()
+    return Agent("solver", pool, trace=trace, dtype="float32"), Agent("critic", pool, trace=trace, dtype="float32")
+
+
+async def test_replicas_load_one_head_in_separate_processes(pool, tiny_model):
+    infos = await pool.ready()
+    assert len({i["pid"] for i in infos}) == 2
+    assert {i["fingerprint"] for i in infos} == {tiny_model.fingerprint}
+
+
+async def test_latent_is_decoded_by_the_receiver(pair, tiny_model):
+    solver, critic = pair
+    said = await solver.send_latent(critic, QUESTION, conversation_id="c1")
+    assert said == tiny_model.decode(tiny_model.compress(QUESTION), max_new_tokens=8)[0]
+    [hop] = solver.trace.hops
+    assert (hop.sender, hop.receiver, hop.kind, hop.text) == ("solver", "critic", "latent", said)
+    assert hop.bytes > TINY_HEAD.num_compression * 64 * 4 and hop.latency_s >= hop.handle_s > 0
+
+
+async def test_embedding_and_text_arrive(pair, tiny_model):
+    solver, critic = pair
+    vector = await solver.send_embedding(critic, QUESTION)
+    np.testing.assert_allclose(vector, tiny_model.encode(QUESTION), rtol=1e-4, atol=1e-5)
+    assert await solver.send_text(critic, "plain words") == "plain words"
+    generated = await solver.send_text(critic, QUESTION, generate=True)
+    assert generated == tiny_model.respond(QUESTION, max_new_tokens=8)[0]
+    assert [h.kind for h in solver.trace.hops] == ["embedding", "text", "text"]
+
+
+async def test_embed_handler_matches_local_embedding(pair, tiny_model):
+    solver, critic = pair
+    critic.on("latent", embed_latent)
+    vector = await solver.send_latent(critic, QUESTION)
+    np.testing.assert_allclose(vector, tiny_model.encode(QUESTION), rtol=1e-4, atol=1e-5)
+
+
+def test_sync_api_outside_an_event_loop(pair):
+    solver, critic = pair
+    assert solver.send_text_sync(critic, "sync hello") == "sync hello"
+    assert isinstance(solver.send_latent_sync(critic, QUESTION), str)
+
+
+async def test_resent_message_id_runs_the_handler_once(pair):
+    solver, critic = pair
+    calls = []
+
+    async def count(agent, incoming):
+        calls.append(incoming.message.message_id)
+        await asyncio.sleep(0.05)
+        return incoming.message.text().upper()
+
+    critic.on("text", count)
+    data = pack(LatentMessage.from_text("once", sender="solver", recipient="critic"))
+    results = await asyncio.gather(critic.receive(data), critic.receive(data))
+    results.append(await critic.receive(data))
+    assert results == ["ONCE"] * 3
+    assert len(calls) == 1 and critic.duplicates == 2 and len(critic.trace) == 1
+
+
+async def test_each_conversation_is_handled_in_send_order(pair):
+    solver, critic = pair
+    seen = []
+
+    async def record(agent, incoming):
+        seen.append((incoming.message.conversation_id, incoming.message.metadata[SEQ_KEY]))
+        return None
+
+    critic.on("text", record)
+
+    def message(conv: str, seq: int) -> bytes:
+        return pack(LatentMessage.from_text(f"{conv}{seq}", sender="solver", recipient="critic",
+                                            conversation_id=conv, metadata={SEQ_KEY: seq}))
+
+    arrivals = [message("a", i) for i in reversed(range(5))] + [message("b", 1), message("b", 0)]
+    await asyncio.gather(*(critic.receive(d) for d in arrivals))
+    assert [s for c, s in seen if c == "a"] == [0, 1, 2, 3, 4]
+    assert [s for c, s in seen if c == "b"] == [0, 1]
+
+
+async def test_sends_of_one_conversation_keep_their_order(pair):
+    solver, critic = pair
+    seen = []
+
+    async def record(agent, incoming):
+        seen.append(incoming.message.text())
+        return None
+
+    critic.on("text", record)
+    texts = [f"step {i}" for i in range(6)]
+    await asyncio.gather(*(solver.send_text(critic, t, conversation_id="ordered") for t in texts))
+    assert seen == texts
+
+
+async def test_pool_bounds_requests_in_flight(pool):
+    peak = 0
+
+    async def watch():
+        nonlocal peak
+        while True:
+            peak = max(peak, sum(pool.in_flight))
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch())
+    results = await asyncio.gather(*(pool.call("compress", [f"question {i}"]) for i in range(6)))
+    watcher.cancel()
+    assert len(results) == 6 and 1 <= peak <= pool.config.max_in_flight
+    assert min(pool.calls) > 0  # both replicas got work
+
+
+async def test_killed_replica_loses_no_message(ray_local, replica_config):
+    pool = ReplicaPool(replica_config, PoolConfig(num_replicas=1, num_cpus=0, max_restarts=2, retry_backoff_s=0.1),
+                       name="fragile")
+    try:
+        [before] = await pool.ready()
+        trace = Trace()
+        solver, critic = Agent("solver", pool, trace=trace), Agent("critic", pool, trace=trace, max_new_tokens=64)
+        texts = [f"message number {i}" for i in range(4)]
+        sends = [asyncio.create_task(solver.send_latent(critic, t, conversation_id="k")) for t in texts]
+        while sum(pool.calls) < 2:  # the first decode (or a compress) is on the replica: kill it there
+            await asyncio.sleep(0.005)
+        ray_local.kill(pool.actors[0], no_restart=False)
+        results = await asyncio.gather(*sends)
+        [after] = await pool.ready()
+    finally:
+        pool.shutdown()
+    assert after["pid"] != before["pid"] and pool.retries >= 1
+    assert all(isinstance(r, str) for r in results)
+    assert [h.message_id for h in trace.hops] == list(dict.fromkeys(h.message_id for h in trace.hops))
+    assert len(trace.hops) == len(texts) and [h.conversation_id for h in trace.hops] == ["k"] * 4
+
+
+async def test_forged_or_unsigned_messages_are_rejected_with_a_key(pool):
+    key = b"s" * 32
+    solver, critic = Agent("solver", pool, key=key), Agent("critic", pool, key=key)
+    assert await solver.send_text(critic, "signed") == "signed"
+    forger = Agent("solver", pool, key=b"x" * 32)
+    with pytest.raises(SignatureError):
+        await forger.send_text(critic, "forged")
+    with pytest.raises(SignatureError):
+        await critic.receive(pack(LatentMessage.from_text("unsigned", sender="solver", recipient="critic")))
+    tampered = bytearray(pack(LatentMessage.from_text("pay 10", sender="solver", recipient="critic"), key=key))
+    tampered[-40] ^= 1
+    with pytest.raises(SignatureError):
+        await critic.receive(bytes(tampered))
+    assert critic.rejected == 3 and len(critic.trace) == 1
+
+
+def test_trace_exports_jsonl_and_a_table(pair, tmp_path):
+    solver, critic = pair
+    solver.send_text_sync(critic, "for the record", conversation_id="t")
+    path = solver.trace.to_jsonl(tmp_path / "trace.jsonl")
+    again = Trace.from_jsonl(path)
+    assert again.hops == solver.trace.hops
+    table = again.table()
+    assert "for the record" in table and "solver" in table and "critic" in table
+    assert again.summary()["solver->critic text"]["count"] == 1
+
+
+def test_bad_pool_and_replica_configs_are_refused():
+    with pytest.raises(ValueError, match="num_replicas"):
+        PoolConfig(num_replicas=0)
+    with pytest.raises(ValueError, match="strategy"):
+        PoolConfig(strategy="random")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dtype"):
+        ReplicaConfig(dtype="float33")
+    assert torch.float32 is getattr(torch, ReplicaConfig(dtype="float32").dtype)
