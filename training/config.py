@@ -1,0 +1,153 @@
+"""TrainConfig: every knob of a training run in one dataclass, mirrored one-to-one by ``latentcomm train`` flags."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.config import HeadConfig
+
+Precision = Literal["fp32", "bf16"]
+BackboneDtype = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run: data, head shape, DeepSpeed settings, schedule, losses and launch."""
+
+    run: str = ""
+    """Run directory holding queries.jsonl and responses/ (with the teacher targets)."""
+    out: str = ""
+    """Output directory: checkpoints/, metrics.jsonl, loss.png, head/, train_config.json."""
+    backbone: str = DEFAULT_BACKBONE
+    backbone_dtype: BackboneDtype = "auto"
+    teacher: str = "minilm"
+    train_limit: int | None = None
+    """Use only the first N training queries (in the run's shuffled order)."""
+    # head
+    num_thought: int = 10
+    num_compression: int = 10
+    recon_head: str = "linear"
+    align_head: str = "linear"
+    max_query_tokens: int = 256
+    max_response_tokens: int = 96
+    # DeepSpeed
+    zero_stage: int = 0
+    precision: Precision = "fp32"
+    micro_batch: int = 8
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    # optimisation
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    """Cosine decay from ``lr`` to ``lr * min_lr_ratio`` at the last step."""
+    epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs`` when smaller)."""
+    recon_weight: float = 1.0
+    align_weight: float = 1.0
+    align_loss: str = "mse"
+    seed: int = 0
+    # bookkeeping
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    resume: bool = False
+    stop_after: int | None = None
+    """Exit (as if killed) after this many steps of this invocation, after checkpointing: for resume tests."""
+    # launch
+    workers: int = 0
+    """0 = one plain process; N >= 1 = Ray Train TorchTrainer with N workers."""
+    use_gpu: bool = False
+    cpus_per_worker: float = 1
+    threads: int | None = None
+    address: str | None = None
+    """Join this Ray cluster (e.g. 'auto' or 'ray://head:10001') instead of starting a local one."""
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
+        if self.backbone_dtype not in get_args(BackboneDtype):
+            raise ValueError(f"backbone_dtype must be one of {get_args(BackboneDtype)}, got {self.backbone_dtype!r}")
+        for name in ("micro_batch", "grad_accum", "epochs", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        self.head_config(embed_dim=1)  # validates the head fields with HeadConfig's own checks
+
+    def head_config(self, embed_dim: int) -> HeadConfig:
+        """The head this run trains; ``embed_dim`` is the teacher's width."""
+        return HeadConfig(num_thought=self.num_thought, num_compression=self.num_compression,
+                          recon_head=self.recon_head, align_head=self.align_head,  # type: ignore[arg-type]
+                          embed_dim=embed_dim, max_query_tokens=self.max_query_tokens,
+                          max_response_tokens=self.max_response_tokens, teacher=Path(self.teacher).name)
+
+    @property
+    def world_size(self) -> int:
+        return max(self.workers, 1)
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self.world_size
+
+    def deepspeed_config(self) -> dict[str, Any]:
+        """The DeepSpeed JSON config for these settings (the optimizer and scheduler are passed as objects)."""
+        return {
+            "train_micro_batch_size_per_gpu": self.micro_batch,
+            "gradient_accumulation_steps": self.grad_accum,
+            "train_batch_size": self.global_batch,
+            "zero_optimization": {"stage": self.zero_stage},
+            "bf16": {"enabled": self.precision == "bf16"},
+            "zero_allow_untested_optimizer": True,
+            "gradient_clipping": 1.0,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+    # ---- command line: one flag per field ----------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, ap: argparse.ArgumentParser) -> None:
+        """``--field-name`` for every field (booleans as ``--flag/--no-flag``), defaults from the dataclass."""
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            doc = f.metadata.get("help")
+            if f.type in ("bool",):
+                ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=doc)
+            else:
+                ap.add_argument(flag, type=_parser_for(f.type), default=f.default, help=doc,
+                                required=f.name in ("run", "out"))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def _parser_for(annotation: str):
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str

