@@ -95,7 +95,7 @@ class Trace:
         for hop in hops:
             said = "" if hop.text is None else " ".join(hop.text.split())
             said = said if len(said) <= width else said[:width - 1] + "…"
-            rows.append((hop.conversation_id[:10], hop.sender, hop.receiver, hop.kind, str(hop.bytes),
+            rows.append((hop.conversation_id[:24], hop.sender, hop.receiver, hop.kind, str(hop.bytes),
                          f"{hop.latency_s * 1000:.0f} ms", said))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows]
