@@ -1,0 +1,219 @@
+"""Benchmark latent vs text hand-off between agents, and actor-to-actor round trips (protocol bytes vs pickle).
+
+Part 1 — hand-off on the default backbone, sender -> receiver, one message per question:
+  * latent -> decode: the sender compresses (one forward pass), the receiver decodes the latent to text;
+  * latent -> embed: the sender compresses, the receiver embeds the latent (routing/retrieval: no generation);
+  * text (baseline): the sender generates its full answer and sends the text.
+  Reported: time until the receiver holds the sender's answer (sender part and receiver part), bytes per
+  message, and quality of what the receiver holds: teacher (all-MiniLM-L6-v2) cosine with GSM8K's reference
+  solution, and for decoded latents the cosine with the sender's own text answer.
+Part 2 — round trip between two actors, actor A -> actor B -> actor A, of one (n, H) latent: packed protocol
+  bytes (A packs, B unpacks to an array and packs a reply, A unpacks) vs the float32 torch tensor pickled by
+  Ray; p50/p99 over many trips.
+Writes ``handoff.json`` and ``handoff.png`` into ``--out``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from tqdm.auto import tqdm
+
+from latentcomm.actors.agent import Agent, embed_latent
+from latentcomm.actors.cluster import init_ray
+from latentcomm.actors.pool import PoolConfig, ReplicaPool
+from latentcomm.actors.questions import load_gsm8k
+from latentcomm.actors.replica import ReplicaConfig
+from latentcomm.actors.trace import Trace
+from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.cli import parser
+from latentcomm.protocols import LatentMessage, pack, unpack
+
+MODES = ("latent->decode", "latent->embed", "text")
+
+
+class Peer:
+    """A benchmark actor: echoes latents as protocol bytes or as tensors, and times round trips to a peer."""
+
+    def echo_bytes(self, data: bytes) -> bytes:
+        msg = unpack(data)
+        return pack(LatentMessage.from_array(msg.array(), dtype=msg.dtype, sender="b", recipient="a"))
+
+    def echo_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def round_trips(self, peer: Any, how: str, shape: tuple[int, int], dtype: str, trips: int) -> list[float]:
+        """Seconds per round trip to ``peer`` (after 10 warm-up trips)."""
+        array = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        times = []
+        for i in range(trips + 10):
+            start = time.perf_counter()
+            if how == "protocol":
+                data = pack(LatentMessage.from_array(array, dtype=dtype, sender="a", recipient="b"))
+                unpack(ray.get(peer.echo_bytes.remote(data))).array()
+            else:
+                ray.get(peer.echo_tensor.remote(torch.from_numpy(array)))
+            if i >= 10:
+                times.append(time.perf_counter() - start)
+        return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+async def handoff(questions: list, pool: ReplicaPool, max_new_tokens: int, wire_dtype: str) -> tuple[Trace, dict]:
+    """Every question once per mode, one at a time (so times are service times, not queueing)."""
+    trace = Trace()
+    sender = Agent("sender", pool, trace=trace, dtype=wire_dtype, max_new_tokens=max_new_tokens)
+    reader = Agent("reader", pool, trace=trace, max_new_tokens=max_new_tokens)
+    router = Agent("router", pool, trace=trace).on("latent", embed_latent)
+    sent_texts: dict[str, str] = {}
+    for question in tqdm(questions, desc="hand-off", unit="question"):
+        for mode in MODES:
+            for agent in (reader, router):
+                agent.label = mode
+            conversation = f"{mode}:{question.id}"
+            if mode == "latent->decode":
+                await sender.send_latent(reader, question.text, conversation_id=conversation)
+            elif mode == "latent->embed":
+                await sender.send_latent(router, question.text, conversation_id=conversation)
+            else:
+                sent_texts[question.id] = await sender.send_text(reader, question.text, conversation_id=conversation,
+                                                                 generate=True)
+    return trace, sent_texts
+
+
+def quality(trace: Trace, questions: list, sent_texts: dict[str, str]) -> dict[str, dict[str, float]]:
+    from latentcomm.teachers import load_teacher
+
+    teacher = load_teacher("minilm")
+    reference = {q.id: q.solution for q in questions}
+    out = {}
+    for mode in ("latent->decode", "text"):
+        hops = [h for h in trace.hops if h.label == mode]
+        ids = [h.conversation_id.split(":", 1)[1] for h in hops]
+        held = teacher.embed([h.text or "" for h in hops])
+        refs = teacher.embed([reference[i] for i in ids])
+        sender_answers = teacher.embed([sent_texts[i] for i in ids])
+        out[mode] = {"cosine_to_reference": float(np.mean(np.sum(held * refs, axis=1))),
+                     "cosine_to_sender_text": float(np.mean(np.sum(held * sender_answers, axis=1)))}
+    return out
+
+
+def summarize(trace: Trace) -> dict[str, dict[str, float]]:
+    out = {}
+    for mode in MODES:
+        hops = [h for h in trace.hops if h.label == mode]
+        out[mode] = {"messages": len(hops), "bytes": statistics.fmean(h.bytes for h in hops),
+                     "sender_s": statistics.fmean(h.produce_s for h in hops),
+                     "receiver_s": statistics.fmean(h.handle_s for h in hops),
+                     "until_receiver_holds_s": statistics.fmean(h.latency_s for h in hops),
+                     "p50_until_receiver_holds_s": statistics.median(h.latency_s for h in hops)}
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hand = results["handoff"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    modes = list(hand)
+    sender = [hand[m]["sender_s"] for m in modes]
+    rest = [hand[m]["until_receiver_holds_s"] - s for m, s in zip(modes, sender)]
+    colors = ["tab:blue", "tab:cyan", "tab:gray"]
+    axes[0].bar(modes, sender, color=colors, label="sender produces")
+    axes[0].bar(modes, rest, bottom=sender, color=colors, alpha=0.45, label="wire + receiver")
+    axes[0].set_ylabel("seconds until the receiver holds it (mean)")
+    axes[0].legend()
+    axes[1].bar(modes, [hand[m]["bytes"] for m in modes], color=colors)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("bytes per message")
+    trips = results["round_trip"]
+    names = list(trips)
+    x = np.arange(len(names))
+    axes[2].bar(x - 0.2, [trips[n]["p50_ms"] for n in names], 0.4, label="p50")
+    axes[2].bar(x + 0.2, [trips[n]["p99_ms"] for n in names], 0.4, label="p99")
+    axes[2].set_xticks(x, names)
+    axes[2].set_ylabel("ms per actor-to-actor round trip")
+    axes[2].legend()
+    for ax in axes[:2]:
+        ax.tick_params(axis="x", rotation=15)
+    fig.suptitle(f"hand-off on {results['head']}, {results['config']['questions']} GSM8K questions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("bench handoff", __doc__.split("\n")[0])
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--head", default=None, help="saved head folder (default: the shipped head)")
+    p.add_argument("--questions", type=int, default=6)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--wire-dtype", default="float16", choices=["float32", "float16", "bfloat16", "int8"])
+    p.add_argument("--trips", type=int, default=300, help="actor-to-actor round trips per format")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/handoff"))
+    args = p.parse_args(argv)
+    init_ray(args.address, num_cpus=None if args.address else os.cpu_count())
+    questions = load_gsm8k(args.questions)
+    pool = ReplicaPool(ReplicaConfig(backbone=args.backbone, head=args.head, num_threads=1,
+                                     max_new_tokens=args.max_new_tokens), PoolConfig(num_replicas=1), name="bench")
+    try:
+        [info] = asyncio.run(pool.ready())
+        trace, sent_texts = asyncio.run(handoff(questions, pool, args.max_new_tokens, args.wire_dtype))
+    finally:
+        pool.shutdown()
+    shape = (info["num_compression"], info["hidden_size"])
+    peer_class = ray.remote(Peer).options(num_cpus=0)
+    a, b = peer_class.remote(), peer_class.remote()
+    round_trip = {}
+    for how in ("protocol", "pickle"):
+        times = ray.get(a.round_trips.remote(b, how, shape, args.wire_dtype, args.trips))
+        label = f"protocol ({args.wire_dtype})" if how == "protocol" else "pickled tensor (float32)"
+        round_trip[label] = {"p50_ms": percentile(times, 50) * 1e3, "p99_ms": percentile(times, 99) * 1e3,
+                             "trips": len(times)}
+    hand = summarize(trace)
+    for mode, scores in quality(trace, questions, sent_texts).items():
+        hand[mode].update(scores)
+    text = hand["text"]
+    results = {"config": vars(args) | {"out": str(args.out)}, "head": f"{info['backbone']} head {info['fingerprint']}",
+               "replica": info, "host": {"python": platform.python_version(), "cpus": os.cpu_count()},
+               "handoff": hand, "round_trip": round_trip,
+               "ratios_vs_text": {m: {"until_receiver_holds": hand[m]["until_receiver_holds_s"]
+                                      / text["until_receiver_holds_s"],
+                                      "sender": hand[m]["sender_s"] / text["sender_s"],
+                                      "bytes": hand[m]["bytes"] / text["bytes"]} for m in MODES},
+               "trace_sample": [h.__dict__ for h in trace.hops[:len(MODES)]]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "handoff.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    plot(results, args.out / "handoff.png")
+    print(f"\n{results['head']}, {args.questions} questions, {args.max_new_tokens} new tokens max\n")
+    print(f"{'mode':<16}{'sender s':>10}{'receiver s':>12}{'holds s':>10}{'x text':>8}{'bytes':>9}{'cos ref':>9}")
+    for mode in MODES:
+        h = hand[mode]
+        cos = h.get("cosine_to_reference")
+        print(f"{mode:<16}{h['sender_s']:>10.3f}{h['receiver_s']:>12.3f}{h['until_receiver_holds_s']:>10.3f}"
+              f"{results['ratios_vs_text'][mode]['until_receiver_holds']:>8.2f}{h['bytes']:>9.0f}"
+              f"{'' if cos is None else format(cos, '.3f'):>9}")
+    if "cosine_to_sender_text" in hand["latent->decode"]:
+        print(f"decoded latent vs the sender's own text answer (teacher cosine): "
+              f"{hand['latent->decode']['cosine_to_sender_text']:.3f}")
+    print("\nactor -> actor round trip of one latent:")
+    for label, r in round_trip.items():
+        print(f"  {label:<26} p50 {r['p50_ms']:.3f} ms   p99 {r['p99_ms']:.3f} ms")
+    print(f"wrote {args.out / 'handoff.json'} and {args.out / 'handoff.png'}")
+    return 0
