@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -78,14 +79,19 @@ def describe(name: str, profile: Profile) -> SuiteTask:
     return SuiteTask(name, task.category, task.main_score, HIGHER)
 
 
-def run_job(task_name: str, spec: Any, profile: Profile) -> dict[str, Any]:
-    """Run one task for one model (inside a Ray worker or inline) and return its scores."""
+def run_job(task_name: str, spec: Any, profile: Profile, home: str | None = None) -> dict[str, Any]:
+    """Run one task for one model (inside a Ray worker or inline) and return its scores.
+
+    ``home`` is the driver's ``$LATENTCOMM_HOME``, so workers started earlier read the same cache.
+    """
     import mteb
 
     from latentcomm.benchmarks.encoders import cached_encoder
     from latentcomm.benchmarks.mteb_model import LatentcommMTEBModel
     from latentcomm.benchmarks.safety import TASK_NAME, build_corpus, evaluate_safety
 
+    if home:
+        os.environ["LATENTCOMM_HOME"] = home
     start = time.perf_counter()
     encoder = cached_encoder(spec)
     loaded = time.perf_counter()
@@ -125,7 +131,8 @@ def run_jobs(tasks: Sequence[str], specs: Sequence[Any], profile: Profile, out: 
     if todo:
         init_ray(address, num_cpus=num_cpus)
         remote = ray.remote(num_cpus=1, max_retries=0)(run_job)
-        pending = {remote.remote(t, s, profile): (t, s) for t, s in todo}
+        home = os.environ.get("LATENTCOMM_HOME")
+        pending = {remote.remote(t, s, profile, home): (t, s) for t, s in todo}
         bar = tqdm(total=len(pending), desc="suite jobs", unit="job")
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -190,6 +197,36 @@ def _fmt(value: float | None) -> str:
     return "error" if value is None else f"{100 * value:.1f}"
 
 
+def speed_lines(speed: dict[str, Any]) -> list[str]:
+    """Headline figures of the speed benchmarks (full JSON under speed/)."""
+    lines = []
+    for name, value in speed.items():
+        if "skipped" in value:
+            lines.append(f"{name}: {value['skipped']}")
+        elif name == "encode":
+            rows = ", ".join(f"{r['texts_per_s']:.1f} texts/s at batch {r['batch_size']}" for r in value["encode"])
+            d = value["decode"]
+            lines.append(f"encode: {rows}; decode {d['cached_tokens_per_s']:.1f} tokens/s with KV cache vs "
+                         f"{d['uncached_tokens_per_s']:.1f} without (×{d['speedup']:.1f})")
+        else:
+            numbers = {k: v for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            lines.append(f"{name}: " + (", ".join(f"{k}={v:.4g}" for k, v in list(numbers.items())[:8])
+                                        or f"see speed/{name}/"))
+    return lines
+
+
+def baseline_ratios(results: dict[str, Any], baseline: str) -> dict[str, dict[str, float]]:
+    """Each model's mini-MTEB average, Reasoning and Safety as a ratio to the baseline's (same run)."""
+    cats = results["categories"]
+    series = {"mini-MTEB avg": results["mini_mteb_average"], **{c: cats[c] for c in ("Reasoning", "Safety")
+                                                                 if c in cats}}
+    out: dict[str, dict[str, float]] = {}
+    for label in results["mini_mteb_average"]:
+        out[label] = {key: values[label] / values[baseline] for key, values in series.items()
+                      if values.get(label) is not None and values.get(baseline)}
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     labels = [m["label"] for m in results["models"]]
     lines = [f"# latentcomm bench suite ({results['profile']['name']} profile)", "",
@@ -207,16 +244,19 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {category}{arrow} | " + " | ".join(_fmt(values.get(label)) for label in labels) + " |")
     mteb_means = results.get("mini_mteb_average", {})
     if mteb_means:
-        lines.append("| **mini-MTEB avg (6 cat.)** | " + " | ".join(_fmt(mteb_means.get(label)) for label in labels)
-                     + " |")
+        name = f"**mini-MTEB avg ({len(results['mini_mteb_categories'])} cat.)**"
+        lines.append(f"| {name} | " + " | ".join(_fmt(mteb_means.get(label)) for label in labels) + " |")
     lines += ["", "Models:"] + [f"- `{m['label']}`: {m['description']}" for m in results["models"]]
     lines += [f"- not run: `{k}`: {v}" for k, v in results["skipped_models"].items()]
+    baseline = results.get("baseline")
+    if baseline:
+        lines += ["", f"Relative to the input-centric baseline `{baseline}` measured in the same run "
+                      "(mini-MTEB avg, Reasoning: higher is better; Safety: lower is better):", ""]
+        lines += [f"- `{label}`: " + ", ".join(f"{key} ×{value:.2f}" for key, value in ratios.items())
+                  for label, ratios in results["ratios"].items() if label != baseline]
     speed = results.get("speed", {})
     if speed:
-        lines += ["", "Speed:"]
-        for name, value in speed.items():
-            lines.append(f"- {name}: " + (value["skipped"] if "skipped" in value else
-                                          f"see speed/{name}/ ({', '.join(sorted(value)[:6])} ...)"))
+        lines += ["", "Speed (same machine, after the jobs):"] + [f"- {line}" for line in speed_lines(speed)]
     return "\n".join(lines) + "\n"
 
 
@@ -298,10 +338,15 @@ def main(argv: list[str] | None = None) -> int:
                     + (f", fingerprint {fingerprints[s.label]}" if s.label in fingerprints else "")}
                    for s in specs],
         "skipped_models": skipped, "rows": rows, "categories": categories,
+        "mini_mteb_categories": mini,
         "mini_mteb_average": {label: (None if any(categories[c][label] is None for c in mini)
                                       else float(np.mean([categories[c][label] for c in mini]))) for label in labels},
         "jobs": jobs,
     }
+    baseline = next((s.label for s in specs if s.kind == "meanpool"), None)
+    if baseline:
+        results["baseline"] = baseline
+        results["ratios"] = baseline_ratios(results, baseline)
     if not args.no_speed:
         head = args.head[0] if args.head else None
         results["speed"] = run_speed(out, profile, args.backbone, head)
