@@ -20,11 +20,12 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from ray.exceptions import RayActorError
 
-from latentcomm.actors.pool import NoReplicaError, ReplicaPool, run_sync
+from latentcomm.actors.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
 from latentcomm.actors.trace import Hop, Trace
 from latentcomm.messaging import address, message_embedding
 from latentcomm.protocols import KINDS, LatentMessage, ProtocolError, pack, unpack
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 SEQ_KEY = "seq"
 """Metadata key: the message's position in its (conversation, sender -> recipient) stream."""
+ACKED_KEY = "acked"
+"""Metadata key: every message of the stream before this position was acknowledged (lets a restarted
+receiver, which lost its inbox state, resume the order instead of waiting for messages it already handled)."""
 PRODUCE_KEY = "produce_s"
 """Metadata key: seconds the sender spent producing the message (compress, embed or generate)."""
 
@@ -54,6 +58,15 @@ class Incoming:
 
 
 Handler = Callable[["Agent", Incoming], Awaitable[Any]]
+
+
+class Recipient(Protocol):
+    """Anything messages can be sent to: an ``Agent`` here, or a ``RemoteAgent`` in another process."""
+
+    name: str
+
+    async def receive(self, data: bytes) -> Any:
+        ...
 
 
 async def decode_latent(agent: "Agent", incoming: Incoming) -> str:
@@ -89,7 +102,7 @@ class Agent:
 
     def __init__(self, name: str, pool: ReplicaPool, *, role: str = "", key: bytes | None = None,
                  trace: Trace | None = None, dtype: str = "float16", max_new_tokens: int | None = None,
-                 max_redeliveries: int = 3, order_timeout_s: float = 120.0, remember: int = 100_000) -> None:
+                 redeliver_for_s: float = 120.0, order_timeout_s: float = 120.0, remember: int = 100_000) -> None:
         if not name:
             raise ValueError("an agent needs a non-empty name")
         self.name = name
@@ -99,7 +112,7 @@ class Agent:
         self.trace = trace if trace is not None else Trace()
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens
-        self.max_redeliveries = max_redeliveries
+        self.redeliver_for_s = redeliver_for_s
         self.order_timeout_s = order_timeout_s
         self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
         self.duplicates = 0
@@ -110,6 +123,8 @@ class Agent:
         self._pending: dict[str, asyncio.Future] = {}
         self._expected: dict[tuple[str, str], int] = collections.defaultdict(int)
         self._next_seq: dict[tuple[str, str], int] = collections.defaultdict(int)
+        self._acked: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
+        self._acked_below: dict[tuple[str, str], int] = collections.defaultdict(int)
         self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Condition] = \
             weakref.WeakKeyDictionary()
 
@@ -128,21 +143,21 @@ class Agent:
         return f"{self.role}\n\n{text}" if self.role else text
 
     # ---- sending ----------------------------------------------------------------------------------
-    async def send_latent(self, to: "Agent", text: str, *, conversation_id: str = "default") -> Any:
+    async def send_latent(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
         """Compress ``text`` (under the role prompt) into a latent — one forward pass — and send it."""
         start = time.perf_counter()
         [data] = await self.pool.call("compress", [self.prompt(text)], dtype=self.dtype)
         return await self.send(to, unpack(data), conversation_id=conversation_id,
                                produce_s=time.perf_counter() - start)
 
-    async def send_embedding(self, to: "Agent", text: str, *, conversation_id: str = "default") -> Any:
+    async def send_embedding(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
         """Embed ``text`` (under the role prompt) and send the (D,) vector."""
         start = time.perf_counter()
         [data] = await self.pool.call("embed_texts", [self.prompt(text)], dtype=self.dtype)
         return await self.send(to, unpack(data), conversation_id=conversation_id,
                                produce_s=time.perf_counter() - start)
 
-    async def send_text(self, to: "Agent", text: str, *, conversation_id: str = "default",
+    async def send_text(self, to: Recipient, text: str, *, conversation_id: str = "default",
                         generate: bool = False) -> Any:
         """Send ``text`` as is, or with ``generate`` the backbone's full answer to it (the text baseline)."""
         start = time.perf_counter()
@@ -151,28 +166,41 @@ class Agent:
         return await self.send(to, LatentMessage.from_text(text), conversation_id=conversation_id,
                                produce_s=time.perf_counter() - start)
 
-    async def send(self, to: "Agent", message: LatentMessage, *, conversation_id: str = "default",
+    async def send(self, to: Recipient, message: LatentMessage, *, conversation_id: str = "default",
                    produce_s: float = 0.0) -> Any:
         """Address, sign and deliver ``message``; returns the receiver's handler result.
 
-        Delivery is at-least-once: if the receiver fails for lack of a live replica the same bytes (same
+        Delivery is at-least-once: if the receiver's process or its replicas die, the same bytes (same
         message id) are sent again; the receiver's de-duplication makes the handler run once.
         """
         stream = (conversation_id, to.name)
         seq = self._next_seq[stream]
         self._next_seq[stream] += 1
-        metadata = dict(message.metadata) | {SEQ_KEY: seq, PRODUCE_KEY: float(produce_s)}
+        metadata = dict(message.metadata) | {SEQ_KEY: seq, ACKED_KEY: self._acked_below[stream],
+                                             PRODUCE_KEY: float(produce_s)}
         message = address(message, sender=self.name, recipient=to.name, conversation_id=conversation_id,
                           metadata=metadata, created_ns=time.time_ns())
         data = pack(message, key=self.key)
-        for attempt in range(self.max_redeliveries + 1):
+        delays = retry_delays(self.redeliver_for_s)
+        while True:
             try:
-                return await to.receive(data)
-            except NoReplicaError:
-                if attempt == self.max_redeliveries:
+                result = await to.receive(data)
+            except (NoReplicaError, RayActorError):
+                delay = next(delays, None)
+                if delay is None:
                     raise
                 log.warning("%s -> %s: delivery of %s failed; re-sending", self.name, to.name, message.message_id)
-        raise AssertionError("unreachable")
+                await asyncio.sleep(delay)
+            else:
+                self._acknowledge(stream, seq)
+                return result
+
+    def _acknowledge(self, stream: tuple[str, str], seq: int) -> None:
+        acked = self._acked[stream]
+        acked.add(seq)
+        while self._acked_below[stream] in acked:
+            acked.remove(self._acked_below[stream])
+            self._acked_below[stream] += 1
 
     # ---- receiving --------------------------------------------------------------------------------
     async def receive(self, data: bytes) -> Any:
@@ -215,8 +243,12 @@ class Agent:
         if not isinstance(seq, int) or isinstance(seq, bool):
             return await self._handle(incoming)
         stream = (message.conversation_id, message.sender)
+        acked = message.metadata.get(ACKED_KEY)
         turn = self._turn()
         async with turn:
+            if isinstance(acked, int) and acked > self._expected[stream]:
+                self._expected[stream] = acked
+                turn.notify_all()
             try:
                 await asyncio.wait_for(turn.wait_for(lambda: self._expected[stream] >= seq), self.order_timeout_s)
             except asyncio.TimeoutError:
@@ -264,13 +296,13 @@ class Agent:
         return message_embedding(unpack(data))
 
     # ---- synchronous twins ----------------------------------------------------------------------------
-    def send_latent_sync(self, to: "Agent", text: str, *, conversation_id: str = "default") -> Any:
+    def send_latent_sync(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
         return run_sync(self.send_latent(to, text, conversation_id=conversation_id))
 
-    def send_embedding_sync(self, to: "Agent", text: str, *, conversation_id: str = "default") -> Any:
+    def send_embedding_sync(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
         return run_sync(self.send_embedding(to, text, conversation_id=conversation_id))
 
-    def send_text_sync(self, to: "Agent", text: str, *, conversation_id: str = "default",
+    def send_text_sync(self, to: Recipient, text: str, *, conversation_id: str = "default",
                        generate: bool = False) -> Any:
         return run_sync(self.send_text(to, text, conversation_id=conversation_id, generate=generate))
 

@@ -8,11 +8,10 @@ Errors raised by the replica's own code (bad input, protocol errors) are not ret
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -37,9 +36,10 @@ class PoolConfig:
     """Requests outstanding at once over the whole pool; further calls wait (back-pressure)."""
     max_restarts: int = 3
     """Times Ray restarts a dead replica (-1: forever)."""
-    max_retries: int = 5
-    """Times one call is re-sent after its replica died."""
-    retry_backoff_s: float = 0.2
+    retry_for_s: float = 120.0
+    """How long one call keeps being re-sent after replicas die (restarting one reloads its model)."""
+    retry_backoff_s: float = 0.1
+    """First pause before a re-send; it doubles up to 2 s."""
     strategy: Strategy = "least_loaded"
 
     def __post_init__(self) -> None:
@@ -75,7 +75,7 @@ class ReplicaPool:
         self.retries = 0
         self._suspect_until = [0.0] * len(self.actors)
         self._shut_down = False
-        self._turn = itertools.count()
+        self._turn = 0
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
             weakref.WeakKeyDictionary()
 
@@ -85,23 +85,25 @@ class ReplicaPool:
         if not callable(getattr(Replica, method, None)) or method.startswith("_"):
             raise AttributeError(f"Replica has no method {method!r}")
         async with self._slot():
-            for attempt in range(self.config.max_retries + 1):
+            delays = retry_delays(self.config.retry_for_s, self.config.retry_backoff_s)
+            while True:
                 index = self._choose()
                 self.in_flight[index] += 1
                 self.calls[index] += 1
                 try:
                     return await getattr(self.actors[index], method).remote(*args, **kwargs)
                 except RayActorError as err:
-                    self._suspect_until[index] = time.monotonic() + self.config.retry_backoff_s * (attempt + 2)
-                    if attempt == self.config.max_retries:
-                        raise NoReplicaError(f"{self.name}: {method} failed {attempt + 1} times: {err}") from err
+                    delay = next(delays, None)
+                    if delay is None:
+                        raise NoReplicaError(f"{self.name}: {method} kept failing for {self.config.retry_for_s} s: "
+                                             f"{err}") from err
+                    self._suspect_until[index] = time.monotonic() + 2 * delay
                     self.retries += 1
                     log.warning("%s: replica %d failed during %s (%s); retrying", self.name, index, method,
                                 type(err).__name__)
-                    await asyncio.sleep(self.config.retry_backoff_s * (attempt + 1))
+                    await asyncio.sleep(delay)
                 finally:
                     self.in_flight[index] -= 1
-        raise AssertionError("unreachable")
 
     def call_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``call`` for code without an event loop."""
@@ -124,6 +126,14 @@ class ReplicaPool:
             ray.kill(actor, no_restart=True)
         self._shut_down = True
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (to share the replicas with agents in other processes); per-loop semaphores stay here."""
+        return self.__dict__ | {"_slots": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._slots = weakref.WeakKeyDictionary()
+
     # ---- internals --------------------------------------------------------------------------------
     def _slot(self) -> asyncio.Semaphore:
         """The back-pressure semaphore of the running event loop (asyncio primitives belong to one loop)."""
@@ -139,8 +149,18 @@ class ReplicaPool:
         now = time.monotonic()
         live = [i for i in range(len(self.actors)) if self._suspect_until[i] <= now] or list(range(len(self.actors)))
         if self.config.strategy == "round_robin":
-            return live[next(self._turn) % len(live)]
+            self._turn += 1
+            return live[self._turn % len(live)]
         return min(live, key=lambda i: (self.in_flight[i], self.calls[i]))
+
+
+def retry_delays(for_s: float, first_s: float = 0.1, cap_s: float = 2.0) -> Iterator[float]:
+    """Pauses of an exponential back-off (``first_s``, doubling, at most ``cap_s``) for about ``for_s`` seconds."""
+    deadline = time.monotonic() + for_s
+    delay = first_s
+    while time.monotonic() + delay <= deadline:
+        yield delay
+        delay = min(2 * delay, cap_s)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

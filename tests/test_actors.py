@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from latentcomm.actors.agent import SEQ_KEY, Agent, embed_latent
+from latentcomm.actors.agent_host import start_agent
 from latentcomm.actors.pool import PoolConfig, ReplicaPool
 from latentcomm.actors.replica import ReplicaConfig
 from latentcomm.actors.trace import Trace
@@ -198,3 +199,29 @@ def test_bad_pool_and_replica_configs_are_refused():
     with pytest.raises(ValueError, match="dtype"):
         ReplicaConfig(dtype="float33")
     assert torch.float32 is getattr(torch, ReplicaConfig(dtype="float32").dtype)
+
+
+async def test_agents_in_their_own_processes_exchange_bytes(pool, tiny_model):
+    critic, answerer = start_agent("critic", pool), start_agent("answerer", pool)
+    solver = Agent("solver", pool, dtype="float32")
+    draft = await solver.send_latent(critic, QUESTION, conversation_id="r")
+    assert draft == tiny_model.decode(tiny_model.compress(QUESTION), max_new_tokens=8)[0]
+    assert await critic.send_text(answerer, "relayed", conversation_id="r") == "relayed"
+    [hop] = await critic.hops()
+    assert (hop.sender, hop.receiver, hop.kind, hop.text) == ("solver", "critic", "latent", draft)
+    assert (await answerer.counters())["handled"] == 1
+
+
+async def test_killed_agent_process_gets_the_message_again(ray_local, pool):
+    critic = start_agent("critic", pool, max_new_tokens=256)
+    solver = Agent("solver", pool)
+    assert await solver.send_text(critic, "warm up", conversation_id="k") == "warm up"
+    pid_before = await critic.handle.__ray_call__.remote(lambda self: __import__("os").getpid())
+    sending = asyncio.create_task(solver.send_latent(critic, QUESTION, conversation_id="k"))
+    await asyncio.sleep(0.3)
+    ray_local.kill(critic.handle, no_restart=False)
+    said = await sending
+    pid_after = await critic.handle.__ray_call__.remote(lambda self: __import__("os").getpid())
+    assert isinstance(said, str) and pid_after != pid_before
+    hops = await critic.hops()
+    assert [h.kind for h in hops] == ["latent"]  # the restarted host handled the re-sent latent once

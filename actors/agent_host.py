@@ -1,0 +1,86 @@
+"""Agents in their own processes: ``AgentHost`` runs an ``Agent`` inside a Ray actor, ``RemoteAgent`` addresses it.
+
+A ``RemoteAgent`` can be the recipient of any ``Agent.send_*`` call: the packed protocol bytes travel to
+the host process, which verifies, de-duplicates, orders and handles them there. If the host dies, Ray
+restarts it (``max_restarts``) and the sender re-sends the same bytes (same message id): at-least-once
+delivery. De-duplication memory lives in the host, so it does not survive a restart of the host itself.
+
+    host = start_agent("critic", pool, role="Check the answer.")
+    draft = await solver.send_latent(host, "What is 7 * 6?")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from latentcomm.actors.agent import Agent, Handler
+from latentcomm.actors.pool import ReplicaPool
+from latentcomm.actors.trace import Hop
+
+
+class AgentHost:
+    """The actor body: one Agent, using the given pool's replicas, with its own inbox and trace."""
+
+    def __init__(self, name: str, pool: ReplicaPool, options: dict[str, Any], handlers: dict[str, Handler]) -> None:
+        self.agent = Agent(name, pool, **options)
+        for kind, handler in handlers.items():
+            self.agent.on(kind, handler)
+        self.peers: dict[str, RemoteAgent] = {}
+
+    async def receive(self, data: bytes) -> Any:
+        return await self.agent.receive(data)
+
+    async def send_latent(self, to: "RemoteAgent", text: str, conversation_id: str = "default") -> Any:
+        return await self.agent.send_latent(to, text, conversation_id=conversation_id)
+
+    async def send_embedding(self, to: "RemoteAgent", text: str, conversation_id: str = "default") -> Any:
+        return await self.agent.send_embedding(to, text, conversation_id=conversation_id)
+
+    async def send_text(self, to: "RemoteAgent", text: str, conversation_id: str = "default",
+                        generate: bool = False) -> Any:
+        return await self.agent.send_text(to, text, conversation_id=conversation_id, generate=generate)
+
+    def hops(self) -> list[Hop]:
+        return self.agent.trace.hops
+
+    def counters(self) -> dict[str, int]:
+        return {"duplicates": self.agent.duplicates, "rejected": self.agent.rejected, "handled": len(self.agent.trace)}
+
+
+@dataclass(frozen=True)
+class RemoteAgent:
+    """A handle to an agent hosted in another process; pass it wherever a recipient agent is expected."""
+
+    name: str
+    handle: Any
+
+    async def receive(self, data: bytes) -> Any:
+        return await self.handle.receive.remote(data)
+
+    async def send_latent(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default") -> Any:
+        return await self.handle.send_latent.remote(to, text, conversation_id)
+
+    async def send_embedding(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default") -> Any:
+        return await self.handle.send_embedding.remote(to, text, conversation_id)
+
+    async def send_text(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default",
+                        generate: bool = False) -> Any:
+        return await self.handle.send_text.remote(to, text, conversation_id, generate)
+
+    async def hops(self) -> list[Hop]:
+        return await self.handle.hops.remote()
+
+    async def counters(self) -> dict[str, int]:
+        return await self.handle.counters.remote()
+
+
+def start_agent(name: str, pool: ReplicaPool, *, handlers: dict[str, Handler] | None = None,
+                num_cpus: float = 0.0, max_restarts: int = 3, **options: Any) -> RemoteAgent:
+    """Start an agent in its own actor process, sharing ``pool``'s replicas; ``options`` go to ``Agent``.
+
+    Handlers must be importable functions (or picklable callables): they run in the host process.
+    """
+    actor = ray.remote(AgentHost).options(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0)
+    return RemoteAgent(name, actor.remote(name, pool, options, handlers or {}))
