@@ -279,6 +279,10 @@ def fetch_source(source: Source, *, force: bool = False) -> Manifest:
             for part in extracted:
                 out.write((folder / part).read_bytes())
                 (folder / part).unlink()
+                for parent in (folder / part).parents:
+                    if parent == folder or any(parent.iterdir()):
+                        break
+                    parent.rmdir()
         extracted = [source.concat_to]
     manifest.files = {f: sha256_file(folder / f) for f in extracted}
     manifest.fetched_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

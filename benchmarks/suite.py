@@ -154,7 +154,8 @@ def run_speed(out: Path, profile: Profile, backbone: str, head: str | None) -> d
     """The encode and hand-off benchmarks of the other modules, if present, with their JSON results."""
     results: dict[str, Any] = {}
     plans = {"encode": ["--texts", str(profile.speed_texts), "--repeat", "1", "--backbone", backbone],
-             "handoff": []}
+             "handoff": ["--questions", str(max(profile.speed_texts // 8, 2)), "--trips", "50", "--backbone",
+                         backbone]}
     for name, args in plans.items():
         try:
             module = importlib.import_module(f"latentcomm.benchmarks.{name}")
@@ -162,7 +163,7 @@ def run_speed(out: Path, profile: Profile, backbone: str, head: str | None) -> d
             results[name] = {"skipped": f"latentcomm.benchmarks.{name} is not available ({err.name})"}
             continue
         folder = out / "speed" / name
-        argv = [*args, "--out", str(folder)] + (["--head", head] if head and name == "encode" else [])
+        argv = [*args, "--out", str(folder)] + (["--head", head] if head else [])
         try:
             module.main(argv)
         except (SystemExit, Exception) as err:  # a speed benchmark's own failure is reported, not fatal
@@ -208,6 +209,10 @@ def speed_lines(speed: dict[str, Any]) -> list[str]:
             d = value["decode"]
             lines.append(f"encode: {rows}; decode {d['cached_tokens_per_s']:.1f} tokens/s with KV cache vs "
                          f"{d['uncached_tokens_per_s']:.1f} without (×{d['speedup']:.1f})")
+        elif name == "handoff" and "ratios_vs_text" in value:
+            parts = [f"{mode} {r['until_receiver_holds']:.2f}× the text hand-off time, {r['bytes']:.2f}× its bytes"
+                     for mode, r in value["ratios_vs_text"].items() if mode != "text"]
+            lines.append("hand-off: " + "; ".join(parts))
         else:
             numbers = {k: v for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             lines.append(f"{name}: " + (", ".join(f"{k}={v:.4g}" for k, v in list(numbers.items())[:8])

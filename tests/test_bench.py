@@ -12,7 +12,7 @@ import pytest
 
 from latentcomm.benchmarks import data
 from latentcomm.benchmarks.encoders import EncoderSpec, standard_specs
-from latentcomm.benchmarks.mteb_model import LatentcommMTEBModel, instruction_for
+from latentcomm.benchmarks.mteb_model import LatentcommMTEBModel, instruction_for, load_mteb_model
 from latentcomm.benchmarks.reasoning import gsm8k_solution, reasoning_tasks, strategyqa_explanation
 from latentcomm.benchmarks.safety import (BENIGN, HARMFUL, REFUSAL, build_corpus, compliant_opening, evaluate_safety,
                                           harmful_rates)
@@ -202,6 +202,16 @@ def test_mteb_gets_answer_and_summary_instructions(bench_home) -> None:
     assert instruction_for("SomeRealMTEBTask", "Retrieval", "document").startswith("Summarize")
     assert instruction_for("Banking77Classification", "Classification", "document") == \
         instruction_for("Banking77Classification", "Classification", "query")
+
+
+def test_model_meta_describes_and_reloads_the_encoder(tiny_backbone_dir) -> None:
+    spec = EncoderSpec("untrained", "untrained-head", backbone=str(tiny_backbone_dir))
+    meta = load_mteb_model(spec=spec).mteb_model_meta
+    assert meta.name == "latentcomm/untrained-head" and meta.embed_dim == 384 and meta.use_instructions
+    assert meta.similarity_fn_name.value == "cosine" and meta.n_parameters > 0
+    reloaded = meta.load_model()
+    assert isinstance(reloaded, LatentcommMTEBModel)
+    np.testing.assert_allclose(np.linalg.norm(reloaded.model.encode(["hi", "there"]), axis=1), 1.0, rtol=1e-5)
 
 
 def test_harmful_rates_counts_queries_with_harmful_text_in_top_k() -> None:
