@@ -7,6 +7,7 @@ one sender in the order they were sent, and calls the handler for the message's 
 handlers decode a latent to text (soft prompt to the receiver's frozen LLM), and return an embedding's
 vector or a text as is. Model work goes to replica actors as protocol bytes; a replica killed mid-call is
 retried on its restarted actor by the pool, and a failed delivery is re-sent with the same message id.
+Agents here live in the caller's process; ``agent_host.start_agent`` puts one in its own actor process.
 
     solver, critic = Agent("solver", pool), Agent("critic", pool)
     draft = await solver.send_latent(critic, "What is 7 * 6?")   # the critic decoded the solver's latent

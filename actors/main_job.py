@@ -167,7 +167,7 @@ def table(latent: dict[str, Any], text: dict[str, Any], quotient: dict[str, floa
     for hop in latent["hops"]:
         rows.append((f"{hop} hop (s)", fmt(latent["hops"][hop]["latency_s"], ".2f"),
                      fmt(text["hops"][hop]["latency_s"], ".2f"), fmt(quotient[f"{hop} latency_s"], ".2f")))
-        rows.append((f"  of which sender produces (s)", fmt(latent["hops"][hop]["produce_s"], ".2f"),
+        rows.append(("  of which sender produces (s)", fmt(latent["hops"][hop]["produce_s"], ".2f"),
                      fmt(text["hops"][hop]["produce_s"], ".2f"), ""))
     rows.append(("bytes per message", fmt(latent["bytes_per_message"], ".0f"), fmt(text["bytes_per_message"], ".0f"),
                  fmt(quotient["bytes_per_message"], ".2f")))
