@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.questions < 1 or args.replicas < 1 or args.max_new_tokens < 1:
         p.error("--questions, --replicas and --max-new-tokens must be >= 1")
+    if not args.address and args.replicas * args.cpus_per_replica > (os.cpu_count() or 1):
+        p.error(f"{args.replicas} replicas x {args.cpus_per_replica} CPUs do not fit on {os.cpu_count()} local CPUs; "
+                "lower --replicas or --cpus-per-replica, or join a cluster with --address")
     config = JobConfig(**vars(args))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     init_ray(config.address, num_cpus=None if config.address else os.cpu_count())
