@@ -151,8 +151,8 @@ async def test_killed_replica_loses_no_message(ray_local, replica_config):
         solver, critic = Agent("solver", pool, trace=trace), Agent("critic", pool, trace=trace, max_new_tokens=64)
         texts = [f"message number {i}" for i in range(4)]
         sends = [asyncio.create_task(solver.send_latent(critic, t, conversation_id="k")) for t in texts]
-        while sum(pool.calls) < 2:  # the first decode (or a compress) is on the replica: kill it there
-            await asyncio.sleep(0.005)
+        while sum(pool.calls) < 2 or not any(pool.in_flight):  # a call is on the replica: kill it there
+            await asyncio.sleep(0.001)
         ray_local.kill(pool.actors[0], no_restart=False)
         results = await asyncio.gather(*sends)
         [after] = await pool.ready()
