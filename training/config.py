@@ -133,7 +133,7 @@ class TrainConfig:
         """``--field-name`` for every field (booleans as ``--flag/--no-flag``), defaults from the dataclass."""
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
-            doc = f.metadata.get("help")
+            doc = _HELP.get(f.name, f.name.replace("_", " "))
             if f.type in ("bool",):
                 ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=doc)
             else:
@@ -143,6 +143,35 @@ class TrainConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+_HELP = {
+    "run": "run directory with queries.jsonl and responses/ (from 'latentcomm generate' and 'targets')",
+    "out": "output directory: checkpoints/, metrics.jsonl, loss.png, head/",
+    "backbone": "frozen backbone: the default alias, a Hugging Face folder/id or a .gguf file",
+    "backbone_dtype": "backbone weights dtype; auto = bf16 where the device computes it natively",
+    "teacher": "targets to align to (a teacher name from 'latentcomm targets')",
+    "train_limit": "use only the first N training queries",
+    "zero_stage": "DeepSpeed ZeRO stage (0-3)",
+    "precision": "DeepSpeed precision of the trainable head (fp32 or bf16 with fp32 master weights)",
+    "micro_batch": "queries per worker per forward pass",
+    "grad_accum": "micro-batches accumulated per optimizer step",
+    "gradient_checkpointing": "recompute backbone activations in backward (for big backbones)",
+    "lr": "peak learning rate (AdamW)",
+    "warmup_steps": "linear warm-up steps",
+    "min_lr_ratio": "cosine decay ends at lr * this",
+    "max_steps": "stop after this many optimizer steps (the schedule spans them)",
+    "align_loss": "mse (the paper) or cosine",
+    "checkpoint_every": "save a DeepSpeed checkpoint every K optimizer steps (and at the end)",
+    "keep_checkpoints": "newest checkpoints kept on disk",
+    "resume": "continue from the newest checkpoint in OUT/checkpoints (same data order and optimizer state)",
+    "stop_after": "leave after this many steps of this invocation, checkpointed (simulates a kill; for tests)",
+    "workers": "0 = one plain process; N = Ray Train TorchTrainer with N workers",
+    "use_gpu": "Ray Train workers take one GPU each",
+    "cpus_per_worker": "CPUs reserved per Ray Train worker",
+    "threads": "torch CPU threads per process",
+    "address": "join this Ray cluster (e.g. auto) instead of starting a local one",
+}
 
 
 def _parser_for(annotation: str):

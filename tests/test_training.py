@@ -1,0 +1,193 @@
+"""Training pipeline on the tiny random model: queries, resumable generation, targets, DeepSpeed loop, evaluation."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from latentcomm.training.config import TrainConfig
+from latentcomm.training.queries import (Query, complete_json_items, file_queries, read_queries, split_queries,
+                                         write_queries)
+from latentcomm.training.responses import GenerationConfig, generate_responses, read_responses, shard_path
+from latentcomm.training.targets import compute_targets, targets_path
+
+TINY_TRAIN = ["--teacher", "self", "--num-thought", "2", "--num-compression", "3", "--max-query-tokens", "64",
+              "--max-response-tokens", "24", "--micro-batch", "4", "--warmup-steps", "1", "--lr", "3e-3",
+              "--threads", "1"]
+
+
+def _queries(n: int) -> list[Query]:
+    return [Query(f"q{i}", f"question {i}: what is {i} plus {3 * i}, and why is the sky blue?") for i in range(n)]
+
+
+# ---- queries ----------------------------------------------------------------------------------------------
+def test_truncated_json_array_yields_complete_items_only():
+    text = json.dumps([{"id": 1, "x": "a]"}, {"id": 2}, {"id": 3, "x": "cut"}])[:-12]
+    assert [item["id"] for item in complete_json_items(text)] == [1, 2]
+
+
+def test_split_is_deterministic_disjoint_and_order_free():
+    pool = _queries(30)
+    a = split_queries(pool, heldout=5, train=20, seed=1)
+    b = split_queries(list(reversed(pool)), heldout=5, train=20, seed=1)
+    assert a == b
+    held = {q.id for q in a if q.split == "heldout"}
+    train = {q.id for q in a if q.split == "train"}
+    assert len(held) == 5 and len(train) == 20 and not held & train
+    assert split_queries(pool, heldout=5, seed=2) != split_queries(pool, heldout=5, seed=1)
+    with pytest.raises(ValueError, match="no training queries"):
+        split_queries(pool, heldout=30)
+
+
+def test_custom_query_files(tmp_path):
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text('{"id": "a", "text": "hello"}\n{"query": "world"}\n{"text": "hello"}\n')
+    assert [q.text for q in file_queries(jsonl)] == ["hello", "world"]
+    txt = tmp_path / "q.txt"
+    txt.write_text("one\n\ntwo\n")
+    assert [q.text for q in file_queries(txt)] == ["one", "two"]
+    (tmp_path / "bad.jsonl").write_text('{"nope": 1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        file_queries(tmp_path / "bad.jsonl")
+
+
+# ---- generation and targets ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_backbone_dir, ray_local) -> Path:
+    """A run directory on the tiny backbone: 40 queries (8 held out), sampled responses, 'self' targets."""
+    run = tmp_path_factory.mktemp("tiny_run")
+    queries = split_queries(_queries(40), heldout=8)
+    write_queries(queries, run / "queries.jsonl")
+    config = GenerationConfig(str(tiny_backbone_dir), max_new_tokens=10, temperature=1.0, shard_size=16,
+                              batch_size=8)
+    generate_responses(queries, run / "responses", config, replicas=2, cpus_per_replica=0.5)
+    compute_targets(run / "responses", "self")
+    return run
+
+
+def test_generation_skips_finished_shards_and_never_duplicates(tiny_run, tiny_backbone_dir):
+    out = tiny_run / "responses"
+    queries = read_queries(tiny_run / "queries.jsonl")
+    first = read_responses(out)
+    assert [r["id"] for r in first] == [q.id for q in queries]
+    config = GenerationConfig(str(tiny_backbone_dir), max_new_tokens=10, temperature=1.0, shard_size=16, batch_size=8)
+    kept = shard_path(out, 0).stat().st_mtime_ns
+    shard_path(out, 2).unlink()  # as if the job had been killed before the last shard finished
+    with pytest.raises(ValueError, match="32 of 40"):
+        read_responses(out)
+    generate_responses(queries, out, config, replicas=1, cpus_per_replica=0.5)
+    assert shard_path(out, 0).stat().st_mtime_ns == kept
+    assert read_responses(out) == first  # seeded sampling: the regenerated shard is identical
+    with pytest.raises(ValueError, match="other settings"):
+        generate_responses(queries, out, GenerationConfig(str(tiny_backbone_dir), max_new_tokens=7, shard_size=16))
+
+
+
+def test_targets_are_cached_unit_vectors(tiny_run):
+    targets = compute_targets(tiny_run / "responses", "self")
+    assert targets.embeddings.shape == (40, 64)
+    np.testing.assert_allclose(np.linalg.norm(targets.embeddings, axis=1), 1.0, rtol=1e-5)
+    stamp = targets_path(tiny_run / "responses", "self").stat().st_mtime_ns
+    compute_targets(tiny_run / "responses", "self")
+    assert targets_path(tiny_run / "responses", "self").stat().st_mtime_ns == stamp
+    assert len(read_queries(tiny_run / "queries.jsonl", "heldout")) == 8
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+def _train(args: list[str]) -> None:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    done = subprocess.run([sys.executable, "-m", "latentcomm.cli", "train", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _head(out: Path) -> dict:
+    return load_file(out / "head" / "head.safetensors")
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_run, tiny_backbone_dir, tmp_path_factory) -> tuple[Path, list[str]]:
+    """4 optimizer steps of 2 x 4 queries (gradient accumulation 2) in one plain process."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    args = ["--run", str(tiny_run), "--backbone", str(tiny_backbone_dir), *TINY_TRAIN, "--max-steps", "4"]
+    _train([*args, "--grad-accum", "2", "--out", str(out)])
+    return out, args
+
+
+def test_single_process_training_learns_and_writes_outputs(uninterrupted):
+    out, _ = uninterrupted
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[-1]["align"] < records[0]["align"]
+    assert (out / "loss.png").stat().st_size > 0
+    from latentcomm.model import GenerativeEmbedder
+
+    model = GenerativeEmbedder.from_pretrained(out / "head", backbone=str(Path(json.loads(
+        (out / "train_config.json").read_text())["backbone"])))
+    assert model.config.num_compression == 3 and model.config.embed_dim == 64
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(uninterrupted, tmp_path):
+    reference, args = uninterrupted
+    _train([*args, "--grad-accum", "2", "--out", str(tmp_path), "--stop-after", "2"])
+    assert not (tmp_path / "head").exists()
+    assert len(_losses(tmp_path)) == 2
+    _train([*args, "--grad-accum", "2", "--out", str(tmp_path), "--resume"])
+    assert _losses(tmp_path) == pytest.approx(_losses(reference), rel=1e-6)
+    expected, got = _head(reference), _head(tmp_path)
+    for name in expected:
+        np.testing.assert_allclose(got[name].numpy(), expected[name].numpy(), rtol=0, atol=1e-7, err_msg=name)
+
+
+def test_ray_train_two_workers_match_gradient_accumulation(uninterrupted, tmp_path):
+    """2 workers x micro-batch 4 see the same global batches as 1 process x 4 x accumulation 2."""
+    from latentcomm.training.train import train_with_ray
+
+    reference, args = uninterrupted
+    ap = __import__("latentcomm.cli", fromlist=["parser"]).parser("train", "")
+    TrainConfig.add_arguments(ap)
+    cfg = TrainConfig.from_args(ap.parse_args([*args, "--out", str(tmp_path), "--workers", "2",
+                                               "--cpus-per-worker", "0.5"]))
+    summary = train_with_ray(cfg)
+    assert summary["total_steps"] == 4
+    assert _losses(tmp_path) == pytest.approx(_losses(reference), rel=1e-4)
+    expected, got = _head(reference), _head(tmp_path)
+    for name in expected:
+        np.testing.assert_allclose(got[name].numpy(), expected[name].numpy(), atol=1e-4, err_msg=name)
+
+
+def test_evaluate_reports_every_method(uninterrupted, tiny_run, tiny_backbone_dir, tmp_path):
+    from latentcomm.training.evaluate import evaluate, plot_evaluation, retrieval_scores
+
+    out, _ = uninterrupted
+    result = evaluate(tiny_run, out / "head", backbone=str(tiny_backbone_dir), decode_limit=3, max_new_tokens=4)
+    assert set(result["retrieval"]) == {"trained head", "untrained head", "teacher (self) on query",
+                                        "mean-pooled backbone (query) vs self teacher"}
+    for scores in result["retrieval"].values():
+        assert 0 <= scores["r@1"] <= scores["mrr"] <= 1 and scores["n"] == 8
+    assert set(result["reconstruction"]) == {"trained head", "untrained head"}
+    assert plot_evaluation(result, tmp_path / "eval.png").stat().st_size > 0
+    perfect = retrieval_scores(np.eye(4), np.eye(4))
+    assert perfect["r@1"] == perfect["mrr"] == 1.0
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="zero_stage"):
+        TrainConfig(zero_stage=4)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_compression"):
+        TrainConfig(num_compression=0)
+    assert TrainConfig(micro_batch=4, grad_accum=3, workers=2).deepspeed_config()["train_batch_size"] == 24

@@ -1,0 +1,165 @@
+"""Held-out evaluation of a head: query -> own-response retrieval, reconstruction loss and decoded-text similarity.
+
+Compared in one run: the trained head, an untrained head of the same shape, the teacher applied to the query
+text, and the mean-pooled backbone states of the query (the input-centric baseline; it lives in the
+backbone's space, so it is scored against the ``self`` teacher's embeddings of the responses).
+Writes ``eval.json`` and ``eval.png``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latentcomm.backbone import load_backbone
+from latentcomm.cli import parser
+from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
+from latentcomm.teachers import load_teacher, mean_pooled_states
+from latentcomm.training.responses import RESPONSES_DIR, read_responses
+from latentcomm.training.targets import compute_targets
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+def retrieval_scores(query_emb: np.ndarray, doc_emb: np.ndarray) -> dict[str, float]:
+    """Recall@1 and MRR when query i's only relevant document is document i (cosine similarity)."""
+    if query_emb.shape != doc_emb.shape:
+        raise ValueError(f"queries {query_emb.shape} and documents {doc_emb.shape} must have the same shape")
+    sims = _unit(query_emb) @ _unit(doc_emb).T
+    correct = np.diag(sims)[:, None]
+    ranks = 1 + (sims > correct).sum(axis=1)
+    return {"r@1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean()), "n": int(len(ranks))}
+
+
+@torch.no_grad()
+def heldout_losses(model: GenerativeEmbedder, queries: list[str], responses: list[str], targets: np.ndarray,
+                   batch_size: int = 16) -> dict[str, float]:
+    """Mean reconstruction and alignment (MSE) losses over the held-out set, batch-size weighted."""
+    recon = align = 0.0
+    for start in range(0, len(queries), batch_size):
+        sl = slice(start, start + batch_size)
+        out = model(queries[sl], responses[sl], torch.from_numpy(targets[sl]))
+        n = len(queries[sl])
+        recon, align = recon + out.recon * n, align + out.align * n
+    return {"recon": recon / len(queries), "align_mse": align / len(queries)}
+
+
+@dataclass
+class HeldOut:
+    """Held-out queries, their own responses, and the responses' embeddings by the head's teacher and by the
+    ``self`` teacher (the space of the mean-pooled baseline)."""
+
+    queries: list[str]
+    responses: list[str]
+    targets: np.ndarray
+    self_teacher: np.ndarray
+
+    @classmethod
+    def load(cls, run: str | os.PathLike, limit: int | None = None, teacher: str = "minilm") -> "HeldOut":
+        responses_dir = Path(run) / RESPONSES_DIR
+        records = [r for r in read_responses(responses_dir) if r["split"] == "heldout"][:limit]
+        if len(records) < 2:
+            raise ValueError(f"{responses_dir} has {len(records)} held-out responses; need at least 2")
+        ids = [r["id"] for r in records]
+        return cls([r["query"] for r in records], [r["response"] for r in records],
+                   compute_targets(responses_dir, teacher).rows(ids), compute_targets(responses_dir, "self").rows(ids))
+
+
+def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR, *, backbone: str | None = None,
+             limit: int | None = None, decode_limit: int = 100, max_new_tokens: int = 64, batch_size: int = 16
+             ) -> dict[str, Any]:
+    """All acceptance figures for ``head`` on the held-out split of ``run`` (see the module docstring)."""
+    meta = json.loads((Path(head) / "config.json").read_text())
+    bb = load_backbone(backbone or meta["backbone"])
+    trained = GenerativeEmbedder.from_pretrained(head, backbone=bb)
+    untrained = GenerativeEmbedder(bb, trained.config, seed=0)
+    teacher_name = trained.config.teacher
+    data = HeldOut.load(run, limit, teacher_name)
+    teacher = load_teacher(teacher_name, backbone=bb)
+
+    heads = {"trained head": trained, "untrained head": untrained}
+    retrieval = {name: retrieval_scores(m.encode(data.queries, batch_size=batch_size, show_progress_bar=True),
+                                        data.targets) for name, m in heads.items()}
+    retrieval[f"teacher ({teacher_name}) on query"] = retrieval_scores(teacher.embed(data.queries), data.targets)
+    retrieval["mean-pooled backbone (query) vs self teacher"] = retrieval_scores(
+        mean_pooled_states(bb, data.queries, batch_size=batch_size), data.self_teacher)
+
+    n = min(decode_limit, len(data.queries))
+    reconstruction: dict[str, Any] = {}
+    examples = []
+    for name, model in heads.items():
+        losses = heldout_losses(model, data.queries, data.responses, data.targets, batch_size)
+        decoded = model.decode(model.compress(data.queries[:n], batch_size=batch_size), max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, show_progress_bar=True)
+        cosine = (teacher.embed(decoded) * data.targets[:n]).sum(axis=1)
+        reconstruction[name] = {**losses, "decode_teacher_cosine": float(cosine.mean()), "decoded": n}
+        examples.append(decoded[:3])
+    return {
+        "run": str(run), "head": str(head), "backbone": bb.backbone_id, "teacher": teacher_name,
+        "heldout_queries": len(data.queries), "max_new_tokens": max_new_tokens,
+        "retrieval": retrieval, "reconstruction": reconstruction,
+        "examples": [{"query": q, "response": r, "trained": t, "untrained": u}
+                     for q, r, t, u in zip(data.queries[:3], data.responses[:3], *examples)],
+    }
+
+
+def plot_evaluation(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Bars: retrieval R@1 / MRR per method, and trained vs untrained reconstruction figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_ret, ax_rec, ax_cos) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 1, 1]})
+    names = list(result["retrieval"])
+    x = np.arange(len(names))
+    for offset, metric in ((-0.2, "r@1"), (0.2, "mrr")):
+        ax_ret.bar(x + offset, [result["retrieval"][k][metric] for k in names], width=0.4, label=metric)
+    ax_ret.set_xticks(x, [k.replace(" (", "\n(").replace(" vs ", "\nvs ") for k in names], fontsize=8)
+    ax_ret.set(title=f"query -> own response retrieval ({result['heldout_queries']} held-out)", ylabel="score")
+    ax_ret.legend()
+    heads = list(result["reconstruction"])
+    ax_rec.bar(heads, [result["reconstruction"][h]["recon"] for h in heads], color=["tab:green", "tab:gray"])
+    ax_rec.set(title="held-out reconstruction loss", ylabel="cross-entropy (nats/token)")
+    ax_cos.bar(heads, [result["reconstruction"][h]["decode_teacher_cosine"] for h in heads],
+               color=["tab:green", "tab:gray"])
+    ax_cos.set(title="teacher cosine: decode(compress(q)) vs response", ylim=(0, 1))
+    for ax in (ax_rec, ax_cos):
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser("evaluate", "Held-out retrieval and reconstruction of a head vs an untrained head and baselines.")
+    ap.add_argument("--run", required=True, help="run directory with held-out responses (and targets)")
+    ap.add_argument("--head", default=str(DEFAULT_HEAD_DIR), help="head folder (default: the shipped head)")
+    ap.add_argument("--backbone", default=None, help="backbone (default: the one named in the head's config)")
+    ap.add_argument("--out", default=None, help="folder for eval.json and eval.png (default: the head folder)")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N held-out queries")
+    ap.add_argument("--decode-limit", type=int, default=100, help="held-out queries decoded for the text cosine")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = evaluate(args.run, args.head, backbone=args.backbone, limit=args.limit, decode_limit=args.decode_limit,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    out = Path(args.out or args.head)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_evaluation(result, out / "eval.png")
+    print(json.dumps({"retrieval": result["retrieval"], "reconstruction": result["reconstruction"]}, indent=2))
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
+    return 0
