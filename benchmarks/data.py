@@ -220,7 +220,16 @@ def package_license(archive: Path, registry: Registry) -> str:
     if value and value != "UNKNOWN":
         return value.splitlines()[0]
     classifiers = [c.split("::")[-1].strip() for c in headers.get_all("Classifier", []) if c.startswith("License")]
-    return ", ".join(classifiers) or "UNKNOWN"
+    if classifiers:
+        return ", ".join(classifiers)
+    folder = meta.rsplit("/", 1)[0]
+    for license_file in headers.get_all("License-File", []):
+        found = next((n for n in names if n in (f"{folder}/{license_file}", f"{folder}/licenses/{license_file}")), None)
+        if found:
+            first = next((line.strip("# ") for line in _read(archive, found).decode("utf-8", "replace").splitlines()
+                          if line.strip()), "")
+            return f"{first} (from {license_file})" if first else "UNKNOWN"
+    return "UNKNOWN"
 
 
 def _extract(archive: Path, patterns: Sequence[str], target: Path) -> list[str]:
