@@ -154,8 +154,8 @@ def run_speed(out: Path, profile: Profile, backbone: str, head: str | None) -> d
     """The encode and hand-off benchmarks of the other modules, if present, with their JSON results."""
     results: dict[str, Any] = {}
     plans = {"encode": ["--texts", str(profile.speed_texts), "--repeat", "1", "--backbone", backbone],
-             "handoff": ["--questions", str(max(profile.speed_texts // 8, 2)), "--trips", "50", "--backbone",
-                         backbone]}
+             "handoff": ["--questions", str(max(profile.speed_texts // 16, 2)), "--max-new-tokens", "32",
+                         "--trips", "50", "--backbone", backbone]}
     for name, args in plans.items():
         try:
             module = importlib.import_module(f"latentcomm.benchmarks.{name}")
