@@ -5,6 +5,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from latentcomm.actors.agent import SEQ_KEY, Agent, embed_latent
@@ -213,15 +214,27 @@ async def test_agents_in_their_own_processes_exchange_bytes(pool, tiny_model):
 
 
 async def test_killed_agent_process_gets_the_message_again(ray_local, pool):
-    critic = start_agent("critic", pool, max_new_tokens=256)
+    critic = start_agent("critic", pool, max_new_tokens=300)  # a long decode: the kill lands while it runs
     solver = Agent("solver", pool)
     assert await solver.send_text(critic, "warm up", conversation_id="k") == "warm up"
-    pid_before = await critic.handle.__ray_call__.remote(lambda self: __import__("os").getpid())
+    pid_before = await _pid(critic)
+    calls = sum(pool.calls)
     sending = asyncio.create_task(solver.send_latent(critic, QUESTION, conversation_id="k"))
-    await asyncio.sleep(0.3)
+    while sum(pool.calls) == calls or any(pool.in_flight):  # wait until the solver's compress is done
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.1)
     ray_local.kill(critic.handle, no_restart=False)
     said = await sending
-    pid_after = await critic.handle.__ray_call__.remote(lambda self: __import__("os").getpid())
-    assert isinstance(said, str) and pid_after != pid_before
+    assert isinstance(said, str) and await _pid(critic) != pid_before
     hops = await critic.hops()
     assert [h.kind for h in hops] == ["latent"]  # the restarted host handled the re-sent latent once
+
+
+async def _pid(remote) -> int:
+    """The host's process id, waiting out a restart."""
+    for _ in range(100):
+        try:
+            return await remote.handle.__ray_call__.remote(lambda self: __import__("os").getpid())
+        except ray.exceptions.ActorUnavailableError:
+            await asyncio.sleep(0.2)
+    raise TimeoutError("the agent host did not come back")
