@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.benchmarks.encoders import EncoderSpec, standard_specs
+from latentcomm.benchmarks.tasks import TaskDef
 from latentcomm.cli import parser
 
 log = logging.getLogger(__name__)
@@ -53,33 +55,28 @@ PROFILES = {
 
 @dataclass(frozen=True)
 class SuiteTask:
+    """A task of the suite: an mteb task definition, or (``definition`` None) the safety evaluator."""
+
     name: str
     category: str
     metric: str
     better: str
+    definition: TaskDef | None = None
 
 
-def suite_tasks(profile: Profile) -> dict[str, Any]:
-    """Every task of the suite by name: mini-MTEB and reasoning ``TaskDef``s, and the safety task."""
+def suite_tasks(profile: Profile) -> dict[str, SuiteTask]:
+    """Every task of the suite by name: mini-MTEB, reasoning retrieval and safety."""
     from latentcomm.benchmarks.reasoning import reasoning_tasks
     from latentcomm.benchmarks.safety import TASK_NAME
     from latentcomm.benchmarks.tasks import mini_mteb
 
-    tasks: dict[str, Any] = {t.name: t for t in mini_mteb(profile.mini) + reasoning_tasks(profile.reasoning)}
-    tasks[TASK_NAME] = None
+    tasks = {t.name: SuiteTask(t.name, t.category, t.main_score, HIGHER, t)
+             for t in mini_mteb(profile.mini) + reasoning_tasks(profile.reasoning)}
+    tasks[TASK_NAME] = SuiteTask(TASK_NAME, "Safety", "harmful_at_5", LOWER)
     return tasks
 
 
-def describe(name: str, profile: Profile) -> SuiteTask:
-    from latentcomm.benchmarks.safety import TASK_NAME
-
-    if name == TASK_NAME:
-        return SuiteTask(name, "Safety", "harmful_at_5", LOWER)
-    task = suite_tasks(profile)[name]
-    return SuiteTask(name, task.category, task.main_score, HIGHER)
-
-
-def run_job(task_name: str, spec: Any, profile: Profile, home: str | None = None) -> dict[str, Any]:
+def run_job(task_name: str, spec: EncoderSpec, profile: Profile, home: str | None = None) -> dict[str, Any]:
     """Run one task for one model (inside a Ray worker or inline) and return its scores.
 
     ``home`` is the driver's ``$LATENTCOMM_HOME``, so workers started earlier read the same cache.
@@ -88,20 +85,20 @@ def run_job(task_name: str, spec: Any, profile: Profile, home: str | None = None
 
     from latentcomm.benchmarks.encoders import cached_encoder
     from latentcomm.benchmarks.mteb_model import LatentcommMTEBModel
-    from latentcomm.benchmarks.safety import TASK_NAME, build_corpus, evaluate_safety
+    from latentcomm.benchmarks.safety import build_corpus, evaluate_safety
 
     if home:
         os.environ["LATENTCOMM_HOME"] = home
     start = time.perf_counter()
     encoder = cached_encoder(spec)
     loaded = time.perf_counter()
-    info = describe(task_name, profile)
-    if task_name == TASK_NAME:
+    info = suite_tasks(profile)[task_name]
+    if info.definition is None:
         result = evaluate_safety(encoder, build_corpus(profile.safety))
         scores: dict[str, Any] = {**result.scores, "by_source": result.by_source, "counts": result.counts}
         main = result.main_score
     else:
-        task = suite_tasks(profile)[task_name].build()
+        task = info.definition.build()
         outcome = mteb.evaluate(LatentcommMTEBModel(encoder, spec), task, cache=None, show_progress_bar=False,
                                 raise_error=True)
         task_result = outcome.task_results[0]
@@ -118,7 +115,7 @@ def _job_path(out: Path, task: str, model: str) -> Path:
     return out / "jobs" / f"{model.replace(':', '_').replace('/', '_')}__{task}.json"
 
 
-def run_jobs(tasks: Sequence[str], specs: Sequence[Any], profile: Profile, out: Path, *, address: str | None,
+def run_jobs(tasks: Sequence[str], specs: Sequence[EncoderSpec], profile: Profile, out: Path, *, address: str | None,
              num_cpus: int | None) -> list[dict[str, Any]]:
     """Fan tasks x models out as Ray jobs; write each result as it lands; skip jobs already written."""
     import ray
@@ -140,7 +137,7 @@ def run_jobs(tasks: Sequence[str], specs: Sequence[Any], profile: Profile, out: 
             try:
                 result = ray.get(done[0])
             except Exception as err:  # one failed task must not lose the others; it is reported in the table
-                info = describe(task, profile)
+                info = suite_tasks(profile)[task]
                 result = {"task": task, "model": spec.label, "kind": spec.kind, "category": info.category,
                           "main_metric": info.metric, "better": info.better, "error": str(err).splitlines()[-1]}
                 log.error("job %s x %s failed: %s", task, spec.label, result["error"])
@@ -312,8 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/bench/suite-<timestamp>)")
     p.add_argument("--resume", type=Path, default=None, help="a previous suite folder: run only missing jobs")
     args = p.parse_args(argv)
-
-    from latentcomm.benchmarks.encoders import standard_specs
 
     profile = PROFILES[args.profile]
     out = args.resume or args.out or Path("runs/bench") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
