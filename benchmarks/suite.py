@@ -294,19 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("bench suite", "mini-MTEB + safety + reasoning for trained/untrained heads, MiniLM and mean "
                               "pooling, as Ray jobs; writes JSON, a markdown table and PNG charts")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                   help="quick: minutes on a laptop CPU; full: larger subsets (an hour or more)")
-    p.add_argument("--head", action="append", default=[], help="trained head folder (repeatable; default: the "
-                   "shipped head when present)")
+                   help="tiny: seconds (smoke test); quick: 10-20 min on 2 CPU cores; full: hours on a CPU")
+    p.add_argument("--head", action="append", default=[], help="trained head folder, repeatable; without it the "
+                   "shipped default head when present")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone alias, folder or .gguf "
                    "(qwen-coder-0.5b: the Qwen2.5-Coder GGUF from `latentcomm data fetch`)")
-    p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all)")
+    p.add_argument("--tasks", nargs="+", default=None, help="task names; all when omitted")
     p.add_argument("--models", nargs="+", default=None, choices=["head", "untrained", "minilm", "meanpool"],
-                   help="model kinds (default: all four)")
+                   help="model kinds; all four when omitted")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-speed", action="store_true", help="skip the encode / hand-off speed benchmarks")
-    p.add_argument("--address", default=None, help="Ray cluster to join (default: start a local one)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/bench/suite-<timestamp>)")
+    p.add_argument("--address", default=None, help="Ray cluster to join; a local one when omitted")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster; all when omitted")
+    p.add_argument("--out", type=Path, default=None, help="output folder; runs/bench/suite-<timestamp> when omitted")
     p.add_argument("--resume", type=Path, default=None, help="a previous suite folder: run only missing jobs")
     args = p.parse_args(argv)
 
