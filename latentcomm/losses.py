@@ -16,12 +16,16 @@ def reconstruction_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def alignment_loss(predicted: torch.Tensor, target: torch.Tensor, kind: AlignLoss = "mse") -> torch.Tensor:
-    """MSE (the paper's ||e - ê||², averaged over dimensions) or 1 - cosine, averaged over the batch."""
+    """The paper's squared error ||e - ê||² (summed over dimensions), or 1 - cosine; averaged over the batch.
+
+    The sum, not a per-dimension mean: with unit-norm teacher vectors a per-dimension mean would shrink the
+    alignment gradient by the embedding width (384 for MiniLM) against the reconstruction term.
+    """
     if predicted.shape != target.shape:
         raise ValueError(f"embedding shape {tuple(predicted.shape)} != teacher shape {tuple(target.shape)}")
     predicted, target = predicted.float(), target.float().to(predicted.device)
     if kind == "mse":
-        return F.mse_loss(predicted, target)
+        return (predicted - target).pow(2).sum(dim=-1).mean()
     if kind == "cosine":
         return (1 - F.cosine_similarity(predicted, target, dim=-1)).mean()
     raise ValueError(f"unknown alignment loss {kind!r}")

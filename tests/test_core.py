@@ -252,3 +252,14 @@ def test_cli_help_lists_commands(capsys) -> None:
     out = capsys.readouterr().out
     assert "run" in out and "train" in out and "bench" in out
     assert main(["no-such-command"]) == 2
+
+
+def test_alignment_loss_is_the_papers_squared_distance() -> None:
+    from latentcomm.losses import alignment_loss
+
+    predicted = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    target = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert alignment_loss(predicted, target).item() == pytest.approx((2.0 + 1.0) / 2)
+    assert alignment_loss(predicted[:1], target[:1], "cosine").item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="shape"):
+        alignment_loss(predicted, target[:, :2])
