@@ -124,6 +124,12 @@ class EncoderSpec:
                                  self.batch_size)
 
 
+def head_name(path: str | Path) -> str:
+    """A readable label for a head folder: its name, or ``parent-head`` for folders called ``head``."""
+    path = Path(path).resolve()
+    return f"{path.parent.name}-{path.name}" if path.name == "head" else path.name
+
+
 def default_head_shipped() -> bool:
     return (DEFAULT_HEAD_DIR / "config.json").is_file()
 
@@ -140,7 +146,7 @@ def standard_specs(heads: Sequence[str] = (), *, backbone: str = DEFAULT_BACKBON
     for path in heads:
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"no head at {path} (expected config.json and head.safetensors)")
-        specs.append(EncoderSpec("head", f"head:{Path(path).name}", str(path), backbone, batch_size))
+        specs.append(EncoderSpec("head", f"head:{head_name(path)}", str(path), backbone, batch_size))
     if not heads:
         if default_head_shipped() and backbone == DEFAULT_BACKBONE:
             specs.append(EncoderSpec("head", "head:default", None, backbone, batch_size))

@@ -33,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import mteb
 
-    from latentcomm.benchmarks.encoders import EncoderSpec, default_head_shipped
+    from latentcomm.benchmarks.encoders import EncoderSpec, default_head_shipped, head_name
     from latentcomm.benchmarks.mteb_model import LatentcommMTEBModel
 
     if args.model == "head" and args.head is None and not default_head_shipped():
         p.error("no trained head is shipped yet: pass --head PATH, or --model untrained")
-    label = {"head": f"head:{Path(args.head).name if args.head else 'default'}", "untrained": "untrained-head",
+    label = {"head": f"head:{head_name(args.head) if args.head else 'default'}", "untrained": "untrained-head",
              "minilm": "minilm-teacher", "meanpool": "meanpool-backbone"}[args.model]
     spec = EncoderSpec(args.model, label, args.head, args.backbone, args.batch_size)
     if args.mini:

@@ -243,10 +243,13 @@ def test_email_body_keeps_subject_and_body() -> None:
     assert email_body("From: x\nSubject: Hello\nX-Spam: no\n\nBody text") == "Subject: Hello\n\nBody text"
 
 
-def test_standard_specs_label_what_is_loaded(tmp_path) -> None:
+def test_standard_specs_label_what_is_loaded(tmp_path, tiny_model) -> None:
     specs, skipped = standard_specs(backbone="some/other-backbone")
     assert [s.kind for s in specs] == ["untrained", "minilm", "meanpool"]
     assert "head:default" in skipped
+    saved = tiny_model.save_pretrained(tmp_path / "run1" / "head")
+    specs, skipped = standard_specs([str(saved)], backbone="some/other-backbone")
+    assert [(s.kind, s.label) for s in specs][0] == ("head", "head:run1-head") and not skipped
     with pytest.raises(FileNotFoundError):
         standard_specs([str(tmp_path / "missing-head")])
     with pytest.raises(ValueError, match="kind"):
