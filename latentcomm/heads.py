@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from latentcomm.config import HeadConfig, ProjectionKind
@@ -34,6 +35,26 @@ def projection(kind: ProjectionKind, in_dim: int, out_dim: int) -> nn.Module:
     raise ValueError(f"unknown projection kind {kind!r}")
 
 
+class FeatureStandardize(nn.BatchNorm1d):
+    """Per-dimension standardisation of latent vectors (B, n, H), without learnable scale or shift.
+
+    LLM hidden states have a few outlier dimensions two orders of magnitude above the rest; a linear
+    MLP_align on them barely learns. Training normalises with the batch's statistics and keeps running
+    ones; inference (``eval()``, the default of a GenerativeEmbedder) uses the running statistics, so an
+    embedding never depends on the rest of its batch.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__(hidden_size, affine=False)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        flat = latent.reshape(-1, latent.shape[-1])
+        if self.training and flat.shape[0] < 2:
+            return F.batch_norm(flat, self.running_mean, self.running_var, training=False,
+                                eps=self.eps).view_as(latent)
+        return super().forward(flat).view_as(latent)
+
+
 def _init_identity(layer: nn.Linear) -> None:
     with torch.no_grad():
         layer.weight.zero_()
@@ -42,11 +63,19 @@ def _init_identity(layer: nn.Linear) -> None:
         layer.bias.zero_()
 
 
+def _init_small(layer: nn.Linear) -> None:
+    """Weights N(0, 1/(in*out)) and zero bias: standardised inputs then give outputs of about unit norm."""
+    with torch.no_grad():
+        nn.init.normal_(layer.weight, std=(layer.in_features * layer.out_features) ** -0.5)
+        layer.bias.zero_()
+
+
 class CompressionHead(nn.Module):
     """Everything that trains: special tokens, MLP_recon (H -> H) and MLP_align (H -> embed_dim).
 
     A linear MLP_recon starts as the identity, so an untrained head decodes from the raw compression
-    states; the special tokens start at the mean vocabulary embedding plus small noise.
+    states; MLP_align standardises each dimension first (``FeatureStandardize``); the special tokens
+    start at the mean vocabulary embedding plus small noise.
     """
 
     def __init__(self, config: HeadConfig, hidden_size: int, token_init: torch.Tensor | None = None) -> None:
@@ -56,9 +85,12 @@ class CompressionHead(nn.Module):
         self.embed_dim = config.embed_dim or hidden_size
         self.special = SpecialTokens(config.num_special, hidden_size, token_init)
         self.recon = projection(config.recon_head, hidden_size, hidden_size)
-        self.align = projection(config.align_head, hidden_size, self.embed_dim)
+        self.align = nn.Sequential(FeatureStandardize(hidden_size),
+                                   projection(config.align_head, hidden_size, self.embed_dim))
         if isinstance(self.recon, nn.Linear):
             _init_identity(self.recon)
+        if isinstance(self.align[1], nn.Linear):
+            _init_small(self.align[1])
 
     def latent(self, compression_states: torch.Tensor) -> torch.Tensor:
         """(B, n, H) last-layer compression states -> (B, n, H) latent p (the soft prompt)."""

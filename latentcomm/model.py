@@ -101,6 +101,7 @@ class GenerativeEmbedder(nn.Module):
         self.padding_side = "left"
         self._template_cache: dict[str | None, tuple[list[int], list[int]]] = {}
         self._fingerprint: tuple[tuple[int, ...], str] | None = None
+        self.eval()  # inference by default; a training loop calls train()
 
     # ---- identity ----------------------------------------------------------------------------------
     @property

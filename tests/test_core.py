@@ -40,8 +40,8 @@ def test_gradients_reach_only_the_head(tiny_model: GenerativeEmbedder) -> None:
     out.loss.backward()
     assert out.recon > 0 and out.align > 0
     names = {name for name, _ in tiny_model.named_parameters()}
-    assert names == {"head.special.weight", "head.recon.weight", "head.recon.bias", "head.align.weight",
-                     "head.align.bias"}
+    assert names == {"head.special.weight", "head.recon.weight", "head.recon.bias", "head.align.1.weight",
+                     "head.align.1.bias"}
     for name, param in tiny_model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
     assert all(p.grad is None and not p.requires_grad for p in tiny_model.backbone.model.parameters())
@@ -70,7 +70,7 @@ def test_padding_side_and_batching_do_not_change_results(tiny_model: GenerativeE
 
 def test_save_load_round_trip(tiny_model: GenerativeEmbedder, tiny, tmp_path) -> None:
     with torch.no_grad():
-        tiny_model.head.align.weight.add_(0.5)
+        tiny_model.head.align[1].weight.add_(0.5)
     tiny_model.save_pretrained(tmp_path / "head")
     loaded = GenerativeEmbedder.from_pretrained(tmp_path / "head", backbone=tiny)
     assert loaded.fingerprint == tiny_model.fingerprint
@@ -91,7 +91,7 @@ def test_corrupted_head_file_is_detected(tiny_model: GenerativeEmbedder, tiny, t
 
     tiny_model.save_pretrained(tmp_path / "head")
     state = load_file(tmp_path / "head" / "head.safetensors")
-    state["align.bias"] += 1.0
+    state["align.1.bias"] += 1.0
     save_file(state, tmp_path / "head" / "head.safetensors")
     with pytest.raises(HeadMismatchError, match="fingerprint"):
         GenerativeEmbedder.from_pretrained(tmp_path / "head", backbone=tiny)
@@ -263,3 +263,15 @@ def test_alignment_loss_is_the_papers_squared_distance() -> None:
     assert alignment_loss(predicted[:1], target[:1], "cosine").item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shape"):
         alignment_loss(predicted, target[:, :2])
+
+
+def test_align_standardisation_uses_running_statistics_at_inference(tiny_model: GenerativeEmbedder) -> None:
+    assert not tiny_model.training
+    targets = torch.randn(4, TINY_HEAD.embed_dim)
+    tiny_model.train()
+    tiny_model(QUERIES, ["a", "b", "c", "d"], targets).loss.backward()
+    tiny_model.eval()
+    standardize = tiny_model.head.align[0]
+    assert int(standardize.num_batches_tracked) == 1 and standardize.running_var.mean() != 1.0
+    one_by_one = np.stack([tiny_model.encode(q) for q in QUERIES])
+    np.testing.assert_allclose(tiny_model.encode(QUERIES), one_by_one, atol=1e-5)
