@@ -164,7 +164,9 @@ def test_ray_train_two_workers_match_gradient_accumulation(uninterrupted, tmp_pa
     assert summary["total_steps"] == 4
     assert _losses(tmp_path) == pytest.approx(_losses(reference), rel=1e-4)
     expected, got = _head(reference), _head(tmp_path)
-    for name in expected:
+    parameters = [name for name in expected if "running_" not in name and "num_batches" not in name]
+    assert parameters  # normalisation statistics are per rank (rank 0's are saved), parameters are shared
+    for name in parameters:
         np.testing.assert_allclose(got[name].numpy(), expected[name].numpy(), atol=1e-4, err_msg=name)
 
 
