@@ -127,10 +127,10 @@ def plot_evaluation(result: dict[str, Any], path: str | os.PathLike) -> Path:
     ax_ret.legend()
     heads = list(result["reconstruction"])
     ax_rec.bar(heads, [result["reconstruction"][h]["recon"] for h in heads], color=["tab:green", "tab:gray"])
-    ax_rec.set(title="held-out reconstruction loss", ylabel="cross-entropy (nats/token)")
+    ax_rec.set(title="reconstruction loss", ylabel="held-out cross-entropy (nats/token)")
     ax_cos.bar(heads, [result["reconstruction"][h]["decode_teacher_cosine"] for h in heads],
                color=["tab:green", "tab:gray"])
-    ax_cos.set(title="teacher cosine: decode(compress(q)) vs response", ylim=(0, 1))
+    ax_cos.set(title="decoded vs real response", ylabel="teacher cosine", ylim=(0, 1))
     for ax in (ax_rec, ax_cos):
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
