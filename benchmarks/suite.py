@@ -284,7 +284,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[0].set_title(f"mini-MTEB + reasoning ({results['profile']['name']})")
     axes[0].legend(fontsize=8)
     axes[1].set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-    axes[1].set_title("Safety: harmful@5 (lower is better)")
+    axes[1].set_title("Safety: harmful@5\n(lower is better)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
