@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("bench suite", "mini-MTEB + safety + reasoning for trained/untrained heads, MiniLM and mean "
                               "pooling, as Ray jobs; writes JSON, a markdown table and PNG charts")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                   help="tiny: seconds (smoke test); quick: 10-20 min on 2 CPU cores; full: hours on a CPU")
+                   help="tiny: seconds (smoke test); quick: 20-35 min for 4 models on 2 shared CPU cores; full: hours")
     p.add_argument("--head", action="append", default=[], help="trained head folder, repeatable; without it the "
                    "shipped default head when present")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone alias, folder or .gguf "
