@@ -88,7 +88,8 @@ def release(train_dir: Path, head_dir: Path, eval_dir: Path, dest: Path, *, unti
     shutil.copyfile(train_dir / "train_config.json", dest / "train_config.json")
     for name in ("eval.json", "eval.png"):
         shutil.copyfile(eval_dir / name, dest / name)
-    metrics = [r for r in MetricsLog(train_dir / "metrics.jsonl").read() if until_step is None or r["step"] <= until_step]
+    metrics = [r for r in MetricsLog(train_dir / "metrics.jsonl").read()
+               if until_step is None or r["step"] <= until_step]
     (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     plot_losses(metrics, dest / "loss.png", title=f"default head: training loss ({metrics[-1]['step']} steps)")
     cfg = json.loads((train_dir / "train_config.json").read_text())
