@@ -71,16 +71,17 @@ class Backbone:
 def backbone_fingerprint(model: PreTrainedModel) -> str:
     """Identity of a backbone from its architecture and weights (not its path), e.g. ``llama-576x30-1a2b3c4d5e6f``.
 
-    Hashes the architecture fields plus the first rows of the input embedding matrix and the final
-    norm, so the same weights give the same id wherever they are stored or however they are loaded.
+    Hashes the architecture fields plus the first and last rows of the input embedding matrix, rounded
+    to bf16 first, so the same weights give the same id wherever they are stored and whether they were
+    loaded or converted in fp32, bf16 or fp16.
     """
     cfg = model.config
     arch = {k: getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                                 "num_key_value_heads", "intermediate_size", "vocab_size")}
     digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
     embed = model.get_input_embeddings().weight.detach()
-    digest.update(embed[:64].float().cpu().numpy().tobytes())
-    digest.update(embed[-64:].float().cpu().numpy().tobytes())
+    for rows in (embed[:64], embed[-64:]):
+        digest.update(rows.to(torch.bfloat16).float().cpu().numpy().tobytes())
     return f"{cfg.model_type}-{cfg.hidden_size}x{cfg.num_hidden_layers}-{digest.hexdigest()[:12]}"
 
 

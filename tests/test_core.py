@@ -275,3 +275,12 @@ def test_align_standardisation_uses_running_statistics_at_inference(tiny_model: 
     assert int(standardize.num_batches_tracked) == 1 and standardize.running_var.mean() != 1.0
     one_by_one = np.stack([tiny_model.encode(q) for q in QUERIES])
     np.testing.assert_allclose(tiny_model.encode(QUERIES), one_by_one, atol=1e-5)
+
+
+def test_backbone_id_does_not_depend_on_the_storage_dtype() -> None:
+    from latentcomm.backbone import backbone_fingerprint
+
+    model = tiny_backbone().model
+    ids = {backbone_fingerprint(model.to(dtype)) for dtype in (torch.float32, torch.bfloat16, torch.float32)}
+    assert len(ids) == 1
+    assert backbone_fingerprint(tiny_backbone(seed=1).model) not in ids
