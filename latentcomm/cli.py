@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "targets": ("latentcomm.training.targets", "teacher embeddings of generated responses"),
     "train": ("latentcomm.training.train", "train a head with DeepSpeed (single process or Ray Train)"),
     "evaluate": ("latentcomm.training.evaluate", "held-out retrieval and reconstruction of a head vs baselines"),
+    "release": ("latentcomm.training.release", "ship a trained head into the package with its records"),
     "bench": ("latentcomm.benchmarks", "benchmarks: 'latentcomm bench NAME --help' (encode, protocol, ...)"),
 }
 
