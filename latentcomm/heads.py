@@ -36,12 +36,12 @@ def projection(kind: ProjectionKind, in_dim: int, out_dim: int) -> nn.Module:
 
 
 class FeatureStandardize(nn.BatchNorm1d):
-    """Per-dimension standardisation of latent vectors (B, n, H), without learnable scale or shift.
+    """Per-dimension standardisation of vectors (B, n, H), without learnable scale or shift.
 
-    LLM hidden states have a few outlier dimensions two orders of magnitude above the rest; a linear
-    MLP_align on them barely learns. Training normalises with the batch's statistics and keeps running
-    ones; inference (``eval()``, the default of a GenerativeEmbedder) uses the running statistics, so an
-    embedding never depends on the rest of its batch.
+    LLM hidden states share a large constant component and have a few outlier dimensions two orders of
+    magnitude above the rest; a linear map on them barely learns. Training normalises with the batch's
+    statistics and keeps running ones; inference (``eval()``, the default of a GenerativeEmbedder) uses the
+    running statistics, so a latent or an embedding never depends on the rest of its batch.
     """
 
     def __init__(self, hidden_size: int) -> None:
@@ -55,12 +55,12 @@ class FeatureStandardize(nn.BatchNorm1d):
         return super().forward(flat).view_as(latent)
 
 
-def _init_identity(layer: nn.Linear) -> None:
+def _init_scaled_identity(layer: nn.Linear, scale: float, bias: torch.Tensor) -> None:
     with torch.no_grad():
         layer.weight.zero_()
         n = min(layer.weight.shape)
-        layer.weight[:n, :n] = torch.eye(n)
-        layer.bias.zero_()
+        layer.weight[:n, :n] = torch.eye(n) * scale
+        layer.bias.copy_(bias)
 
 
 def _init_small(layer: nn.Linear) -> None:
@@ -73,22 +73,29 @@ def _init_small(layer: nn.Linear) -> None:
 class CompressionHead(nn.Module):
     """Everything that trains: special tokens, MLP_recon (H -> H) and MLP_align (H -> embed_dim).
 
-    A linear MLP_recon starts as the identity, so an untrained head decodes from the raw compression
-    states; MLP_align standardises each dimension first (``FeatureStandardize``); the special tokens
-    start at the mean vocabulary embedding plus small noise.
+    Both projections standardise each input dimension first (``FeatureStandardize``). Last-layer states of
+    the compression tokens are nearly one constant vector (norm ~45 on SmolLM2) with small query-dependent
+    deviations, ~300x larger than a token embedding; fed through unscaled, the soft prompt swamps the
+    residual stream and carries no query information. Standardised, the deviations are what MLP_recon sees,
+    and a linear MLP_recon starts as ``prompt_scale`` x identity plus ``prompt_mean``, so an untrained latent
+    already looks like token embeddings (the mean embedding plus deviations of the vocabulary's spread).
+    The special tokens start at the mean vocabulary embedding plus small noise.
     """
 
-    def __init__(self, config: HeadConfig, hidden_size: int, token_init: torch.Tensor | None = None) -> None:
+    def __init__(self, config: HeadConfig, hidden_size: int, token_init: torch.Tensor | None = None, *,
+                 prompt_mean: torch.Tensor | None = None, prompt_scale: float = 1.0) -> None:
         super().__init__()
         self.config = config
         self.hidden_size = hidden_size
         self.embed_dim = config.embed_dim or hidden_size
         self.special = SpecialTokens(config.num_special, hidden_size, token_init)
-        self.recon = projection(config.recon_head, hidden_size, hidden_size)
+        self.recon = nn.Sequential(FeatureStandardize(hidden_size),
+                                   projection(config.recon_head, hidden_size, hidden_size))
         self.align = nn.Sequential(FeatureStandardize(hidden_size),
                                    projection(config.align_head, hidden_size, self.embed_dim))
-        if isinstance(self.recon, nn.Linear):
-            _init_identity(self.recon)
+        if isinstance(self.recon[1], nn.Linear):
+            mean = torch.zeros(hidden_size) if prompt_mean is None else prompt_mean.detach().float()
+            _init_scaled_identity(self.recon[1], prompt_scale, mean)
         if isinstance(self.align[1], nn.Linear):
             _init_small(self.align[1])
 
@@ -107,3 +114,10 @@ def initial_token_embeddings(vocab_embeddings: torch.Tensor, count: int, seed: i
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(count, table.shape[1], generator=generator) * table.std(dim=0).cpu() * 0.1
     return table.mean(dim=0).cpu() + noise
+
+
+def embedding_statistics(vocab_embeddings: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(mean vocabulary embedding (H,), root-mean-square spread around it): the scale a soft prompt should have."""
+    table = vocab_embeddings.detach().float()
+    mean = table.mean(dim=0)
+    return mean.cpu(), float((table - mean).pow(2).mean().sqrt())

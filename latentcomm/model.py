@@ -19,14 +19,15 @@ from tqdm.auto import tqdm
 from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
 from latentcomm.generation import generate
-from latentcomm.heads import CompressionHead, initial_token_embeddings
+from latentcomm.heads import CompressionHead, embedding_statistics, initial_token_embeddings
 from latentcomm.latent import Latent, LatentError, check_vectors
 from latentcomm.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
 
 log = logging.getLogger(__name__)
 
 HEAD_FORMAT = "latentcomm-head"
-HEAD_FORMAT_VERSION = 1
+HEAD_FORMAT_VERSION = 2
+"""2: MLP_recon standardises its input (format 1 heads fed raw states and cannot be loaded)."""
 DEFAULT_HEAD_DIR = Path(__file__).parent / "heads" / DEFAULT_BACKBONE
 """The trained head shipped for the default backbone (made by ``latentcomm train``)."""
 _SPLIT = "\x00LATENTCOMM_QUERY\x00"
@@ -93,10 +94,13 @@ class GenerativeEmbedder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config = config or HeadConfig()
-        init = initial_token_embeddings(backbone.model.get_input_embeddings().weight, self.config.num_special, seed)
+        vocab = backbone.model.get_input_embeddings().weight
+        init = initial_token_embeddings(vocab, self.config.num_special, seed)
+        prompt_mean, prompt_scale = embedding_statistics(vocab)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            head = CompressionHead(self.config, backbone.hidden_size, init)
+            head = CompressionHead(self.config, backbone.hidden_size, init, prompt_mean=prompt_mean,
+                                   prompt_scale=prompt_scale)
         self.head = head.to(backbone.device)
         self.padding_side = "left"
         self._template_cache: dict[str | None, tuple[list[int], list[int]]] = {}
@@ -317,8 +321,11 @@ class GenerativeEmbedder(nn.Module):
         if not config_path.is_file():
             raise FileNotFoundError(f"no head at {directory} (expected config.json and head.safetensors)")
         meta = json.loads(config_path.read_text())
-        if meta.get("format") != HEAD_FORMAT or meta.get("format_version", 0) > HEAD_FORMAT_VERSION:
-            raise HeadMismatchError(f"{config_path} is not a latentcomm head of a supported version")
+        if meta.get("format") != HEAD_FORMAT:
+            raise HeadMismatchError(f"{config_path} is not a latentcomm head")
+        if meta.get("format_version") != HEAD_FORMAT_VERSION:
+            raise HeadMismatchError(f"{config_path} has head format {meta.get('format_version')}; this latentcomm "
+                                    f"reads format {HEAD_FORMAT_VERSION} only (retrain the head)")
         if not isinstance(backbone, Backbone):
             backbone = load_backbone(backbone or meta["backbone"], device=device, dtype=dtype)
         if backbone.backbone_id != meta["backbone_id"]:

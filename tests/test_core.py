@@ -40,7 +40,7 @@ def test_gradients_reach_only_the_head(tiny_model: GenerativeEmbedder) -> None:
     out.loss.backward()
     assert out.recon > 0 and out.align > 0
     names = {name for name, _ in tiny_model.named_parameters()}
-    assert names == {"head.special.weight", "head.recon.weight", "head.recon.bias", "head.align.1.weight",
+    assert names == {"head.special.weight", "head.recon.1.weight", "head.recon.1.bias", "head.align.1.weight",
                      "head.align.1.bias"}
     for name, param in tiny_model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -66,6 +66,16 @@ def test_padding_side_and_batching_do_not_change_results(tiny_model: GenerativeE
     one_by_one = torch.cat([tiny_model.compress(q).vectors for q in QUERIES])
     torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(left, one_by_one, atol=1e-5, rtol=1e-4)
+
+
+def test_head_of_another_format_is_refused(tiny_model: GenerativeEmbedder, tiny, tmp_path) -> None:
+    import json
+
+    folder = tiny_model.save_pretrained(tmp_path / "head")
+    meta = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(HeadMismatchError, match="head format 1"):
+        GenerativeEmbedder.from_pretrained(folder, backbone=tiny)
 
 
 def test_save_load_round_trip(tiny_model: GenerativeEmbedder, tiny, tmp_path) -> None:
@@ -265,16 +275,31 @@ def test_alignment_loss_is_the_papers_squared_distance() -> None:
         alignment_loss(predicted, target[:, :2])
 
 
-def test_align_standardisation_uses_running_statistics_at_inference(tiny_model: GenerativeEmbedder) -> None:
+def test_standardisation_uses_running_statistics_at_inference(tiny_model: GenerativeEmbedder) -> None:
     assert not tiny_model.training
     targets = torch.randn(4, TINY_HEAD.embed_dim)
     tiny_model.train()
     tiny_model(QUERIES, ["a", "b", "c", "d"], targets).loss.backward()
     tiny_model.eval()
-    standardize = tiny_model.head.align[0]
-    assert int(standardize.num_batches_tracked) == 1 and standardize.running_var.mean() != 1.0
+    for standardize in (tiny_model.head.recon[0], tiny_model.head.align[0]):
+        assert int(standardize.num_batches_tracked) == 1 and standardize.running_var.mean() != 1.0
     one_by_one = np.stack([tiny_model.encode(q) for q in QUERIES])
     np.testing.assert_allclose(tiny_model.encode(QUERIES), one_by_one, atol=1e-5)
+    one_by_one = torch.cat([tiny_model.compress(q).vectors for q in QUERIES])
+    torch.testing.assert_close(tiny_model.compress(QUERIES).vectors, one_by_one, atol=1e-5, rtol=1e-4)
+
+
+def test_untrained_latent_has_token_embedding_scale(tiny_model: GenerativeEmbedder) -> None:
+    """A soft prompt far larger than token embeddings swamps the residual stream (the format-1 bug)."""
+    vocab = tiny_model.backbone.model.get_input_embeddings().weight.float()
+    mean = vocab.mean(dim=0)
+    spread = (vocab - mean).pow(2).mean().sqrt()
+    tiny_model.train()  # standardise with this batch's statistics, as the first training step does
+    with torch.no_grad():
+        latent = tiny_model.latent_vectors(QUERIES)
+    tiny_model.eval()
+    torch.testing.assert_close(latent.mean(dim=(0, 1)), mean, atol=1e-4, rtol=1e-4)
+    assert 0.5 * spread < (latent - mean).pow(2).mean().sqrt() < 2 * spread
 
 
 def test_backbone_id_does_not_depend_on_the_storage_dtype() -> None:
