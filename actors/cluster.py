@@ -1,6 +1,7 @@
 """Starting or joining a Ray cluster quietly: no dashboard, no usage stats, no auth prompt, nothing in $HOME."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -27,12 +28,22 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
-    env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV} | _passthrough_env()}
+    env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV} | _passthrough_env(),
+           "worker_process_setup_hook": f"{__name__}.quiet_worker_logs"}
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True, **kwargs)
         return
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, object_store_memory=object_store_memory,
              runtime_env=env, log_to_driver=True, **kwargs)
+
+
+def quiet_worker_logs() -> None:
+    """Start-up hook of every Ray worker process: silence what only a dashboard-less cluster makes noisy.
+
+    Without the dashboard there is no State API, and Ray Train's placement-group cleaner warns once a second
+    for the whole run that it cannot query the controller (it goes on monitoring all the same).
+    """
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def _passthrough_env() -> dict[str, str]:
