@@ -1,6 +1,7 @@
 """The models a benchmark compares, behind one small encoder interface (texts + instruction -> unit vectors).
 
-Four kinds are compared in every suite run: trained heads (``head``), the untrained head (``untrained``), the
+Four kinds are compared in every suite run: trained heads (``head``), the untrained head (``untrained``, its
+standardisation statistics estimated on ShareGPT queries, as the first training step sees it), the
 MiniLM teacher applied to the input (``minilm``) and the input-centric baseline of mean-pooled backbone states
 (``meanpool``). An :class:`EncoderSpec` is a small picklable description that Ray jobs turn into an encoder.
 """
@@ -17,6 +18,7 @@ from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
 from latentcomm.teachers import load_teacher, mean_pooled_states
+from latentcomm.training.queries import sharegpt_queries
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,8 @@ KINDS: tuple[str, ...] = ("head", "untrained", "minilm", "meanpool")
 BACKBONE_ALIASES = {"qwen-coder-0.5b": "the Qwen2.5-Coder-0.5B-Instruct GGUF fetched by `latentcomm data fetch`"}
 UNTRAINED_HEAD = HeadConfig(embed_dim=384)
 """The untrained head compared in every run: default shape, MiniLM-sized output."""
+CALIBRATION_QUERIES = 256
+"""ShareGPT queries (the default training data) on which the untrained head's standardisation is estimated."""
 
 
 class TextEncoder(Protocol):
@@ -118,7 +122,9 @@ class EncoderSpec:
         if self.kind == "meanpool":
             return MeanPooledEncoder(backbone, self.label, self.batch_size)
         if self.kind == "untrained":
-            return GenerativeEncoder(GenerativeEmbedder(backbone, UNTRAINED_HEAD), self.label, self.batch_size)
+            calibration = [q.text for q in sharegpt_queries()[:CALIBRATION_QUERIES]]
+            untrained = GenerativeEmbedder(backbone, UNTRAINED_HEAD).fit_standardization(calibration)
+            return GenerativeEncoder(untrained, self.label, self.batch_size)
         head = Path(self.head) if self.head else DEFAULT_HEAD_DIR
         return GenerativeEncoder(GenerativeEmbedder.from_pretrained(head, backbone=backbone), self.label,
                                  self.batch_size)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.benchmarks.encoders import EncoderSpec, standard_specs
+from latentcomm.benchmarks.encoders import CALIBRATION_QUERIES, EncoderSpec, standard_specs
 from latentcomm.benchmarks.tasks import TaskDef
 from latentcomm.cli import parser
 
@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = [s.label for s in specs]
     rows, categories = score_table(jobs, labels)
     mini = [c for c in categories if c not in ("Reasoning", "Safety")]
-    descriptions = {"head": "trained head", "untrained": "untrained head (HeadConfig(embed_dim=384), seed 0)",
+    descriptions = {"head": "trained head",
+                    "untrained": f"untrained head (HeadConfig(embed_dim=384), seed 0; standardisation estimated on "
+                                 f"{CALIBRATION_QUERIES} ShareGPT queries)",
                     "minilm": "MiniLM teacher on the input text", "meanpool": "mean-pooled backbone states (input)"}
     fingerprints = {j["model"]: j.get("fingerprint") for j in jobs if j.get("fingerprint")}
     results = {

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
 from latentcomm.generation import generate
-from latentcomm.heads import CompressionHead, embedding_statistics, initial_token_embeddings
+from latentcomm.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
 from latentcomm.latent import Latent, LatentError, check_vectors
 from latentcomm.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
 
@@ -206,6 +206,30 @@ class GenerativeEmbedder(nn.Module):
         align = alignment_loss(self.head.embed(latent), targets, align_loss) if align_weight else zero
         total = recon_weight * recon + align_weight * align
         return LossOutput(total, float(recon.detach()), float(align.detach()))
+
+    @torch.no_grad()
+    def fit_standardization(self, texts: Sequence[str], *, batch_size: int = 16, prompt: str | None = None
+                            ) -> "GenerativeEmbedder":
+        """Estimate the standardisation statistics of MLP_recon's and MLP_align's inputs on ``texts``; returns self.
+
+        No parameter changes: this makes an untrained head what the first training step sees. Training keeps
+        these statistics itself; without them an untrained head's latents are the raw compression states
+        (see ``CompressionHead``), which no backbone can read as a prompt.
+        """
+        texts = _as_texts(texts, "calibration texts")
+        layers = {m: m.momentum for m in self.head.modules() if isinstance(m, FeatureStandardize)}
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # a plain average over all batches
+        self.train()
+        try:
+            for start in range(0, len(texts), batch_size):
+                self.head.embed(self.latent_vectors(texts[start:start + batch_size], prompt))
+        finally:
+            for layer, momentum in layers.items():
+                layer.momentum = momentum
+            self.eval()
+        return self
 
     # ---- the public, batched inference API ------------------------------------------------------------
     @torch.no_grad()

@@ -289,17 +289,23 @@ def test_standardisation_uses_running_statistics_at_inference(tiny_model: Genera
     torch.testing.assert_close(tiny_model.compress(QUERIES).vectors, one_by_one, atol=1e-5, rtol=1e-4)
 
 
-def test_untrained_latent_has_token_embedding_scale(tiny_model: GenerativeEmbedder) -> None:
+def test_calibrated_untrained_latent_has_token_embedding_scale(tiny_model: GenerativeEmbedder) -> None:
     """A soft prompt far larger than token embeddings swamps the residual stream (the format-1 bug)."""
     vocab = tiny_model.backbone.model.get_input_embeddings().weight.float()
     mean = vocab.mean(dim=0)
     spread = (vocab - mean).pow(2).mean().sqrt()
-    tiny_model.train()  # standardise with this batch's statistics, as the first training step does
-    with torch.no_grad():
-        latent = tiny_model.latent_vectors(QUERIES)
-    tiny_model.eval()
+    before = {k: v.clone() for k, v in tiny_model.named_parameters()}
+    assert tiny_model.fit_standardization(QUERIES, batch_size=2) is tiny_model
+    assert not tiny_model.training
+    for name, value in tiny_model.named_parameters():
+        assert torch.equal(value, before[name]), name
+    for standardize in (tiny_model.head.recon[0], tiny_model.head.align[0]):
+        assert standardize.momentum == 0.1 and int(standardize.num_batches_tracked) == 2
+    latent = tiny_model.compress(QUERIES).vectors
     torch.testing.assert_close(latent.mean(dim=(0, 1)), mean, atol=1e-4, rtol=1e-4)
     assert 0.5 * spread < (latent - mean).pow(2).mean().sqrt() < 2 * spread
+    with pytest.raises(ValueError, match="calibration texts is empty"):
+        tiny_model.fit_standardization([])
 
 
 def test_backbone_id_does_not_depend_on_the_storage_dtype() -> None:

@@ -1,8 +1,9 @@
 """Held-out evaluation of a head: query -> own-response retrieval, reconstruction loss and decoded-text similarity.
 
-Compared in one run: the trained head, an untrained head of the same shape, the teacher applied to the query
-text, and the mean-pooled backbone states of the query (the input-centric baseline; it lives in the
-backbone's space, so it is scored against the ``self`` teacher's embeddings of the responses).
+Compared in one run: the trained head, an untrained head of the same shape (its standardisation statistics
+estimated on training queries, as the first training step sees it), the teacher applied to the query text, and
+the mean-pooled backbone states of the query (the input-centric baseline; it lives in the backbone's space, so
+it is scored against the ``self`` teacher's embeddings of the responses).
 Writes ``eval.json`` and ``eval.png``.
 """
 from __future__ import annotations
@@ -59,6 +60,15 @@ def heldout_losses(model: GenerativeEmbedder, queries: list[str], responses: lis
     return {"recon": recon, "recon_other_query": recon_other, "align_mse": align}
 
 
+CALIBRATION_QUERIES = 256
+"""Training queries on which the untrained head's standardisation statistics are estimated."""
+
+
+def training_queries(run: str | os.PathLike, limit: int) -> list[str]:
+    """The first ``limit`` training queries of ``run`` that have responses."""
+    return [r["query"] for r in read_responses(Path(run) / RESPONSES_DIR) if r["split"] == "train"][:limit]
+
+
 @dataclass
 class HeldOut:
     """Held-out queries, their own responses, and the responses' embeddings by the head's teacher and by the
@@ -87,9 +97,10 @@ def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR,
     meta = json.loads((Path(head) / "config.json").read_text())
     bb = load_backbone(backbone or meta["backbone"])
     trained = GenerativeEmbedder.from_pretrained(head, backbone=bb)
-    untrained = GenerativeEmbedder(bb, trained.config, seed=0)
     teacher_name = trained.config.teacher
     data = HeldOut.load(run, limit, teacher_name)
+    untrained = GenerativeEmbedder(bb, trained.config, seed=0).fit_standardization(
+        training_queries(run, CALIBRATION_QUERIES), batch_size=batch_size)
     teacher = load_teacher(teacher_name, backbone=bb)
 
     heads = {"trained head": trained, "untrained head": untrained}
