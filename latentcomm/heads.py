@@ -74,9 +74,9 @@ class CompressionHead(nn.Module):
     """Everything that trains: special tokens, MLP_recon (H -> H) and MLP_align (H -> embed_dim).
 
     Both projections standardise each input dimension first (``FeatureStandardize``). Last-layer states of
-    the compression tokens are nearly one constant vector (norm ~45 on SmolLM2) with small query-dependent
-    deviations, ~300x larger than a token embedding; fed through unscaled, the soft prompt swamps the
-    residual stream and carries no query information. Standardised, the deviations are what MLP_recon sees,
+    the compression tokens are nearly one constant vector (norm ~45 on SmolLM2, ~14x a token embedding's 3.2)
+    with small query-dependent deviations; fed through unscaled, the soft prompt swamps the residual stream
+    and carries no query information. Standardised, the deviations are what MLP_recon sees,
     and a linear MLP_recon starts as ``prompt_scale`` x identity plus ``prompt_mean``, so an untrained latent
     already looks like token embeddings (the mean embedding plus deviations of the vocabulary's spread).
     The special tokens start at the mean vocabulary embedding plus small noise.
