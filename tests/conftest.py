@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
-from latentcomm import GenerativeEmbedder, HeadConfig
-from latentcomm.testing import save_tiny_backbone, tiny_backbone
+# Before any test module imports them: matplotlib's font cache and mteb's result folder go to a scratch
+# folder, not $HOME (mteb creates its folder at import time).
+_SCRATCH = tempfile.mkdtemp(prefix="latentcomm-tests-")
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(_SCRATCH, "matplotlib"))
+os.environ.setdefault("MTEB_CACHE", os.path.join(_SCRATCH, "mteb"))
+
+from latentcomm import GenerativeEmbedder, HeadConfig  # noqa: E402
+from latentcomm.testing import save_tiny_backbone, tiny_backbone  # noqa: E402
 
 TINY_HEAD = HeadConfig(num_thought=2, num_compression=3, embed_dim=16, max_query_tokens=64, max_response_tokens=32)
 
