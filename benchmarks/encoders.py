@@ -18,6 +18,7 @@ from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
 from latentcomm.teachers import load_teacher, mean_pooled_states
+from latentcomm.training.evaluate import CALIBRATION_QUERIES
 from latentcomm.training.queries import sharegpt_queries
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ KINDS: tuple[str, ...] = ("head", "untrained", "minilm", "meanpool")
 BACKBONE_ALIASES = {"qwen-coder-0.5b": "the Qwen2.5-Coder-0.5B-Instruct GGUF fetched by `latentcomm data fetch`"}
 UNTRAINED_HEAD = HeadConfig(embed_dim=384)
 """The untrained head compared in every run: default shape, MiniLM-sized output."""
-CALIBRATION_QUERIES = 256
-"""ShareGPT queries (the default training data) on which the untrained head's standardisation is estimated."""
 
 
 class TextEncoder(Protocol):

@@ -61,7 +61,8 @@ def heldout_losses(model: GenerativeEmbedder, queries: list[str], responses: lis
 
 
 CALIBRATION_QUERIES = 256
-"""Training queries on which the untrained head's standardisation statistics are estimated."""
+"""Training queries on which an untrained head's standardisation statistics are estimated (here and in the
+benchmark suite)."""
 
 
 def training_queries(run: str | os.PathLike, limit: int) -> list[str]:
