@@ -15,10 +15,6 @@ from latentcomm.model import DEFAULT_HEAD_DIR
 from latentcomm.training.evaluate import CALIBRATION_QUERIES
 from latentcomm.training.metrics import MetricsLog, plot_losses
 
-_FLAGS = ("train_limit", "micro_batch", "grad_accum", "epochs", "lr", "warmup_steps", "min_lr_ratio",
-          "max_query_tokens", "max_response_tokens", "zero_stage", "precision", "checkpoint_every", "threads",
-          "workers", "cpus_per_worker")
-
 
 def training_card(cfg: dict[str, Any], summary: dict[str, Any], metrics: list[dict[str, Any]],
                   evaluation: dict[str, Any], commands: str, notes: str) -> str:
