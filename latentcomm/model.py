@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
-from latentcomm.generation import generate
+from latentcomm.generation import Sampling, generate
 from latentcomm.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
 from latentcomm.latent import Latent, LatentError, check_vectors
 from latentcomm.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
@@ -269,6 +269,7 @@ class GenerativeEmbedder(nn.Module):
 
     @torch.no_grad()
     def decode(self, latent: Latent, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+               repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
                seed: int | None = None, batch_size: int = 16, use_cache: bool = True,
                show_progress_bar: bool | None = None) -> list[str]:
         """Latent -> text: the frozen LLM continues from the latent as a soft prompt (batched, KV-cached).
@@ -276,19 +277,22 @@ class GenerativeEmbedder(nn.Module):
         Any head on the same backbone can produce the latent; greedy unless ``temperature`` > 0.
         """
         self._check_latent(latent, same_head=False)
+        sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
         vectors = latent.vectors.to(self.device, self.backbone.dtype)
         mask = torch.ones(vectors.shape[:2], dtype=torch.long, device=self.device)
         texts: list[str] = []
         for idx in _batches(list(range(len(latent))), batch_size, show_progress_bar, "decode"):
-            texts += self._generate(vectors[idx], mask[idx], max_new_tokens, temperature, top_p, seed, use_cache)
+            texts += self._generate(vectors[idx], mask[idx], max_new_tokens, sampling, seed, use_cache)
         return texts
 
     @torch.no_grad()
     def respond(self, texts: str | Sequence[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
-                top_p: float = 1.0, seed: int | None = None, batch_size: int = 8, use_cache: bool = True,
+                top_p: float = 1.0, repetition_penalty: float = 1.1, no_repeat_ngram_size: int = 4,
+                seed: int | None = None, batch_size: int = 8, use_cache: bool = True,
                 show_progress_bar: bool | None = None) -> list[str]:
         """The backbone's own answer to each text through its chat template (no special tokens involved)."""
         texts = _as_texts(texts)
+        sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
         tok = self.backbone.tokenizer
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         answers: list[str] = [""] * len(texts)
@@ -296,19 +300,17 @@ class GenerativeEmbedder(nn.Module):
             rows = self.query_token_ids([texts[i] for i in idx])
             ids, mask = _pad(rows, tok.pad_token_id, "left")
             ids, mask = ids.to(self.device), mask.to(self.device)
-            outs = self._generate(self.backbone.embed_tokens(ids), mask, max_new_tokens, temperature, top_p, seed,
-                                  use_cache)
+            outs = self._generate(self.backbone.embed_tokens(ids), mask, max_new_tokens, sampling, seed, use_cache)
             for i, text in zip(idx, outs):
                 answers[i] = text
         return answers
 
-    def _generate(self, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float,
-                  top_p: float, seed: int | None, use_cache: bool) -> list[str]:
+    def _generate(self, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, sampling: Sampling,
+                  seed: int | None, use_cache: bool) -> list[str]:
         tok = self.backbone.tokenizer
         eos = {tok.eos_token_id} | set(np.atleast_1d(self.backbone.model.generation_config.eos_token_id or []).tolist())
         ids = generate(self.backbone.model, embeds, mask, max_new_tokens=max_new_tokens, eos_token_ids=eos,
-                       pad_token_id=tok.pad_token_id, temperature=temperature, top_p=top_p, seed=seed,
-                       use_cache=use_cache)
+                       pad_token_id=tok.pad_token_id, sampling=sampling, seed=seed, use_cache=use_cache)
         return [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
 
     def _check_latent(self, latent: Latent, *, same_head: bool) -> None:

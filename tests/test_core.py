@@ -131,6 +131,42 @@ def test_respond_with_and_without_cache_agree(tiny_model: GenerativeEmbedder) ->
     assert cached == [tiny_model.respond(q, max_new_tokens=10)[0] for q in QUERIES]
 
 
+def test_repetition_controls() -> None:
+    from latentcomm.generation import Sampling, has_loop, penalize_repeats
+
+    generated = torch.tensor([[5, 6, 7, 5, 6]])
+    logits = torch.zeros(1, 10)
+    logits[0, 7], logits[0, 5], logits[0, 9] = 4.0, -2.0, 1.0
+    banned = penalize_repeats(logits, generated, Sampling(no_repeat_ngram_size=3))
+    assert banned[0, 7] == float("-inf") and torch.isfinite(banned[0, [0, 5, 6, 8, 9]]).all()
+    penalized = penalize_repeats(logits, generated, Sampling(repetition_penalty=2.0))
+    assert penalized[0, 7] == 2.0 and penalized[0, 5] == -4.0 and penalized[0, 9] == 1.0
+    assert penalize_repeats(logits, generated, Sampling(no_repeat_ngram_size=1))[0, 6] == float("-inf")
+    assert has_loop("a recipe of a simple recipe of a simple recipe") and not has_loop("one two three four five")
+    for bad in ({"temperature": float("nan")}, {"top_p": 0}, {"top_p": -1}, {"repetition_penalty": 0},
+                {"no_repeat_ngram_size": -1}):
+        with pytest.raises(ValueError):
+            Sampling(**bad)
+
+
+def test_greedy_generation_never_repeats_an_ngram_when_told(tiny_model: GenerativeEmbedder) -> None:
+    from latentcomm.generation import Sampling, generate
+
+    vectors = tiny_model.compress(QUERIES).vectors
+    mask = torch.ones(vectors.shape[:2], dtype=torch.long)
+    model, tokenizer = tiny_model.backbone.model, tiny_model.backbone.tokenizer
+    rows = generate(model, vectors, mask, max_new_tokens=40, eos_token_ids={tokenizer.eos_token_id},
+                    pad_token_id=tokenizer.pad_token_id, sampling=Sampling(no_repeat_ngram_size=2))
+    plain = generate(model, vectors, mask, max_new_tokens=40, eos_token_ids={tokenizer.eos_token_id},
+                     pad_token_id=tokenizer.pad_token_id)
+    assert any(len(set(zip(r, r[1:]))) < len(r) - 1 for r in plain)  # the random model does loop
+    for ids in rows:
+        pairs = list(zip(ids, ids[1:]))
+        assert len(set(pairs)) == len(pairs)
+    with pytest.raises(ValueError, match="positions"):
+        tiny_model.decode(tiny_model.compress(QUERIES[:1]), max_new_tokens=10**8)
+
+
 def test_sampling_is_reproducible_with_a_seed(tiny_model: GenerativeEmbedder) -> None:
     latent = tiny_model.compress(QUERIES[:2])
     first = tiny_model.decode(latent, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
