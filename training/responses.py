@@ -33,6 +33,8 @@ class GenerationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    repetition_penalty: float = 1.1
+    no_repeat_ngram_size: int = 4
     batch_size: int = 32
     shard_size: int = 128
 
@@ -94,6 +96,8 @@ class ResponseWorker:
         cfg = self.config
         answers = self.model.respond([q.text for q in queries], max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                     repetition_penalty=cfg.repetition_penalty,
+                                     no_repeat_ngram_size=cfg.no_repeat_ngram_size,
                                      batch_size=cfg.batch_size, show_progress_bar=False)
         write_shard(Path(path), [{"id": q.id, "split": q.split, "query": q.text, "response": a}
                                  for q, a in zip(queries, answers)])
@@ -155,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repetition-penalty", type=float, default=GenerationConfig.repetition_penalty,
+                    help="1 = off; > 1 discourages tokens already generated")
+    ap.add_argument("--no-repeat-ngram-size", type=int, default=GenerationConfig.no_repeat_ngram_size,
+                    help="0 = off; n forbids repeating any generated n-gram")
     ap.add_argument("--batch-size", type=int, default=GenerationConfig.batch_size)
     ap.add_argument("--shard-size", type=int, default=GenerationConfig.shard_size)
     ap.add_argument("--replicas", type=int, default=1, help="Ray actors, one backbone replica each")
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     run = Path(args.run)
     config = GenerationConfig(args.backbone, args.max_new_tokens, args.temperature, args.top_p, args.seed,
-                              args.batch_size, args.shard_size)
+                              args.repetition_penalty, args.no_repeat_ngram_size, args.batch_size, args.shard_size)
     queries = read_queries(run / QUERIES_FILE)
     generate_responses(queries, run / RESPONSES_DIR, config, replicas=args.replicas,
                        cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
