@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -10,7 +11,9 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock
@@ -66,6 +69,24 @@ class Backbone:
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
+
+    @cached_property
+    def _cache_keyword(self) -> str:
+        return cache_keyword(self.model.base_model)
+
+    def hidden_states(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, *,
+                      cache: Any = None, use_cache: bool = False) -> tuple[torch.Tensor, Any]:
+        """Last-layer states (B, T, H) of ``embeds`` after the positions held in ``cache`` (a KV cache or None);
+        with ``use_cache`` also the cache extended by these positions (else None)."""
+        past = {self._cache_keyword: cache} if cache is not None else {}
+        out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                    use_cache=use_cache, **past)
+        return out.last_hidden_state, getattr(out, self._cache_keyword, None) if use_cache else None
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name under which ``model.forward`` takes a KV cache: ``cache`` (transformers 5) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def backbone_fingerprint(model: PreTrainedModel) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from latentcomm.backbone import cache_keyword
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -103,6 +105,7 @@ def generate(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     embed = model.get_input_embeddings()
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    cache_kw = cache_keyword(model)
     eos = torch.tensor(sorted(eos_token_ids), device=device)
 
     mask = attention_mask.to(device).long()
@@ -112,7 +115,7 @@ def generate(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=step_positions,
-                    past_key_values=past, use_cache=use_cache, **keep)
+                    use_cache=use_cache, **keep, **({cache_kw: past} if past is not None else {}))
         logits = penalize_repeats(out.logits[:, -1].float(), tokens, sampling)
         token = _next_token(logits, sampling, generator)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
@@ -124,7 +127,7 @@ def generate(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask
         positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
         if use_cache:
-            embeds, step_positions, past = new_embed, positions[:, -1:], out.past_key_values
+            embeds, step_positions, past = new_embed, positions[:, -1:], getattr(out, cache_kw)
         else:
             embeds, step_positions = torch.cat([embeds, new_embed], dim=1), positions
     result = []

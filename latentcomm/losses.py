@@ -11,8 +11,8 @@ IGNORE_INDEX = -100
 
 
 def reconstruction_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions; logits (B, T, V) already aligned with labels (B, T)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    """Mean next-token cross-entropy over labelled positions; logits (..., V) already aligned with labels (...)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def alignment_loss(predicted: torch.Tensor, target: torch.Tensor, kind: AlignLoss = "mse") -> torch.Tensor:

@@ -1,6 +1,7 @@
 """GenerativeEmbedder: a frozen causal LM plus a compression head — compress, encode, embed, decode, respond."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -8,10 +9,11 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -22,6 +24,7 @@ from latentcomm.generation import Sampling, generate
 from latentcomm.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
 from latentcomm.latent import Latent, LatentError, check_vectors
 from latentcomm.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
+from latentcomm.reading import Instruction
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,10 @@ HEAD_FORMAT_VERSION = 2
 DEFAULT_HEAD_DIR = Path(__file__).parent / "heads" / DEFAULT_BACKBONE
 """The trained head shipped for the default backbone (made by ``latentcomm train``)."""
 _SPLIT = "\x00LATENTCOMM_QUERY\x00"
+MIN_TEMPLATE_CACHE = 4
+"""Shortest shared token run worth a cached KV (shorter ones are recomputed)."""
+TEMPLATE_CACHE_ENTRIES = 32
+"""Distinct shared runs (prompts, instructions) whose KV cache is kept."""
 
 
 class HeadMismatchError(ValueError):
@@ -46,16 +53,38 @@ class LossOutput:
     align: float
 
 
-def _as_texts(texts: str | Sequence[str], what: str = "texts") -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    texts = list(texts)
-    if not texts:
-        raise ValueError(f"{what} is empty: pass at least one string")
-    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"{what} must be strings, got {sorted(set(bad))}")
-    return texts
+Part = Union[str, Latent]
+"""One piece of an input: text (tokenised) or a latent row (1, n, H) that enters verbatim as n soft tokens."""
+Item = Union[str, Latent, Sequence[Part]]
+"""One input: a string, a latent row, or a sequence of parts, all inside the user turn of the chat template."""
+Segment = Union[list[int], torch.Tensor]
+"""Token ids, or (k, H) vectors placed as they are."""
+
+
+def _as_items(inputs: Item | Sequence[Item], what: str = "texts") -> list[list[Part]]:
+    """Inputs as lists of parts: a string or latent is one item; a list holds items (each a string, a latent
+    row or a list of parts)."""
+    if isinstance(inputs, (str, Latent)):
+        inputs = [inputs]
+    if not isinstance(inputs, Sequence):
+        raise TypeError(f"{what} must be strings or lists of parts, got {type(inputs).__name__}")
+    items = []
+    for item in inputs:
+        parts = [item] if isinstance(item, (str, Latent)) else item
+        if not isinstance(parts, Sequence):
+            raise TypeError(f"{what} must be strings or lists of strings and latents, got {type(item).__name__}")
+        bad = [type(p).__name__ for p in parts if not isinstance(p, (str, Latent))]
+        if bad:
+            raise TypeError(f"{what} must be strings or lists of strings and latents, got {sorted(set(bad))}")
+        items.append(list(parts))
+    if not items:
+        raise ValueError(f"{what} is empty: pass at least one string or list of parts")
+    return items
+
+
+def _size(parts: list[Part]) -> int:
+    """Rough length of an item for sorting batches (characters; a latent vector counts as 4)."""
+    return sum(len(p) if isinstance(p, str) else 4 * p.vectors.shape[1] for p in parts)
 
 
 def _batches(order: list[int], batch_size: int, show: bool | None, desc: str) -> Iterator[list[int]]:
@@ -78,6 +107,23 @@ def _pad(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, t
         ids[i, span] = torch.tensor(row, dtype=torch.long)
         mask[i, span] = 1
     return ids, mask
+
+
+def _common_head(rows: list[list[Segment]]) -> list[int]:
+    """The token ids that every non-empty row starts with (within its first segment, when that holds ids)."""
+    firsts = [row[0] for row in rows if row]
+    if not firsts or not all(isinstance(f, list) for f in firsts):
+        return []
+    head = firsts[0]
+    for ids in firsts[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(head, ids)) if a != b), min(len(head), len(ids)))
+        head = head[:n]
+    return list(head)
+
+
+def positions_of(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:
+    """Position ids (B, T) of the real tokens of a padded batch, counting on from ``start`` (B, 1)."""
+    return start + (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 class GenerativeEmbedder(nn.Module):
@@ -103,7 +149,8 @@ class GenerativeEmbedder(nn.Module):
                                    prompt_scale=prompt_scale)
         self.head = head.to(backbone.device)
         self.padding_side = "left"
-        self._template_cache: dict[str | None, tuple[list[int], list[int]]] = {}
+        self._template_ids: dict[str | None, tuple[list[int], list[int]]] = {}
+        self._template_kv: dict[tuple[int, ...], Any] = {}
         self._fingerprint: tuple[tuple[int, ...], str] | None = None
         self.eval()  # inference by default; a training loop calls train()
 
@@ -129,7 +176,7 @@ class GenerativeEmbedder(nn.Module):
     # ---- tokenisation ------------------------------------------------------------------------------
     def _template(self, prompt: str | None) -> tuple[list[int], list[int]]:
         """Token ids before and after the query (chat template and instruction), cached per prompt."""
-        if prompt not in self._template_cache:
+        if prompt not in self._template_ids:
             tok = self.backbone.tokenizer
             content = (prompt or "") + _SPLIT
             if self.config.chat_template and tok.chat_template:
@@ -139,76 +186,212 @@ class GenerativeEmbedder(nn.Module):
                 ids = (tok(before, add_special_tokens=False).input_ids, tok(after, add_special_tokens=False).input_ids)
             else:
                 ids = (tok(content.split(_SPLIT)[0], add_special_tokens=True).input_ids, [])
-            self._template_cache[prompt] = ids
-        return self._template_cache[prompt]
+            self._template_ids[prompt] = ids
+        return self._template_ids[prompt]
+
+    def _query_budget(self, before: list[int], after: list[int]) -> int:
+        budget = self.config.max_query_tokens - len(before) - len(after)
+        if budget < 1:
+            raise ValueError(f"the chat template and prompt take {len(before) + len(after)} of max_query_tokens="
+                             f"{self.config.max_query_tokens} tokens: no room is left for the query (shorten the "
+                             "prompt or raise max_query_tokens)")
+        return budget
 
     def query_token_ids(self, texts: list[str], prompt: str | None = None) -> list[list[int]]:
         """Template + query ids per text; the query alone is truncated to fit ``max_query_tokens``."""
         before, after = self._template(prompt)
-        budget = max(self.config.max_query_tokens - len(before) - len(after), 0)
+        budget = self._query_budget(before, after)
         encoded = self.backbone.tokenizer(texts, add_special_tokens=False).input_ids
         return [before + ids[:budget] + after for ids in encoded]
 
-    def _special_inputs(self, texts: list[str], prompt: str | None) -> tuple[torch.Tensor, ...]:
-        """Inputs with the special tokens appended: (embeds (B,T,H), mask (B,T), positions (B,T), compression (B,T))."""
-        cfg, bb = self.config, self.backbone
-        k = cfg.num_special
-        rows = [ids + [bb.tokenizer.pad_token_id] * k for ids in self.query_token_ids(texts, prompt)]
-        ids, mask = _pad(rows, bb.tokenizer.pad_token_id, self.padding_side)
-        ids, mask = ids.to(bb.device), mask.to(bb.device)
-        ends = mask.cumsum(-1)
-        lengths = mask.sum(-1, keepdim=True)
-        slot = ends - (lengths - k) - 1  # 0..k-1 on the special positions of each row
-        is_special = (mask == 1) & (slot >= 0)
-        special = self.head.special().to(bb.dtype)[slot.clamp(0, k - 1)]
-        embeds = torch.where(is_special[..., None], special, bb.embed_tokens(ids))
-        positions = (ends - 1).clamp(min=0)
-        return embeds, mask, positions, is_special & (slot >= cfg.num_thought)
+    def _query_rows(self, items: list[list[Part]], prompt: str | None) -> list[list[Segment]]:
+        """Each item as segments inside the user turn: template, then its parts (text as ids, latents as vectors).
+
+        Latent parts are never cut; text parts share what ``max_query_tokens`` leaves, first come first served.
+        """
+        before, after = self._template(prompt)
+        budget = self._query_budget(before, after)
+        texts = [p for parts in items for p in parts if isinstance(p, str)]
+        encoded = iter(self.backbone.tokenizer(texts, add_special_tokens=False).input_ids if texts else [])
+        rows = []
+        for parts in items:
+            latents = [self._latent_part(p) for p in parts if isinstance(p, Latent)]
+            room = budget - sum(v.shape[0] for v in latents)
+            if room < 0:
+                raise ValueError(f"latent parts take {budget - room} positions, more than the {budget} that "
+                                 f"max_query_tokens={self.config.max_query_tokens} leaves for the query")
+            row: list[Segment] = [before]
+            vectors = iter(latents)
+            for part in parts:
+                if isinstance(part, str):
+                    ids = next(encoded)[:room]
+                    room -= len(ids)
+                    row.append(ids)
+                else:
+                    row.append(next(vectors))
+            rows.append(row + [after])
+        return rows
+
+    def _latent_part(self, part: Latent) -> torch.Tensor:
+        """A latent part's (n, H) vectors, after checking it is one row from a head on this backbone."""
+        if len(part) != 1:
+            raise LatentError(f"a latent part is one row (1, n, H), got a batch of {len(part)}: index it (latent[i])")
+        self._check_latent(part, same_head=False)
+        return part.vectors[0]
+
+    def _embed_rows(self, rows: list[list[Segment]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of segments -> (embeds (B, T, H), mask (B, T)), padded on ``side``; differentiable in the vectors."""
+        bb = self.backbone
+        flat = [t for row in rows for seg in row if isinstance(seg, list) for t in seg]
+        table = bb.embed_tokens(torch.tensor(flat, dtype=torch.long, device=bb.device)) if flat else None
+        offset, embedded = 0, []
+        for row in rows:
+            pieces = [torch.zeros(0, bb.hidden_size, dtype=bb.dtype, device=bb.device)]
+            for seg in row:
+                if isinstance(seg, list):
+                    pieces.append(table[offset:offset + len(seg)])
+                    offset += len(seg)
+                else:
+                    pieces.append(seg.to(bb.device, bb.dtype))
+            embedded.append(torch.cat(pieces))
+        width = max(e.shape[0] for e in embedded)
+        pads = [(width - e.shape[0], 0) if side == "left" else (0, width - e.shape[0]) for e in embedded]
+        embeds = torch.stack([F.pad(e, (0, 0, *pad)) for e, pad in zip(embedded, pads)])
+        mask = torch.stack([F.pad(torch.ones(e.shape[0], dtype=torch.long, device=bb.device), pad)
+                            for e, pad in zip(embedded, pads)])
+        return embeds, mask
+
+    def _template_cache(self, head: list[int], batch: int) -> Any:
+        """A KV cache of the token run ``head`` (the chat template and prompt every row starts with) for
+        ``batch`` rows: computed once per distinct head, then copied (the backbone is frozen)."""
+        key = tuple(head)
+        if key not in self._template_kv:
+            bb = self.backbone
+            ids = torch.tensor([head], device=bb.device)
+            with torch.no_grad():
+                _, cache = bb.hidden_states(bb.embed_tokens(ids), torch.ones_like(ids), positions_of(torch.ones_like(ids)),
+                                            use_cache=True)
+            self._template_kv[key] = cache
+            while len(self._template_kv) > TEMPLATE_CACHE_ENTRIES:
+                self._template_kv.pop(next(iter(self._template_kv)))
+        cache = copy.deepcopy(self._template_kv[key])
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+    def _run(self, prefix: list[list[Segment]], suffix: list[list[Segment]], *, one_pass: bool | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer states (B, S, H) of each row's ``suffix`` after its ``prefix``, and the suffix mask (B, S).
+
+        What needs no autograd is not recomputed: the token run every non-empty prefix starts with (chat
+        template and prompt) comes from a KV cache made once; the rest of the prefix (query, received latents,
+        an instruction) runs without autograd and hands its KV cache to the pass over the suffix (special
+        tokens, or a latent and the response), so backward goes through the suffix positions only.
+        ``one_pass=True`` is the plain reference: everything in one pass, no cache (what the cached paths
+        must agree with); False is the split; None picks one cached pass when autograd is off (inference:
+        one call is cheaper than two) and the split when it is on. Rows are padded on ``padding_side`` before
+        the suffix, the suffix on the right.
+        """
+        bb = self.backbone
+        single = one_pass if one_pass is not None else not torch.is_grad_enabled()
+        cache, masks, start = None, [], torch.zeros(len(prefix), 1, dtype=torch.long, device=bb.device)
+        head = _common_head(prefix) if one_pass is not True else []
+        if len(head) >= MIN_TEMPLATE_CACHE:
+            present = torch.tensor([[bool(row)] for row in prefix], dtype=torch.long, device=bb.device)
+            cache = self._template_cache(head, len(prefix))
+            masks.append(present.expand(-1, len(head)))
+            start = present * len(head)
+            prefix = [[row[0][len(head):], *row[1:]] if row else [] for row in prefix]
+        if single:
+            embeds, mask = self._embed_rows([p + s for p, s in zip(prefix, suffix)], self.padding_side)
+            hidden, _ = bb.hidden_states(embeds, torch.cat([*masks, mask], dim=1), positions_of(mask, start),
+                                         cache=cache)
+            starts = (mask.shape[1] - mask.sum(-1) if self.padding_side == "left" else 0) + \
+                torch.tensor([sum(len(seg) for seg in p) for p in prefix], device=bb.device)
+            lengths = torch.tensor([sum(len(seg) for seg in s) for s in suffix], device=bb.device)
+            steps = torch.arange(int(lengths.max()), device=bb.device)
+            index = (starts[:, None] + steps).clamp(max=mask.shape[1] - 1)
+            suffix_mask = (steps < lengths[:, None]).long()
+            return torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1])), suffix_mask
+        if any(len(seg) for row in prefix for seg in row):
+            embeds, rest_mask = self._embed_rows(prefix, self.padding_side)
+            masks.append(rest_mask)
+            with torch.no_grad():
+                _, cache = bb.hidden_states(embeds, torch.cat(masks, dim=1), positions_of(rest_mask, start),
+                                            cache=cache, use_cache=True)
+            start = start + rest_mask.sum(-1, keepdim=True)
+        embeds, suffix_mask = self._embed_rows(suffix, "right")
+        hidden, _ = bb.hidden_states(embeds, torch.cat([*masks, suffix_mask], dim=1), positions_of(suffix_mask, start),
+                                     cache=cache)
+        return hidden, suffix_mask
 
     # ---- the differentiable path ---------------------------------------------------------------------
-    def latent_vectors(self, texts: list[str], prompt: str | None = None) -> torch.Tensor:
+    def latent_vectors(self, items: Sequence[Item], prompt: str | None = None, *, one_pass: bool | None = None
+                       ) -> torch.Tensor:
         """(B, n, H) float32 latents, differentiable w.r.t. the head (the backbone is frozen)."""
-        embeds, mask, positions, compression = self._special_inputs(texts, prompt)
-        hidden = self.backbone.model.base_model(inputs_embeds=embeds, attention_mask=mask,
-                                                position_ids=positions).last_hidden_state
-        states = hidden[compression].view(len(texts), self.config.num_compression, -1)
-        return self.head.latent(states)
+        rows = self._query_rows(_as_items(items), prompt)
+        special = self.head.special().to(self.backbone.dtype)
+        hidden, _ = self._run(rows, [[special]] * len(rows), one_pass=one_pass)
+        return self.head.latent(hidden[:, self.config.num_thought:self.config.num_special])
 
-    def reconstruction_logits(self, latent: torch.Tensor, responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of each response token given the latent as soft prompt, and the matching labels (B, L)."""
+    def reconstruction_logits(self, latent: torch.Tensor, responses: list[str],
+                              instructions: Sequence[Instruction | None] | None = None, *,
+                              one_pass: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, V) of the N response tokens of the batch given each latent, and their labels (N,).
+
+        Each latent is read as a bare soft prompt (``instructions`` None or a None entry: [latent, response]) or
+        inside a user turn with a reading instruction (before, after): [template, before, latent, after,
+        template end, response], the layout ``respond([[before, latent, after]])`` uses.
+        """
         bb = self.backbone
         tok = bb.tokenizer
-        eos = tok.eos_token_id
         limit = self.config.max_response_tokens
-        rows = [ids[:limit - 1] + [eos] for ids in tok(responses, add_special_tokens=False).input_ids]
-        ids, mask = _pad(rows, tok.pad_token_id, "right")
-        ids, mask = ids.to(bb.device), mask.to(bb.device)
-        n = latent.shape[1]
-        inputs = torch.cat([latent.to(bb.dtype), bb.embed_tokens(ids)], dim=1)
-        full_mask = torch.cat([mask.new_ones(len(rows), n), mask], dim=1)
-        positions = torch.arange(inputs.shape[1], device=bb.device).expand(len(rows), -1)
-        hidden = bb.model.base_model(inputs_embeds=inputs, attention_mask=full_mask,
-                                     position_ids=positions).last_hidden_state
-        logits = bb.model.get_output_embeddings()(hidden[:, n - 1:-1])
-        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-        return logits, labels
+        answers = [ids[:limit - 1] + [tok.eos_token_id] for ids in tok(responses, add_special_tokens=False).input_ids]
+        instructions = list(instructions) if instructions is not None else [None] * len(responses)
+        if len(instructions) != len(responses):
+            raise ValueError(f"{len(instructions)} instructions for {len(responses)} responses")
+        template_before, template_after = self._template(None)
+        texts = [t for ins in instructions if ins is not None for t in ins]
+        encoded = iter(tok(texts, add_special_tokens=False).input_ids if texts else [])
+        prefix, suffix, starts = [], [], []
+        for vectors, answer, ins in zip(latent, answers, instructions):
+            if ins is None:
+                prefix.append([])
+                suffix.append([vectors, answer])
+                starts.append(vectors.shape[0])
+            else:
+                before, after = next(encoded), next(encoded) + template_after
+                prefix.append([template_before + before])
+                suffix.append([vectors, after, answer])
+                starts.append(vectors.shape[0] + len(after))
+        hidden, _ = self._run(prefix, suffix, one_pass=one_pass)
+        labels = torch.full(hidden.shape[:2], IGNORE_INDEX, dtype=torch.long, device=bb.device)
+        for i, (answer, start) in enumerate(zip(answers, starts)):
+            labels[i, start - 1:start - 1 + len(answer)] = torch.tensor(answer, device=bb.device)
+        keep = labels != IGNORE_INDEX
+        return bb.model.get_output_embeddings()(hidden[keep]), labels[keep]
 
-    def forward(self, queries: list[str], responses: list[str], targets: torch.Tensor, *,
+    def forward(self, queries: Sequence[Item], responses: list[str], targets: torch.Tensor, *,
                 recon_weight: float = 1.0, align_weight: float = 1.0, align_loss: AlignLoss = "mse",
-                prompt: str | None = None) -> LossOutput:
-        """Training loss: recon_weight * L_recon + align_weight * L_align for one batch."""
+                prompt: str | None = None, instructions: Sequence[Instruction | None] | None = None,
+                one_pass: bool | None = None) -> LossOutput:
+        """Training loss: recon_weight * L_recon + align_weight * L_align for one batch.
+
+        ``instructions`` (one per sample, None = bare prefix) places each latent inside a reading instruction
+        for the reconstruction term; ``one_pass=True`` turns off the KV caches (the slower reference step).
+        """
         if not (len(queries) == len(responses) == len(targets)):
             raise ValueError(f"batch sizes differ: {len(queries)} queries, {len(responses)} responses, "
                              f"{len(targets)} targets")
-        latent = self.latent_vectors(queries, prompt)
+        latent = self.latent_vectors(queries, prompt, one_pass=one_pass)
         zero = latent.new_zeros(())
-        recon = reconstruction_loss(*self.reconstruction_logits(latent, responses)) if recon_weight else zero
+        recon = reconstruction_loss(*self.reconstruction_logits(latent, responses, instructions, one_pass=one_pass)) \
+            if recon_weight else zero
         align = alignment_loss(self.head.embed(latent), targets, align_loss) if align_weight else zero
         total = recon_weight * recon + align_weight * align
         return LossOutput(total, float(recon.detach()), float(align.detach()))
 
     @torch.no_grad()
-    def fit_standardization(self, texts: Sequence[str], *, batch_size: int = 16, prompt: str | None = None
+    def fit_standardization(self, texts: Sequence[Item], *, batch_size: int = 16, prompt: str | None = None
                             ) -> "GenerativeEmbedder":
         """Estimate the standardisation statistics of MLP_recon's and MLP_align's inputs on ``texts``; returns self.
 
@@ -216,15 +399,15 @@ class GenerativeEmbedder(nn.Module):
         these statistics itself; without them an untrained head's latents are the raw compression states
         (see ``CompressionHead``), which no backbone can read as a prompt.
         """
-        texts = _as_texts(texts, "calibration texts")
+        items = _as_items(texts, "calibration texts")
         layers = {m: m.momentum for m in self.head.modules() if isinstance(m, FeatureStandardize)}
         for layer in layers:
             layer.reset_running_stats()
             layer.momentum = None  # a plain average over all batches
         self.train()
         try:
-            for start in range(0, len(texts), batch_size):
-                self.head.embed(self.latent_vectors(texts[start:start + batch_size], prompt))
+            for start in range(0, len(items), batch_size):
+                self.head.embed(self.latent_vectors(items[start:start + batch_size], prompt))
         finally:
             for layer, momentum in layers.items():
                 layer.momentum = momentum
@@ -233,14 +416,18 @@ class GenerativeEmbedder(nn.Module):
 
     # ---- the public, batched inference API ------------------------------------------------------------
     @torch.no_grad()
-    def compress(self, texts: str | Sequence[str], *, batch_size: int = 16, prompt: str | None = None,
+    def compress(self, texts: Item | Sequence[Item], *, batch_size: int = 16, prompt: str | None = None,
                  show_progress_bar: bool | None = None) -> Latent:
-        """Texts -> Latent (B, n, H): one forward pass per batch, no generation."""
-        texts = _as_texts(texts)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), self.config.num_compression, self.backbone.hidden_size)
+        """Inputs -> Latent (B, n, H): one forward pass per batch, no generation.
+
+        Each input is a string or a list of parts (strings and latent rows of this backbone), e.g.
+        ``[question, solver_latent, "Is this right?"]``: an agent turns what it read into its own latent.
+        """
+        items = _as_items(texts)
+        order = sorted(range(len(items)), key=lambda i: -_size(items[i]))
+        out = torch.empty(len(items), self.config.num_compression, self.backbone.hidden_size)
         for idx in _batches(order, batch_size, show_progress_bar, "compress"):
-            out[idx] = self.latent_vectors([texts[i] for i in idx], prompt).float().cpu()
+            out[idx] = self.latent_vectors([items[i] for i in idx], prompt).float().cpu()
         return Latent(out, self.fingerprint, self.backbone.backbone_id)
 
     @torch.no_grad()
@@ -253,15 +440,16 @@ class GenerativeEmbedder(nn.Module):
             emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb.cpu().numpy() if convert_to_numpy else emb.cpu()
 
-    def encode(self, sentences: str | Sequence[str], *, batch_size: int = 32, show_progress_bar: bool | None = None,
+    def encode(self, sentences: Item | Sequence[Item], *, batch_size: int = 32, show_progress_bar: bool | None = None,
                normalize_embeddings: bool = False, convert_to_numpy: bool = True, convert_to_tensor: bool = False,
                prompt: str | None = None) -> np.ndarray | torch.Tensor:
         """Embed texts (sentence-transformers conventions): (N, D) array, or (D,) for a single string.
 
         ``prompt`` is an instruction placed before each text inside the user turn. Texts are sorted by
-        length internally to waste less padding; the output follows the input order.
+        length internally to waste less padding; the output follows the input order. Inputs may be lists of
+        parts, as for ``compress``.
         """
-        single = isinstance(sentences, str)
+        single = isinstance(sentences, (str, Latent))
         latent = self.compress(sentences, batch_size=batch_size, prompt=prompt, show_progress_bar=show_progress_bar)
         emb = self.embed_latent(latent, normalize_embeddings=normalize_embeddings,
                                 convert_to_numpy=convert_to_numpy and not convert_to_tensor)
@@ -272,9 +460,10 @@ class GenerativeEmbedder(nn.Module):
                repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
                seed: int | None = None, batch_size: int = 16, use_cache: bool = True,
                show_progress_bar: bool | None = None) -> list[str]:
-        """Latent -> text: the frozen LLM continues from the latent as a soft prompt (batched, KV-cached).
+        """Latent -> text: the frozen LLM continues from the latent as a bare soft prompt (batched, KV-cached).
 
-        Any head on the same backbone can produce the latent; greedy unless ``temperature`` > 0.
+        Any head on the same backbone can produce the latent; greedy unless ``temperature`` > 0. To read a
+        latent inside a prompt instead, ``respond([[instruction, latent, ...]])``.
         """
         self._check_latent(latent, same_head=False)
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
@@ -286,22 +475,23 @@ class GenerativeEmbedder(nn.Module):
         return texts
 
     @torch.no_grad()
-    def respond(self, texts: str | Sequence[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+    def respond(self, texts: Item | Sequence[Item], *, max_new_tokens: int = 128, temperature: float = 0.0,
                 top_p: float = 1.0, repetition_penalty: float = 1.1, no_repeat_ngram_size: int = 4,
                 seed: int | None = None, batch_size: int = 8, use_cache: bool = True,
                 show_progress_bar: bool | None = None) -> list[str]:
-        """The backbone's own answer to each text through its chat template (no special tokens involved)."""
-        texts = _as_texts(texts)
+        """The backbone's own answer to each input through its chat template (no special tokens involved).
+
+        Inputs may be lists of parts: ``respond([["Problem: ...", latent, "Give the final number."]])`` reads
+        the latent in context. The repetition defaults (1.1, no repeated 4-gram) were chosen by measurement:
+        greedy answers of SmolLM2-135M repeated a word 4-gram in 45% of 96 ShareGPT queries, 3% with them.
+        """
+        items = _as_items(texts)
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
-        tok = self.backbone.tokenizer
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        answers: list[str] = [""] * len(texts)
+        order = sorted(range(len(items)), key=lambda i: -_size(items[i]))
+        answers: list[str] = [""] * len(items)
         for idx in _batches(order, batch_size, show_progress_bar, "respond"):
-            rows = self.query_token_ids([texts[i] for i in idx])
-            ids, mask = _pad(rows, tok.pad_token_id, "left")
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            outs = self._generate(self.backbone.embed_tokens(ids), mask, max_new_tokens, sampling, seed, use_cache)
-            for i, text in zip(idx, outs):
+            embeds, mask = self._embed_rows(self._query_rows([items[i] for i in idx], None), "left")
+            for i, text in zip(idx, self._generate(embeds, mask, max_new_tokens, sampling, seed, use_cache)):
                 answers[i] = text
         return answers
 

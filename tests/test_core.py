@@ -351,3 +351,106 @@ def test_backbone_id_does_not_depend_on_the_storage_dtype() -> None:
     ids = {backbone_fingerprint(model.to(dtype)) for dtype in (torch.float32, torch.bfloat16, torch.float32)}
     assert len(ids) == 1
     assert backbone_fingerprint(tiny_backbone(seed=1).model) not in ids
+
+
+# ---- inputs made of text and latents -------------------------------------------------------------------------
+def _mixed_items(model: GenerativeEmbedder) -> list:
+    latent = model.compress(["What is the capital of France?", "Two plus two?"])
+    return [["Problem: two plus two.", latent[1], "Is this right? Give the final number."],
+            "a plain string",
+            [latent[0]],
+            ["", latent[0], "short", latent[1]],
+            latent[1]]
+
+
+def test_parts_compress_shapes_and_padding_side_invariance(tiny_model: GenerativeEmbedder) -> None:
+    items = _mixed_items(tiny_model)
+    left = tiny_model.compress(items, batch_size=5).vectors
+    assert left.shape == (5, TINY_HEAD.num_compression, 64)
+    tiny_model.padding_side = "right"
+    right = tiny_model.compress(items, batch_size=5).vectors
+    one_by_one = torch.cat([tiny_model.compress([item]).vectors for item in items])
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(left, one_by_one, atol=1e-5, rtol=1e-4)
+    assert tiny_model.encode(items).shape == (5, TINY_HEAD.embed_dim)
+    torch.testing.assert_close(tiny_model.compress([["a plain string"]]).vectors, left[1:2], atol=1e-5, rtol=1e-4)
+
+
+def test_latent_parts_change_the_latent(tiny_model: GenerativeEmbedder) -> None:
+    a, b = tiny_model.compress(["the sea at night", "forty-two"])
+    one = tiny_model.compress([["Read:", a, "Answer."], ["Read:", b, "Answer."]]).vectors
+    assert (one[0] - one[1]).abs().max() > 1e-3
+
+
+def test_kv_cached_split_equals_one_pass(tiny_model: GenerativeEmbedder) -> None:
+    from latentcomm.reading import TRAINING_INSTRUCTIONS
+
+    items = _mixed_items(tiny_model)
+    for side in ("left", "right"):
+        tiny_model.padding_side = side
+        split = tiny_model.latent_vectors(items, one_pass=False)
+        torch.testing.assert_close(split, tiny_model.latent_vectors(items, one_pass=True), atol=1e-5, rtol=1e-4)
+    latent = tiny_model.latent_vectors(items)
+    responses = ["Four.", "A string indeed, a plain one.", "Paris", "", "4"]
+    instructions = [None, TRAINING_INSTRUCTIONS[2], TRAINING_INSTRUCTIONS[0], None, TRAINING_INSTRUCTIONS[6]]
+    for ins in (None, instructions):
+        logits, labels = tiny_model.reconstruction_logits(latent, responses, ins, one_pass=False)
+        ref_logits, ref_labels = tiny_model.reconstruction_logits(latent, responses, ins, one_pass=True)
+        assert torch.equal(labels, ref_labels)
+        torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    rows = tiny_model._query_rows([[p] if isinstance(p, str) else p for p in items], "Summarize this:")
+    suffix = [[torch.ones(2, 64)]] * len(rows)
+    for side in ("left", "right"):
+        tiny_model.padding_side = side
+        reference, _ = tiny_model._run(rows, suffix, one_pass=True)
+        with torch.no_grad():
+            one_cached_pass, _ = tiny_model._run(rows, suffix)
+        split, _ = tiny_model._run(rows, suffix, one_pass=False)
+        torch.testing.assert_close(one_cached_pass, reference, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(split, reference, atol=1e-5, rtol=1e-4)
+    assert tiny_model._template_kv  # the chat template + prompt run came from the cache
+    targets = torch.randn(5, TINY_HEAD.embed_dim)
+    split = tiny_model(items, responses, targets, instructions=instructions, one_pass=False)
+    reference = tiny_model(items, responses, targets, instructions=instructions, one_pass=True)
+    assert split.loss.item() == pytest.approx(reference.loss.item(), rel=1e-4)
+
+
+def test_in_context_layout_is_the_one_respond_reads(tiny_model: GenerativeEmbedder) -> None:
+    """The first response token predicted in training is the token respond([[before, latent, after]]) writes."""
+    from latentcomm.reading import EVALUATION_INSTRUCTION
+
+    latent = tiny_model.compress(["What is the capital of France?", "hi"])
+    before, after = EVALUATION_INSTRUCTION
+    logits, _ = tiny_model.reconstruction_logits(latent.vectors, ["x", "y"], [EVALUATION_INSTRUCTION] * 2)
+    first = logits.view(2, 2, -1)[:, 0].argmax(-1)  # 2 labels per row: "x"/"y" and EOS
+    tok = tiny_model.backbone.tokenizer
+    written = tiny_model.respond([[before, latent[i], after] for i in range(2)], max_new_tokens=1,
+                                 repetition_penalty=1.0, no_repeat_ngram_size=0)
+    assert [tok.decode([t]).strip() for t in first.tolist()] == written
+
+
+def test_gradients_reach_only_the_head_with_parts_and_instructions(tiny_model: GenerativeEmbedder) -> None:
+    from latentcomm.reading import TRAINING_INSTRUCTIONS
+
+    items = _mixed_items(tiny_model)
+    out = tiny_model(items, ["a", "b", "c", "d", "e"], torch.randn(5, TINY_HEAD.embed_dim),
+                     instructions=[TRAINING_INSTRUCTIONS[1]] * 5)
+    out.loss.backward()
+    for name, param in tiny_model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in tiny_model.backbone.model.parameters())
+
+
+def test_latent_parts_are_checked(tiny_model: GenerativeEmbedder) -> None:
+    other = GenerativeEmbedder(tiny_backbone(seed=1), TINY_HEAD)
+    foreign = other.compress(["made on another backbone"])
+    with pytest.raises(HeadMismatchError, match="backbone"):
+        tiny_model.compress([["Read this:", foreign]])
+    with pytest.raises(HeadMismatchError, match="backbone"):
+        tiny_model.respond([[foreign]])
+    two = tiny_model.compress(["a", "b"])
+    with pytest.raises(LatentError, match="one row"):
+        tiny_model.compress([["both:", two]])
+    with pytest.raises(TypeError, match="strings"):
+        tiny_model.compress([["ok", 3]])  # type: ignore[list-item]
+    assert tiny_model.respond([["hi"]], max_new_tokens=5) == tiny_model.respond(["hi"], max_new_tokens=5)
