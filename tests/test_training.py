@@ -19,7 +19,7 @@ from latentcomm.training.targets import compute_targets, targets_path
 
 TINY_TRAIN = ["--teacher", "self", "--num-thought", "2", "--num-compression", "3", "--max-query-tokens", "64",
               "--max-response-tokens", "24", "--micro-batch", "4", "--warmup-steps", "1", "--lr", "3e-3",
-              "--threads", "1"]
+              "--threads", "1", "--in-context-share", "0.5"]
 
 
 def _queries(n: int) -> list[Query]:
@@ -99,6 +99,21 @@ def test_generation_skips_finished_shards_and_never_duplicates(tiny_run, tiny_ba
     with pytest.raises(ValueError, match="other settings"):
         generate_responses(queries, out, GenerationConfig(str(tiny_backbone_dir), max_new_tokens=7, shard_size=16))
 
+
+
+def test_responses_export_and_import_round_trip(tiny_run, tmp_path):
+    from latentcomm.training.responses import export_responses, import_responses
+
+    archive = export_responses(tiny_run, tmp_path / "set.jsonl.gz")
+    out = import_responses(archive, tmp_path / "again", shard_size=7)
+    assert read_responses(out) == read_responses(tiny_run / "responses")
+    assert read_queries(tmp_path / "again" / "queries.jsonl") == read_queries(tiny_run / "queries.jsonl")
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(
+        (tiny_run / "responses" / "manifest.json").read_text())
+    (tmp_path / "other").mkdir()
+    write_queries([Query("zz", "another query")], tmp_path / "other" / "queries.jsonl")
+    with pytest.raises(ValueError, match="other queries"):
+        import_responses(archive, tmp_path / "other")
 
 
 def test_targets_are_cached_unit_vectors(tiny_run):
@@ -183,7 +198,8 @@ def test_ray_train_two_workers_match_gradient_accumulation(uninterrupted, tmp_pa
 
 
 def test_evaluate_reports_every_method(uninterrupted, tiny_run, tiny_backbone_dir, tmp_path):
-    from latentcomm.training.evaluate import evaluate, plot_evaluation, retrieval_scores
+    from latentcomm.training.evaluate import evaluate, plot_evaluation
+    from latentcomm.training.fidelity import retrieval_scores
 
     out, _ = uninterrupted
     result = evaluate(tiny_run, out / "head", backbone=str(tiny_backbone_dir), decode_limit=3, max_new_tokens=4)
@@ -192,6 +208,12 @@ def test_evaluate_reports_every_method(uninterrupted, tiny_run, tiny_backbone_di
     for scores in result["retrieval"].values():
         assert 0 <= scores["r@1"] <= scores["mrr"] <= 1 and scores["n"] == 8
     assert set(result["reconstruction"]) == {"trained head", "untrained head"}
+    rows = {(r["row"], r["source"]) for r in result["fidelity"]}
+    assert rows == {(row, head) for row in ("decode", "in context", "floor: other latent")
+                    for head in ("trained head", "untrained head")} | {
+        ("floor: no message", "-"), ("reference: query text", "-"), ("ceiling: response text", "-")}
+    for row in result["fidelity"]:
+        assert -1 <= row["cosine"] <= 1 and 0 <= row["r_at_1"] <= 1 and 0 <= row["loops"] <= 1 and row["n"] == 3
     assert plot_evaluation(result, tmp_path / "eval.png").stat().st_size > 0
     perfect = retrieval_scores(np.eye(4), np.eye(4))
     assert perfect["r@1"] == perfect["mrr"] == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -54,7 +55,15 @@ class TrainConfig:
     recon_weight: float = 1.0
     align_weight: float = 1.0
     align_loss: str = "mse"
+    in_context_share: float = 0.0
+    """Share of samples whose latent is reconstructed from inside a user turn with a reading instruction
+    (``latentcomm.reading``); the rest read it as a bare soft prompt."""
     seed: int = 0
+    # speed
+    split_prefix: bool = True
+    """Run the query without autograd and hand its KV cache to the special tokens (off: the one-pass step)."""
+    bucket_by_length: bool = True
+    """Batch samples of similar length together (less padding); the order still depends only on seed and epoch."""
     # bookkeeping
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -80,8 +89,18 @@ class TrainConfig:
         for name in ("micro_batch", "grad_accum", "epochs", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0) or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need a finite lr > 0 (got {self.lr}), warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        for name in ("recon_weight", "align_weight", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.recon_weight == 0 and self.align_weight == 0:
+            raise ValueError("recon_weight and align_weight are both 0: nothing would train")
+        if not 0 <= self.in_context_share <= 1:
+            raise ValueError(f"in_context_share must be in [0, 1], got {self.in_context_share}")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise ValueError(f"train_limit must be >= 1, got {self.train_limit}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -94,6 +113,16 @@ class TrainConfig:
                           recon_head=self.recon_head, align_head=self.align_head,  # type: ignore[arg-type]
                           embed_dim=embed_dim, max_query_tokens=self.max_query_tokens,
                           max_response_tokens=self.max_response_tokens, teacher=Path(self.teacher).name)
+
+    def backbone_torch_dtype(self, device: "torch.device") -> "torch.dtype":
+        """The backbone's weights dtype on ``device`` (``auto``: bf16 where it computes natively, else fp32)."""
+        import torch
+
+        from latentcomm.backbone import default_dtype
+
+        if self.backbone_dtype == "auto":
+            return default_dtype(device)
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.backbone_dtype]
 
     @property
     def world_size(self) -> int:
@@ -162,6 +191,9 @@ _HELP = {
     "min_lr_ratio": "cosine decay ends at lr * this",
     "max_steps": "stop after this many optimizer steps (the schedule spans them)",
     "align_loss": "mse (the paper) or cosine",
+    "in_context_share": "share of samples reconstructed from the latent inside a user turn with a reading instruction",
+    "split_prefix": "query without autograd, its KV cache handed to the special tokens (--no-split-prefix: one pass)",
+    "bucket_by_length": "batch samples of similar length together (less padding)",
     "checkpoint_every": "save a DeepSpeed checkpoint every K optimizer steps (and at the end)",
     "keep_checkpoints": "newest checkpoints kept on disk",
     "resume": "continue from the newest checkpoint in OUT/checkpoints (same data order and optimizer state)",

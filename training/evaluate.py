@@ -1,10 +1,11 @@
-"""Held-out evaluation of a head: query -> own-response retrieval, reconstruction loss and decoded-text similarity.
+"""Held-out evaluation of a head: query -> own-response retrieval, reconstruction loss and the fidelity table.
 
-Compared in one run: the trained head, an untrained head of the same shape (its standardisation statistics
-estimated on training queries, as the first training step sees it), the teacher applied to the query text, and
-the mean-pooled backbone states of the query (the input-centric baseline; it lives in the backbone's space, so
-it is scored against the ``self`` teacher's embeddings of the responses).
-Writes ``eval.json`` and ``eval.png``.
+Compared in one run: the trained head, earlier heads (``--compare``), an untrained head of the same shape (its
+standardisation statistics estimated on training queries, as the first training step sees it), the teacher
+applied to the query text, and the mean-pooled backbone states of the query (the input-centric baseline; it
+lives in the backbone's space, so it is scored against the ``self`` teacher's embeddings of the responses).
+The fidelity table (``training.fidelity``) turns latents into text by decoding and by reading them in context,
+with floors, a reference and a text ceiling beside them. Writes ``eval.json`` and ``eval.png``.
 """
 from __future__ import annotations
 
@@ -22,22 +23,9 @@ from latentcomm.losses import alignment_loss, reconstruction_loss
 from latentcomm.cli import parser
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
 from latentcomm.teachers import load_teacher, mean_pooled_states
+from latentcomm.training.fidelity import fidelity_table, retrieval_scores, rows_as_dicts, table_markdown
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
 from latentcomm.training.targets import compute_targets
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
-
-
-def retrieval_scores(query_emb: np.ndarray, doc_emb: np.ndarray) -> dict[str, float]:
-    """Recall@1 and MRR when query i's only relevant document is document i (cosine similarity)."""
-    if query_emb.shape != doc_emb.shape:
-        raise ValueError(f"queries {query_emb.shape} and documents {doc_emb.shape} must have the same shape")
-    sims = _unit(query_emb) @ _unit(doc_emb).T
-    correct = np.diag(sims)[:, None]
-    ranks = 1 + (sims > correct).sum(axis=1)
-    return {"r@1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean()), "n": int(len(ranks))}
 
 
 @torch.no_grad()
@@ -92,9 +80,9 @@ class HeldOut:
 
 
 def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR, *, backbone: str | None = None,
-             limit: int | None = None, decode_limit: int = 100, max_new_tokens: int = 64, batch_size: int = 16
-             ) -> dict[str, Any]:
-    """All acceptance figures for ``head`` on the held-out split of ``run`` (see the module docstring)."""
+             compare: dict[str, str | os.PathLike] | None = None, limit: int | None = None, decode_limit: int = 100,
+             max_new_tokens: int = 64, batch_size: int = 16) -> dict[str, Any]:
+    """All acceptance figures for ``head`` (and the ``compare`` heads, by name) on the held-out split of ``run``."""
     meta = json.loads((Path(head) / "config.json").read_text())
     bb = load_backbone(backbone or meta["backbone"])
     trained = GenerativeEmbedder.from_pretrained(head, backbone=bb)
@@ -104,7 +92,9 @@ def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR,
         training_queries(run, CALIBRATION_QUERIES), batch_size=batch_size)
     teacher = load_teacher(teacher_name, backbone=bb)
 
-    heads = {"trained head": trained, "untrained head": untrained}
+    heads = {"trained head": trained}
+    heads |= {name: GenerativeEmbedder.from_pretrained(path, backbone=bb) for name, path in (compare or {}).items()}
+    heads["untrained head"] = untrained
     retrieval = {name: retrieval_scores(m.encode(data.queries, batch_size=batch_size, show_progress_bar=True),
                                         data.targets) for name, m in heads.items()}
     retrieval[f"teacher ({teacher_name}) on query"] = retrieval_scores(teacher.embed(data.queries), data.targets)
@@ -112,51 +102,54 @@ def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR,
         mean_pooled_states(bb, data.queries, batch_size=batch_size), data.self_teacher)
 
     n = min(decode_limit, len(data.queries))
-    reconstruction: dict[str, Any] = {}
-    examples = []
-    for name, model in heads.items():
-        losses = heldout_losses(model, data.queries, data.responses, data.targets, batch_size)
-        decoded = model.decode(model.compress(data.queries[:n], batch_size=batch_size), max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, show_progress_bar=True)
-        cosine = (teacher.embed(decoded) * data.targets[:n]).sum(axis=1)
-        reconstruction[name] = {**losses, "decode_teacher_cosine": float(cosine.mean()), "decoded": n}
-        examples.append(decoded[:3])
+    reconstruction = {name: heldout_losses(model, data.queries, data.responses, data.targets, batch_size)
+                      for name, model in heads.items()}
+    fidelity = fidelity_table(heads, data.queries[:n], data.responses[:n], teacher, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size)
     return {
         "run": str(run), "head": str(head), "backbone": bb.backbone_id, "teacher": teacher_name,
-        "heldout_queries": len(data.queries), "max_new_tokens": max_new_tokens,
-        "retrieval": retrieval, "reconstruction": reconstruction,
-        "examples": [{"query": q, "response": r, "trained": t, "untrained": u}
-                     for q, r, t, u in zip(data.queries[:3], data.responses[:3], *examples)],
+        "compare": {k: str(v) for k, v in (compare or {}).items()},
+        "heldout_queries": len(data.queries), "fidelity_queries": n, "max_new_tokens": max_new_tokens,
+        "retrieval": retrieval, "reconstruction": reconstruction, "fidelity": rows_as_dicts(fidelity),
+        "fidelity_markdown": table_markdown(fidelity),
+        "examples": [{"query": q, "response": r} for q, r in zip(data.queries[:3], data.responses[:3])],
     }
 
 
 def plot_evaluation(result: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Bars: retrieval R@1 / MRR per method, and trained vs untrained reconstruction figures."""
+    """Retrieval R@1 / MRR per method, reconstruction loss per head, and the fidelity table as grouped bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_ret, ax_rec, ax_cos) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 1, 1]})
+    fig, (ax_ret, ax_rec, ax_fid) = plt.subplots(1, 3, figsize=(18, 4.8), gridspec_kw={"width_ratios": [3, 1.4, 4]})
     names = list(result["retrieval"])
     x = np.arange(len(names))
     for offset, metric in ((-0.2, "r@1"), (0.2, "mrr")):
         ax_ret.bar(x + offset, [result["retrieval"][k][metric] for k in names], width=0.4, label=metric)
-    ax_ret.set_xticks(x, [k.replace(" (", "\n(").replace(" vs ", "\nvs ") for k in names], fontsize=8)
+    ax_ret.set_xticks(x, [k.replace(" (", "\n(").replace(" vs ", "\nvs ") for k in names], fontsize=7)
     ax_ret.set(title=f"query -> own response retrieval ({result['heldout_queries']} held-out)", ylabel="score")
     ax_ret.legend()
     heads = list(result["reconstruction"])
     x = np.arange(len(heads))
     for offset, key, label in ((-0.2, "recon", "own latent"), (0.2, "recon_other_query", "other query's latent")):
         ax_rec.bar(x + offset, [result["reconstruction"][h][key] for h in heads], width=0.4, label=label)
-    ax_rec.set_xticks(x, heads)
+    ax_rec.set_xticks(x, [h.replace(" head", "\nhead") for h in heads], fontsize=7)
     ax_rec.set(title="reconstruction loss", ylabel="held-out cross-entropy (nats/token)")
     ax_rec.legend(fontsize=7)
-    ax_cos.bar(heads, [result["reconstruction"][h]["decode_teacher_cosine"] for h in heads],
-               color=["tab:green", "tab:gray"])
-    ax_cos.set(title="decoded vs real response", ylabel="teacher cosine", ylim=(0, 1))
-    for ax in (ax_rec, ax_cos):
-        ax.tick_params(axis="x", labelsize=8)
+    rows = result["fidelity"]
+    labels = [r["row"] if r["source"] == "-" else f"{r['row']}\n({r['source']})" for r in rows]
+    x = np.arange(len(rows))
+    colors = ["tab:gray" if r["source"] == "-" else "tab:blue" for r in rows]
+    ax_fid.bar(x - 0.2, [r["cosine"] for r in rows], width=0.4, color=colors, label="MiniLM cosine")
+    ax_fid.bar(x + 0.2, [r["r_at_1"] for r in rows], width=0.4, color=colors, alpha=0.5, hatch="//", label="R@1")
+    for xi, r in zip(x, rows):
+        ax_fid.annotate(f"loops {r['loops']:.0%}", (xi, max(r["cosine"], r["r_at_1"]) + 0.02), ha="center",
+                        fontsize=6, rotation=90, va="bottom")
+    ax_fid.set_xticks(x, labels, fontsize=6, rotation=60, ha="right")
+    ax_fid.set(title=f"fidelity to the backbone's own response ({result['fidelity_queries']} held-out)", ylim=(0, 1.15))
+    ax_fid.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -169,21 +162,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", required=True, help="run directory with held-out responses (and targets)")
     ap.add_argument("--head", default=str(DEFAULT_HEAD_DIR), help="head folder (default: the shipped head)")
     ap.add_argument("--backbone", default=None, help="backbone (default: the one named in the head's config)")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                    help="an earlier head to evaluate beside it (repeatable), e.g. 'previous head=runs/old/head'")
     ap.add_argument("--out", default=None, help="folder for eval.json and eval.png (default: the head folder)")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N held-out queries")
-    ap.add_argument("--decode-limit", type=int, default=100, help="held-out queries decoded for the text cosine")
+    ap.add_argument("--decode-limit", type=int, default=100, help="held-out queries of the fidelity table")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = evaluate(args.run, args.head, backbone=args.backbone, limit=args.limit, decode_limit=args.decode_limit,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    compare = {}
+    for spec in args.compare:
+        name, sep, path = spec.rpartition("=")
+        if not sep or not name or not (Path(path) / "config.json").is_file():
+            ap.error(f"--compare {spec!r}: expected NAME=PATH with a head folder at PATH")
+        compare[name] = path
+    result = evaluate(args.run, args.head, backbone=args.backbone, compare=compare, limit=args.limit,
+                      decode_limit=args.decode_limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     out = Path(args.out or args.head)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_evaluation(result, out / "eval.png")
     print(json.dumps({"retrieval": result["retrieval"], "reconstruction": result["reconstruction"]}, indent=2))
+    print(result["fidelity_markdown"])
     print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
     return 0

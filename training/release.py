@@ -21,9 +21,8 @@ def training_card(cfg: dict[str, Any], summary: dict[str, Any], metrics: list[di
     """TRAINING.md: data, exact commands, configuration, training curve and held-out figures."""
     first, last = metrics[0], metrics[-1]
     retrieval = "\n".join(f"| {k} | {v['r@1']:.3f} | {v['mrr']:.3f} |" for k, v in evaluation["retrieval"].items())
-    recon = "\n".join(f"| {k} | {v['recon']:.3f} | {v['recon_other_query']:.3f} | {v['align_mse']:.3f} | "
-                      f"{v['decode_teacher_cosine']:.3f} |" for k, v in evaluation["reconstruction"].items())
-    decoded = evaluation["reconstruction"]["trained head"]["decoded"]
+    recon = "\n".join(f"| {k} | {v['recon']:.3f} | {v['recon_other_query']:.3f} | {v['align_mse']:.3f} |"
+                      for k, v in evaluation["reconstruction"].items())
     workers = max(cfg["workers"], 1)
     return f"""# Default head for SmolLM2-135M-Instruct — how it was made
 
@@ -68,14 +67,22 @@ estimated on {CALIBRATION_QUERIES} training queries (`fit_standardization`: what
 |---|---|---|
 {retrieval}
 
-Reconstruction: cross-entropy (nats/token) of the real response given its own latent, and given the latent
-of another held-out query (the gap is what the latent says about *this* query); squared error to the MiniLM
-target; MiniLM cosine between `decode(compress(q))` ({decoded} queries, {evaluation['max_new_tokens']} new tokens)
-and the real response.
+Reconstruction: cross-entropy (nats/token) of the real response given its own latent (bare soft prompt), and
+given the latent of another held-out query (the gap is what the latent says about *this* query); squared error
+to the MiniLM target.
 
-| head | recon loss | recon loss, other query's latent | align error | decode cosine |
-|---|---|---|---|---|
+| head | recon loss | recon loss, other query's latent | align error |
+|---|---|---|---|
 {recon}
+
+## Fidelity ({evaluation['fidelity_queries']} held-out queries, {evaluation['max_new_tokens']} new tokens)
+Each row turns something into text and scores it against the backbone's own response: MiniLM cosine, R@1 of the
+text among all {evaluation['fidelity_queries']} responses, and the share of texts repeating a word 4-gram. "in
+context" reads the latent inside a user turn with an instruction never used in training ("Here is a message
+from a colleague: <latent> What does the message say?"); the floors, the reference (the query text in place of
+the latent) and the ceiling (the real response text) use the same instruction (`training/fidelity.py`).
+
+{evaluation['fidelity_markdown']}
 """
 
 

@@ -8,6 +8,7 @@ shards and checks that no id is missing or duplicated.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -18,10 +19,13 @@ from tqdm.auto import tqdm
 
 from latentcomm.backbone import DEFAULT_BACKBONE
 from latentcomm.cli import parser
-from latentcomm.training.queries import QUERIES_FILE, Query, read_queries
+from latentcomm.training.queries import QUERIES_FILE, Query, read_queries, write_queries
 
 RESPONSES_DIR = "responses"
 MANIFEST = "manifest.json"
+ARCHIVE_FORMAT = "latentcomm-responses"
+PACKAGED_RESPONSES = Path(__file__).parent / "data" / "sharegpt-smollm2-135m-instruct.jsonl.gz"
+"""The query/response set the shipped head was trained on (``generate --import`` it to retrain from the repo)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,47 @@ def read_responses(out_dir: str | os.PathLike, *, complete: bool = True) -> list
     return list(records.values())
 
 
+def export_responses(run: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """One gzipped JSONL file with a run's generation settings and every (id, split, query, response)."""
+    run, path = Path(run), Path(path)
+    manifest = json.loads((run / RESPONSES_DIR / MANIFEST).read_text())
+    records = read_responses(run / RESPONSES_DIR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=9) as f:
+        f.write(json.dumps({"format": ARCHIVE_FORMAT, "version": 1, **manifest}) + "\n")
+        for r in records:
+            f.write(json.dumps({k: r[k] for k in ("id", "split", "query", "response")}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def import_responses(path: str | os.PathLike, run: str | os.PathLike, shard_size: int = 256) -> Path:
+    """Write ``run``'s queries.jsonl (or check the one there) and responses/ from an ``export_responses`` file."""
+    path, run = Path(path), Path(run)
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        header = json.loads(f.readline())
+        if header.get("format") != ARCHIVE_FORMAT:
+            raise ValueError(f"{path} is not a latentcomm response archive")
+        records = [json.loads(line) for line in f if line.strip()]
+    if len(records) != header["count"]:
+        raise ValueError(f"{path} holds {len(records)} responses, its header says {header['count']}")
+    queries = [Query(r["id"], r["query"], r["split"]) for r in records]
+    queries_file = run / QUERIES_FILE
+    if queries_file.is_file():
+        if [q.id for q in read_queries(queries_file)] != [q.id for q in queries]:
+            raise ValueError(f"{queries_file} holds other queries than {path}; use another --run")
+    else:
+        write_queries(queries, queries_file)
+    out = run / RESPONSES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"generation": header["generation"], "queries": _queries_digest(queries), "count": len(queries)}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    for index in range(0, len(records), shard_size):
+        write_shard(shard_path(out, index // shard_size), records[index:index + shard_size])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser("generate", "Generate the backbone's own response to every query of a run (resumable).")
     ap.add_argument("--run", required=True, help="run directory with queries.jsonl; writes RUN/responses/")
@@ -169,8 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus-per-replica", type=float, default=1)
     ap.add_argument("--gpus-per-replica", type=float, default=0)
     ap.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto')")
+    ap.add_argument("--import", dest="import_from", default=None, metavar="FILE",
+                    help="take queries and responses from an archive instead of generating ('packaged': the set "
+                         "the shipped head was trained on)")
+    ap.add_argument("--export", default=None, metavar="FILE", help="afterwards, write the run's responses to FILE "
+                    "(gzipped JSONL)")
     args = ap.parse_args(argv)
     run = Path(args.run)
+    if args.import_from:
+        source = PACKAGED_RESPONSES if args.import_from == "packaged" else Path(args.import_from)
+        out = import_responses(source, run)
+        print(f"{len(read_responses(out))} responses from {source} in {out}")
+        return 0
     config = GenerationConfig(args.backbone, args.max_new_tokens, args.temperature, args.top_p, args.seed,
                               args.repetition_penalty, args.no_repeat_ngram_size, args.batch_size, args.shard_size)
     queries = read_queries(run / QUERIES_FILE)
@@ -178,4 +233,6 @@ def main(argv: list[str] | None = None) -> int:
                        cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
                        address=args.address)
     print(f"{len(read_responses(run / RESPONSES_DIR))} responses in {run / RESPONSES_DIR}")
+    if args.export:
+        print(f"wrote {export_responses(run, args.export)}")
     return 0

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +23,36 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from latentcomm.backbone import default_dtype, load_backbone
+from latentcomm.backbone import load_backbone
 from latentcomm.cli import parser
 from latentcomm.model import GenerativeEmbedder
+from latentcomm.reading import Instruction, draw_instruction
 from latentcomm.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.metrics import MetricsLog, plot_losses
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
 from latentcomm.training.targets import load_targets
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
 
 # ---- data ------------------------------------------------------------------------------------------------
+BUCKET_WINDOW = 32
+"""Length bucketing sorts windows of this many global batches by length, then shuffles the batches."""
+
+
 @dataclass
 class TrainingData:
     """Training triples (query, own response, teacher embedding) and the deterministic batch order.
 
-    The order depends only on (seed, epoch), so a resumed run sees exactly the batches it would have seen.
+    The order depends only on (seed, epoch), so a resumed run sees exactly the batches it would have seen;
+    so does each sample's reading instruction (``in_context_share``).
     """
 
+    ids: list[str]
     queries: list[str]
     responses: list[str]
     targets: np.ndarray
+    _order: tuple[tuple, list[int]] = field(default=((), []), init=False, repr=False)
+    """(what the order depends on, the order): computed once per epoch."""
 
     @classmethod
     def load(cls, cfg: TrainConfig) -> "TrainingData":
@@ -53,8 +60,9 @@ class TrainingData:
         records = [r for r in read_responses(responses_dir) if r["split"] == "train"][:cfg.train_limit]
         if not records:
             raise ValueError(f"no training responses in {responses_dir}")
-        targets = load_targets(responses_dir, cfg.teacher).rows([r["id"] for r in records])
-        return cls([r["query"] for r in records], [r["response"] for r in records], targets)
+        ids = [r["id"] for r in records]
+        targets = load_targets(responses_dir, cfg.teacher).rows(ids)
+        return cls(ids, [r["query"] for r in records], [r["response"] for r in records], targets)
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -65,16 +73,33 @@ class TrainingData:
             raise ValueError(f"{len(self)} training queries cannot fill one global batch of {global_batch}")
         return steps
 
+    def epoch_order(self, cfg: TrainConfig, epoch: int) -> list[int]:
+        """Sample indices of one epoch, whole global batches only; bucketed by length when configured."""
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(self), generator=generator).tolist()
+        order = order[:self.steps_per_epoch(cfg.global_batch) * cfg.global_batch]
+        if not cfg.bucket_by_length:
+            return order
+        size, window = cfg.global_batch, cfg.global_batch * BUCKET_WINDOW
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: len(self.queries[i]) + len(self.responses[i]))
+            batches += [chunk[j:j + size] for j in range(0, len(chunk), size)]
+        return [i for k in torch.randperm(len(batches), generator=generator).tolist() for i in batches[k]]
+
     def micro_batch(self, cfg: TrainConfig, step: int, micro: int, rank: int
-                    ) -> tuple[list[str], list[str], torch.Tensor]:
-        """The ``micro``-th micro-batch of ``rank`` in optimizer step ``step`` (0-based, across epochs)."""
-        per_epoch = self.steps_per_epoch(cfg.global_batch)
-        epoch, within = divmod(step, per_epoch)
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+                    ) -> tuple[list[str], list[str], torch.Tensor, list[Instruction | None]]:
+        """The ``micro``-th micro-batch of ``rank`` in optimizer step ``step`` (0-based, across epochs):
+        queries, responses, targets and each sample's reading instruction (None: bare prefix)."""
+        epoch, within = divmod(step, self.steps_per_epoch(cfg.global_batch))
+        key = (epoch, cfg.seed, cfg.global_batch, cfg.bucket_by_length)
+        if self._order[0] != key:
+            self._order = (key, self.epoch_order(cfg, epoch))
         start = within * cfg.global_batch + (micro * cfg.world_size + rank) * cfg.micro_batch
-        idx = order[start:start + cfg.micro_batch].tolist()
+        idx = self._order[1][start:start + cfg.micro_batch]
+        instructions = [draw_instruction(f"{cfg.seed}:{epoch}:{self.ids[i]}", cfg.in_context_share) for i in idx]
         return ([self.queries[i] for i in idx], [self.responses[i] for i in idx],
-                torch.from_numpy(self.targets[idx]))
+                torch.from_numpy(self.targets[idx]), instructions)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
@@ -146,8 +171,7 @@ class TrainRecipe:
         self.steps_per_epoch = self.data.steps_per_epoch(cfg.global_batch)
         self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
 
-        dtype = default_dtype(self.device) if cfg.backbone_dtype == "auto" else _DTYPES[cfg.backbone_dtype]
-        backbone = load_backbone(cfg.backbone, device=self.device, dtype=dtype)
+        backbone = load_backbone(cfg.backbone, device=self.device, dtype=cfg.backbone_torch_dtype(self.device))
         if cfg.gradient_checkpointing:
             backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             backbone.model.train()  # HF checkpoints only in train mode; Llama-style backbones have no dropout
@@ -185,10 +209,11 @@ class TrainRecipe:
             started = time.perf_counter()
             sums = torch.zeros(3)
             for micro in range(cfg.grad_accum):
-                queries, responses, targets = self.data.micro_batch(cfg, step, micro, self.rank)
+                queries, responses, targets, instructions = self.data.micro_batch(cfg, step, micro, self.rank)
                 with self._autocast():
                     out = engine(queries, responses, targets.to(self.device), recon_weight=cfg.recon_weight,
-                                 align_weight=cfg.align_weight, align_loss=cfg.align_loss)
+                                 align_weight=cfg.align_weight, align_loss=cfg.align_loss,
+                                 instructions=instructions, one_pass=not cfg.split_prefix)
                 engine.backward(out.loss)
                 engine.step()
                 sums += torch.tensor([float(out.loss.detach()), out.recon, out.align])
@@ -196,6 +221,9 @@ class TrainRecipe:
                 dist.all_reduce(sums)
                 sums /= dist.get_world_size()
             loss, recon, align = (sums / cfg.grad_accum).tolist()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"step {step + 1}: the loss is {loss} (recon {recon}, align {align}); "
+                                         "stopped before saving a non-finite head: lower --lr or check the data")
             seconds = time.perf_counter() - started
             if self.rank == 0:
                 self.metrics.append({"step": step + 1, "epoch": step // self.steps_per_epoch, "loss": loss,

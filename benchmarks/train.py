@@ -1,0 +1,150 @@
+"""``latentcomm bench train``: samples/s of the training step before and after the KV-cached split and length
+bucketing, measured in one run on the same batches, with the losses compared.
+
+Three configurations, each a forward + backward (gradients of the head only, no optimizer step, so every
+configuration sees the same head):
+
+* ``one pass, random batches`` — the step as it was: the whole input under autograd, batches in random order;
+* ``split, random batches`` — the same batches: the query runs without autograd and hands its KV cache to
+  the special tokens (and an in-context latent's instruction prefix to the response pass); losses must agree;
+* ``split, bucketed batches`` — the same number of samples, batched by length (what ``train`` now does).
+
+Also reports padding: the share of computed positions that are padding, random against bucketed batches.
+Writes ``train.json`` and ``train.png``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latentcomm.backbone import load_backbone
+from latentcomm.cli import parser
+from latentcomm.model import GenerativeEmbedder
+from latentcomm.training.config import TrainConfig
+from latentcomm.training.train import TrainingData
+
+Batch = tuple[list[str], list[str], torch.Tensor, list]
+
+
+def batches(data: TrainingData, cfg: TrainConfig, count: int) -> list[Batch]:
+    """The first ``count`` micro-batches of epoch 0 under ``cfg`` (one process)."""
+    return [data.micro_batch(cfg, step, 0, 0) for step in range(count)]
+
+
+def padding_share(model: GenerativeEmbedder, chosen: list[Batch]) -> float:
+    """Share of the positions of the query pass and the response pass that are padding."""
+    tok = model.backbone.tokenizer
+    padded = real = 0
+    for queries, responses, _, _ in chosen:
+        for texts, limit in ((queries, model.config.max_query_tokens), (responses, model.config.max_response_tokens)):
+            lengths = [min(len(ids), limit) for ids in tok(texts, add_special_tokens=False).input_ids]
+            padded += max(lengths) * len(lengths)
+            real += sum(lengths)
+    return 1 - real / padded
+
+
+def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, one_pass: bool) -> tuple[float, list[float]]:
+    """Seconds for forward + backward over ``chosen`` (after one warm-up batch), and each batch's loss."""
+    def step(batch: Batch) -> float:
+        queries, responses, targets, instructions = batch
+        out = model(queries, responses, targets, instructions=instructions, one_pass=one_pass)
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+        return float(out.loss.detach())
+
+    step(chosen[0])
+    start = time.perf_counter()
+    losses = [step(batch) for batch in chosen]
+    return time.perf_counter() - start, losses
+
+
+def run(cfg: TrainConfig, count: int) -> dict[str, Any]:
+    data = TrainingData.load(cfg)
+    device = torch.device("cpu")
+    backbone = load_backbone(cfg.backbone, device=device, dtype=cfg.backbone_torch_dtype(device))
+    model = GenerativeEmbedder(backbone, cfg.head_config(data.targets.shape[1]), seed=cfg.seed)
+    model.train()
+    random_batches = batches(data, replace(cfg, bucket_by_length=False), count)
+    bucketed = batches(data, replace(cfg, bucket_by_length=True), count)
+    samples = count * cfg.micro_batch
+    results: dict[str, dict[str, float]] = {}
+    losses = {}
+    for name, chosen, one_pass in (("one pass, random batches", random_batches, True),
+                                   ("split, random batches", random_batches, False),
+                                   ("split, bucketed batches", bucketed, False)):
+        seconds, losses[name] = time_steps(model, chosen, one_pass=one_pass)
+        results[name] = {"seconds": seconds, "samples_per_s": samples / seconds,
+                         "padding_share": padding_share(model, chosen)}
+    baseline = results["one pass, random batches"]["samples_per_s"]
+    for entry in results.values():
+        entry["speedup"] = entry["samples_per_s"] / baseline
+    diff = np.abs(np.array(losses["one pass, random batches"]) - np.array(losses["split, random batches"]))
+    return {"backbone": backbone.backbone_id, "dtype": str(backbone.dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(), "micro_batch": cfg.micro_batch, "batches": count,
+            "in_context_share": cfg.in_context_share, "results": results,
+            "same_batches_max_loss_difference": float(diff.max()),
+            "same_batches_mean_loss": float(np.mean(losses["one pass, random batches"]))}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["results"])
+    values = [result["results"][n]["samples_per_s"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bars = ax.bar([n.replace(", ", ",\n") for n in names], values, color=["tab:gray", "tab:blue", "tab:green"])
+    for bar, name in zip(bars, names):
+        entry = result["results"][name]
+        ax.annotate(f"{entry['speedup']:.2f}x\npadding {entry['padding_share']:.0%}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("training samples / s (forward + backward)")
+    ax.set_ylim(0, max(values) * 1.3)
+    ax.set_title(f"training step, micro-batch {result['micro_batch']}, {result['batches']} batches, "
+                 f"{result['dtype']} backbone, {result['threads']} threads", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser("bench train", __doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="run directory with responses and targets (as for 'train')")
+    ap.add_argument("--backbone", default=TrainConfig.backbone)
+    ap.add_argument("--backbone-dtype", default=TrainConfig.backbone_dtype, choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--teacher", default=TrainConfig.teacher)
+    ap.add_argument("--micro-batch", type=int, default=TrainConfig.micro_batch)
+    ap.add_argument("--batches", type=int, default=8, help="timed batches per configuration")
+    ap.add_argument("--in-context-share", type=float, default=0.5)
+    ap.add_argument("--max-response-tokens", type=int, default=TrainConfig.max_response_tokens)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--out", default=f"runs/bench/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    args = ap.parse_args(argv)
+    if args.batches < 1 or args.micro_batch < 1:
+        ap.error("--batches and --micro-batch must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(run=args.run, out=args.out, backbone=args.backbone, backbone_dtype=args.backbone_dtype,
+                      teacher=args.teacher,
+                      micro_batch=args.micro_batch, in_context_share=args.in_context_share,
+                      max_response_tokens=args.max_response_tokens)
+    result = run(cfg, args.batches)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "train.png")
+    for name, entry in result["results"].items():
+        print(f"{name:<26} {entry['samples_per_s']:7.2f} samples/s  x{entry['speedup']:.2f}  "
+              f"padding {entry['padding_share']:.0%}")
+    print(f"same batches: max |loss difference| {result['same_batches_max_loss_difference']:.2e} "
+          f"(mean loss {result['same_batches_mean_loss']:.3f})")
+    print(f"wrote {out / 'train.json'} and {out / 'train.png'}")
+    return 0

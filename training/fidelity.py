@@ -1,0 +1,105 @@
+"""The fidelity table: does a latent carry what the sender's LLM would have said?
+
+For held-out queries q_i with the backbone's own responses r_i, each row turns something into text and scores
+that text against r_i with the teacher (MiniLM): the mean cosine, and R@1 of the text among all held-out
+responses (is r_i the nearest?) — R@1 keeps on-topic rambling from scoring — plus the share of texts with a
+repeated word 4-gram (a loop).
+
+| row | text |
+|---|---|
+| decode | ``decode(compress(q_i))``: the latent as a bare soft prompt |
+| in context | ``respond([before, latent_i, after])`` with ``EVALUATION_INSTRUCTION`` (never trained on) |
+| floor: other latent | the same, with the next query's latent in place of the own one |
+| floor: no message | ``respond([before, after])``: the instruction alone |
+| reference: query text | ``respond([before, q_i, after])``: a receiver regenerating the answer from the query |
+| ceiling: response text | ``respond([before, r_i, after])``: the receiver reading the real response |
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from latentcomm.generation import has_loop
+from latentcomm.model import GenerativeEmbedder
+from latentcomm.reading import EVALUATION_INSTRUCTION, Instruction
+from latentcomm.teachers import Teacher
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+def retrieval_scores(query_emb: np.ndarray, doc_emb: np.ndarray) -> dict[str, float]:
+    """Recall@1 and MRR when query i's only relevant document is document i (cosine similarity)."""
+    if query_emb.shape != doc_emb.shape:
+        raise ValueError(f"queries {query_emb.shape} and documents {doc_emb.shape} must have the same shape")
+    sims = _unit(query_emb) @ _unit(doc_emb).T
+    correct = np.diag(sims)[:, None]
+    ranks = 1 + (sims > correct).sum(axis=1)
+    return {"r@1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean()), "n": int(len(ranks))}
+
+
+@dataclass(frozen=True)
+class FidelityRow:
+    """One row of the table: what was turned into text, and how close that text is to the own response."""
+
+    row: str
+    source: str
+    """The head that made the latents, or "-" for rows without a latent."""
+    cosine: float
+    r_at_1: float
+    loops: float
+    n: int
+    example: str
+
+
+def score_texts(texts: list[str], responses: np.ndarray, teacher: Teacher) -> dict[str, float]:
+    """Mean teacher cosine of text i to response i, R@1 of the texts among the responses, and the loop share."""
+    emb = teacher.embed(texts)
+    return {"cosine": float((_unit(emb) * _unit(responses)).sum(axis=1).mean()),
+            "r_at_1": retrieval_scores(emb, responses)["r@1"], "loops": float(np.mean([has_loop(t) for t in texts]))}
+
+
+def fidelity_table(heads: dict[str, GenerativeEmbedder], queries: Sequence[str], responses: Sequence[str],
+                   teacher: Teacher, *, instruction: Instruction = EVALUATION_INSTRUCTION, max_new_tokens: int = 64,
+                   batch_size: int = 16, decoding: dict[str, Any] | None = None, show_progress_bar: bool = True
+                   ) -> list[FidelityRow]:
+    """Every row of the module docstring, for each head in ``heads`` and once for the head-free rows.
+
+    ``decoding`` overrides the sampling settings of both ``decode`` and ``respond`` (their defaults otherwise).
+    """
+    if len(queries) != len(responses) or len(queries) < 2:
+        raise ValueError(f"need at least 2 queries with one response each, got {len(queries)} and {len(responses)}")
+    before, after = instruction
+    targets = teacher.embed(list(responses))
+    settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                    **(decoding or {}))
+    rows: list[FidelityRow] = []
+
+    def add(row: str, source: str, texts: list[str]) -> None:
+        rows.append(FidelityRow(row, source, **score_texts(texts, targets, teacher), n=len(texts), example=texts[0]))
+
+    for name, model in heads.items():
+        latent = model.compress(list(queries), batch_size=batch_size, show_progress_bar=show_progress_bar)
+        add("decode", name, model.decode(latent, **settings))
+        add("in context", name, model.respond([[before, latent[i], after] for i in range(len(latent))], **settings))
+        others = [latent[(i + 1) % len(latent)] for i in range(len(latent))]
+        add("floor: other latent", name, model.respond([[before, other, after] for other in others], **settings))
+    reader = next(iter(heads.values()))
+    add("floor: no message", "-", reader.respond([[before, after]], **settings) * len(queries))  # greedy: one text
+    add("reference: query text", "-", reader.respond([[before, q, after] for q in queries], **settings))
+    add("ceiling: response text", "-", reader.respond([[before, r, after] for r in responses], **settings))
+    return rows
+
+
+def table_markdown(rows: Sequence[FidelityRow]) -> str:
+    """The table as markdown: one line per row, cosine, R@1 and loop share."""
+    lines = ["| row | latents from | MiniLM cosine | R@1 | loops |", "|---|---|---|---|---|"]
+    lines += [f"| {r.row} | {r.source} | {r.cosine:.3f} | {r.r_at_1:.3f} | {r.loops:.0%} |" for r in rows]
+    return "\n".join(lines)
+
+
+def rows_as_dicts(rows: Sequence[FidelityRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
