@@ -75,13 +75,19 @@ class Backbone:
         return cache_keyword(self.model.base_model)
 
     def hidden_states(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, *,
-                      cache: Any = None, use_cache: bool = False) -> tuple[torch.Tensor, Any]:
-        """Last-layer states (B, T, H) of ``embeds`` after the positions held in ``cache`` (a KV cache or None);
+                      cache: Any = None, use_cache: bool = False, layer: int = -1) -> tuple[torch.Tensor, Any]:
+        """States (B, T, H) of ``embeds`` after the positions held in ``cache`` (a KV cache or None): the last
+        layer's (after the final norm) for ``layer`` -1, else the residual stream after decoder layer ``layer``;
         with ``use_cache`` also the cache extended by these positions (else None)."""
         past = {self._cache_keyword: cache} if cache is not None else {}
         out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                    use_cache=use_cache, **past)
-        return out.last_hidden_state, getattr(out, self._cache_keyword, None) if use_cache else None
+                                    use_cache=use_cache, output_hidden_states=layer != -1, **past)
+        states = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        return states, getattr(out, self._cache_keyword, None) if use_cache else None
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
 
 
 def cache_keyword(model: torch.nn.Module) -> str:

@@ -32,6 +32,9 @@ class HeadConfig:
     assistant's answer would start."""
     teacher: str = "minilm"
     """Name of the teacher whose embedding space ``embed`` aligns to (recorded, not loaded, by the head)."""
+    state_layer: int = -1
+    """Which states of the compression tokens feed MLP_recon: -1 the last layer's (the paper), k >= 1 the residual
+    stream after decoder layer k."""
 
     def __post_init__(self) -> None:
         if self.num_thought < 0:
@@ -45,6 +48,8 @@ class HeadConfig:
             raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
         if self.max_query_tokens < 1 or self.max_response_tokens < 1:
             raise ValueError("max_query_tokens and max_response_tokens must be positive")
+        if self.state_layer != -1 and self.state_layer < 1:
+            raise ValueError(f"state_layer must be -1 (last layer) or a decoder layer >= 1, got {self.state_layer}")
 
     @property
     def num_special(self) -> int:
@@ -62,4 +67,13 @@ class HeadConfig:
         return cls(**data)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """Canonical JSON (part of a head's fingerprint). Fields added after head format 2 appear only when they
+        differ from their default, so heads saved before them keep their fingerprints."""
+        data = self.to_dict()
+        for name, default in _LATER_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return json.dumps(data, sort_keys=True)
+
+
+_LATER_FIELDS = {"state_layer": -1}

@@ -140,6 +140,8 @@ class GenerativeEmbedder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config = config or HeadConfig()
+        if self.config.state_layer > backbone.num_layers:
+            raise ValueError(f"state_layer {self.config.state_layer} > the backbone's {backbone.num_layers} layers")
         vocab = backbone.model.get_input_embeddings().weight
         init = initial_token_embeddings(vocab, self.config.num_special, seed)
         prompt_mean, prompt_scale = embedding_statistics(vocab)
@@ -278,9 +280,10 @@ class GenerativeEmbedder(nn.Module):
         cache.batch_repeat_interleave(batch)
         return cache
 
-    def _run(self, prefix: list[list[Segment]], suffix: list[list[Segment]], *, one_pass: bool | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last-layer states (B, S, H) of each row's ``suffix`` after its ``prefix``, and the suffix mask (B, S).
+    def _run(self, prefix: list[list[Segment]], suffix: list[list[Segment]], *, one_pass: bool | None = None,
+             layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """States (B, S, H) of each row's ``suffix`` after its ``prefix`` (last layer, or after decoder ``layer``;
+        see ``Backbone.hidden_states``), and the suffix mask (B, S).
 
         What needs no autograd is not recomputed: the token run every non-empty prefix starts with (chat
         template and prompt) comes from a KV cache made once; the rest of the prefix (query, received latents,
@@ -304,7 +307,7 @@ class GenerativeEmbedder(nn.Module):
         if single:
             embeds, mask = self._embed_rows([p + s for p, s in zip(prefix, suffix)], self.padding_side)
             hidden, _ = bb.hidden_states(embeds, torch.cat([*masks, mask], dim=1), positions_of(mask, start),
-                                         cache=cache)
+                                         cache=cache, layer=layer)
             starts = (mask.shape[1] - mask.sum(-1) if self.padding_side == "left" else 0) + \
                 torch.tensor([sum(len(seg) for seg in p) for p in prefix], device=bb.device)
             lengths = torch.tensor([sum(len(seg) for seg in s) for s in suffix], device=bb.device)
@@ -321,7 +324,7 @@ class GenerativeEmbedder(nn.Module):
             start = start + rest_mask.sum(-1, keepdim=True)
         embeds, suffix_mask = self._embed_rows(suffix, "right")
         hidden, _ = bb.hidden_states(embeds, torch.cat([*masks, suffix_mask], dim=1), positions_of(suffix_mask, start),
-                                     cache=cache)
+                                     cache=cache, layer=layer)
         return hidden, suffix_mask
 
     # ---- the differentiable path ---------------------------------------------------------------------
@@ -330,7 +333,7 @@ class GenerativeEmbedder(nn.Module):
         """(B, n, H) float32 latents, differentiable w.r.t. the head (the backbone is frozen)."""
         rows = self._query_rows(_as_items(items), prompt)
         special = self.head.special().to(self.backbone.dtype)
-        hidden, _ = self._run(rows, [[special]] * len(rows), one_pass=one_pass)
+        hidden, _ = self._run(rows, [[special]] * len(rows), one_pass=one_pass, layer=self.config.state_layer)
         return self.head.latent(hidden[:, self.config.num_thought:self.config.num_special])
 
     def reconstruction_logits(self, latent: torch.Tensor, responses: list[str],

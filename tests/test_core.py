@@ -454,3 +454,15 @@ def test_latent_parts_are_checked(tiny_model: GenerativeEmbedder) -> None:
     with pytest.raises(TypeError, match="strings"):
         tiny_model.compress([["ok", 3]])  # type: ignore[list-item]
     assert tiny_model.respond([["hi"]], max_new_tokens=5) == tiny_model.respond(["hi"], max_new_tokens=5)
+
+
+def test_state_layer_and_old_fingerprints(tiny) -> None:
+    last = GenerativeEmbedder(tiny, TINY_HEAD)
+    middle = GenerativeEmbedder(tiny, HeadConfig(**{**TINY_HEAD.to_dict(), "state_layer": 1}))
+    items = ["What is the capital of France?", "hi"]
+    assert middle.compress(items).shape == last.compress(items).shape
+    torch.testing.assert_close(middle.latent_vectors(items, one_pass=False), middle.latent_vectors(items, one_pass=True),
+                               atol=1e-5, rtol=1e-4)
+    assert "state_layer" not in TINY_HEAD.to_json() and '"state_layer": 1' in middle.config.to_json()
+    with pytest.raises(ValueError, match="layers"):
+        GenerativeEmbedder(tiny, HeadConfig(state_layer=9))

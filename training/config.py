@@ -35,6 +35,7 @@ class TrainConfig:
     num_compression: int = 10
     recon_head: str = "linear"
     align_head: str = "linear"
+    state_layer: int = -1
     max_query_tokens: int = 256
     max_response_tokens: int = 96
     # DeepSpeed
@@ -111,6 +112,7 @@ class TrainConfig:
         """The head this run trains; ``embed_dim`` is the teacher's width."""
         return HeadConfig(num_thought=self.num_thought, num_compression=self.num_compression,
                           recon_head=self.recon_head, align_head=self.align_head,  # type: ignore[arg-type]
+                          state_layer=self.state_layer,
                           embed_dim=embed_dim, max_query_tokens=self.max_query_tokens,
                           max_response_tokens=self.max_response_tokens, teacher=Path(self.teacher).name)
 
@@ -191,6 +193,7 @@ _HELP = {
     "min_lr_ratio": "cosine decay ends at lr * this",
     "max_steps": "stop after this many optimizer steps (the schedule spans them)",
     "align_loss": "mse (the paper) or cosine",
+    "state_layer": "compression states from the last layer (-1, the paper) or after decoder layer k",
     "in_context_share": "share of samples reconstructed from the latent inside a user turn with a reading instruction",
     "split_prefix": "query without autograd, its KV cache handed to the special tokens (--no-split-prefix: one pass)",
     "bucket_by_length": "batch samples of similar length together (less padding)",
