@@ -37,6 +37,14 @@ class HeadConfig:
     stream after decoder layer k."""
 
     def __post_init__(self) -> None:
+        for name in ("num_thought", "num_compression", "max_query_tokens", "max_response_tokens", "state_layer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+        if self.embed_dim is not None and (isinstance(self.embed_dim, bool) or not isinstance(self.embed_dim, int)):
+            raise ValueError(f"embed_dim must be an int or None, got {self.embed_dim!r}")
+        if not isinstance(self.chat_template, bool) or not isinstance(self.teacher, str):
+            raise ValueError("chat_template must be a bool and teacher a string")
         if self.num_thought < 0:
             raise ValueError(f"num_thought must be >= 0, got {self.num_thought}")
         if self.num_compression < 1:

@@ -11,6 +11,10 @@ class LatentError(ValueError):
     """A latent that cannot be used here: wrong shape or dtype, non-finite values, or another head/backbone."""
 
 
+class HeadMismatchError(ValueError):
+    """A head (or latent) used with a backbone or head it was not made for, or a corrupted head file."""
+
+
 @dataclass(frozen=True)
 class Latent:
     """A (B, n, H) float32 tensor of latents (MLP_recon outputs) plus where they came from.

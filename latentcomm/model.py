@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -22,15 +22,13 @@ from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
 from latentcomm.generation import Sampling, generate
 from latentcomm.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
-from latentcomm.latent import Latent, LatentError, check_vectors
+from latentcomm.head_file import HEAD_FORMAT, HEAD_FORMAT_VERSION, check_tensors, read_config, read_tensors
+from latentcomm.latent import HeadMismatchError, Latent, LatentError, check_vectors
 from latentcomm.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
 from latentcomm.reading import Instruction
 
 log = logging.getLogger(__name__)
 
-HEAD_FORMAT = "latentcomm-head"
-HEAD_FORMAT_VERSION = 2
-"""2: MLP_recon standardises its input (format 1 heads fed raw states and cannot be loaded)."""
 DEFAULT_HEAD_DIR = Path(__file__).parent / "heads" / DEFAULT_BACKBONE
 """The trained head shipped for the default backbone (made by ``latentcomm train``)."""
 _SPLIT = "\x00LATENTCOMM_QUERY\x00"
@@ -38,10 +36,6 @@ MIN_TEMPLATE_CACHE = 4
 """Shortest shared token run worth a cached KV (shorter ones are recomputed)."""
 TEMPLATE_CACHE_ENTRIES = 32
 """Distinct shared runs (prompts, instructions) whose KV cache is kept."""
-
-
-class HeadMismatchError(ValueError):
-    """A head (or latent) used with a backbone or head it was not made for, or a corrupted head file."""
 
 
 @dataclass
@@ -431,6 +425,9 @@ class GenerativeEmbedder(nn.Module):
         out = torch.empty(len(items), self.config.num_compression, self.backbone.hidden_size)
         for idx in _batches(order, batch_size, show_progress_bar, "compress"):
             out[idx] = self.latent_vectors([items[i] for i in idx], prompt).float().cpu()
+        if not torch.isfinite(out).all():
+            raise LatentError("compress produced NaN or Inf (a broken head, or a received latent far outside the "
+                              "backbone's range)")
         return Latent(out, self.fingerprint, self.backbone.backbone_id)
 
     @torch.no_grad()
@@ -438,7 +435,12 @@ class GenerativeEmbedder(nn.Module):
                      ) -> np.ndarray | torch.Tensor:
         """Latent (B, n, H) -> embeddings (B, D) through MLP_align + mean pooling. Needs this very head."""
         self._check_latent(latent, same_head=True)
+        if latent.shape[1] != self.config.num_compression:
+            raise LatentError(f"latent has {latent.shape[1]} vectors, this head makes {self.config.num_compression}")
         emb = self.head.embed(latent.vectors.to(self.device)).float()
+        if not torch.isfinite(emb).all():
+            raise LatentError("the embedding of this latent is not finite (the latent's values are far outside "
+                              "what this head produces)")
         if normalize_embeddings:
             emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb.cpu().numpy() if convert_to_numpy else emb.cpu()
@@ -519,7 +521,9 @@ class GenerativeEmbedder(nn.Module):
 
     # ---- persistence ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write only the trainable parts: ``head.safetensors`` (fp32) and ``config.json``."""
+        """Write only the trainable parts: ``head.safetensors`` (fp32) and ``config.json``; never a non-finite head."""
+        if not all(torch.isfinite(p).all() for p in self.head.parameters()):
+            raise ValueError("the head holds NaN or Inf weights: refusing to save it")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()}
@@ -534,25 +538,29 @@ class GenerativeEmbedder(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike = DEFAULT_HEAD_DIR, *, backbone: Backbone | str | None = None,
                         device: torch.device | str | None = None, dtype: torch.dtype | None = None
                         ) -> "GenerativeEmbedder":
-        """Load a saved head onto its backbone (loaded by name from the head's config unless given)."""
+        """Load a saved head onto its backbone (loaded by name from the head's config unless given).
+
+        Every broken head folder (bad or truncated JSON, wrong types, tensors that do not match the config)
+        raises ``HeadMismatchError``; sizes are checked against the file before anything is allocated.
+        """
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"no head at {directory} (expected config.json and head.safetensors)")
-        meta = json.loads(config_path.read_text())
-        if meta.get("format") != HEAD_FORMAT:
-            raise HeadMismatchError(f"{config_path} is not a latentcomm head")
-        if meta.get("format_version") != HEAD_FORMAT_VERSION:
-            raise HeadMismatchError(f"{config_path} has head format {meta.get('format_version')}; this latentcomm "
-                                    f"reads format {HEAD_FORMAT_VERSION} only (retrain the head)")
+        meta, config = read_config(config_path)
         if not isinstance(backbone, Backbone):
             backbone = load_backbone(backbone or meta["backbone"], device=device, dtype=dtype)
         if backbone.backbone_id != meta["backbone_id"]:
             raise HeadMismatchError(f"head {directory} was trained on backbone {meta['backbone_id']} "
                                     f"({meta['backbone']}), not on {backbone.backbone_id} ({backbone.name})")
-        model = cls(backbone, HeadConfig.from_dict(meta["head"]))
-        state = load_file(directory / "head.safetensors")
-        model.head.load_state_dict({k: v.to(backbone.device) for k, v in state.items()})
+        if config.state_layer > backbone.num_layers:
+            raise HeadMismatchError(f"{config_path}: state_layer {config.state_layer} > the backbone's layers")
+        check_tensors(directory / "head.safetensors", config, backbone.hidden_size)
+        state = read_tensors(directory / "head.safetensors", backbone.device)
+        model = cls(backbone, config)
+        model.head.load_state_dict(state)
+        if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+            raise HeadMismatchError(f"head weights in {directory} hold NaN or Inf")
         if model.fingerprint != meta["fingerprint"]:
             raise HeadMismatchError(f"head weights in {directory} do not match the fingerprint in its config")
         return model

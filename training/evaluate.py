@@ -22,6 +22,7 @@ from latentcomm.backbone import load_backbone
 from latentcomm.losses import alignment_loss, reconstruction_loss
 from latentcomm.cli import parser
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
+from latentcomm.reading import EVALUATION_INSTRUCTION
 from latentcomm.teachers import load_teacher, mean_pooled_states
 from latentcomm.training.fidelity import fidelity_table, retrieval_scores, rows_as_dicts, table_markdown
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
@@ -31,21 +32,25 @@ from latentcomm.training.targets import compute_targets
 @torch.no_grad()
 def heldout_losses(model: GenerativeEmbedder, queries: list[str], responses: list[str], targets: np.ndarray,
                    batch_size: int = 16) -> dict[str, float]:
-    """Mean held-out losses: reconstruction of each response from its own latent, from the next query's latent
-    (how much the latent says about *this* query rather than responses in general), and alignment (MSE)."""
+    """Mean held-out losses: reconstruction of each response from its own latent (as a bare soft prompt, and
+    inside ``EVALUATION_INSTRUCTION``), from the next query's latent (how much the latent says about *this*
+    query rather than responses in general), and alignment (MSE)."""
     latents = torch.cat([model.latent_vectors(queries[i:i + batch_size]) for i in range(0, len(queries), batch_size)])
     others = latents.roll(1, dims=0)
-    sums = np.zeros(3)
+    sums = np.zeros(4)
     for start in range(0, len(queries), batch_size):
         sl = slice(start, start + batch_size)
         n = len(queries[sl])
         sums += n * np.array([
             float(reconstruction_loss(*model.reconstruction_logits(latents[sl], responses[sl]))),
+            float(reconstruction_loss(*model.reconstruction_logits(latents[sl], responses[sl],
+                                                                   [EVALUATION_INSTRUCTION] * n))),
             float(reconstruction_loss(*model.reconstruction_logits(others[sl], responses[sl]))),
             float(alignment_loss(model.head.embed(latents[sl]), torch.from_numpy(targets[sl]))),
         ])
-    recon, recon_other, align = sums / len(queries)
-    return {"recon": recon, "recon_other_query": recon_other, "align_mse": align}
+    recon, recon_in_context, recon_other, align = sums / len(queries)
+    return {"recon": recon, "recon_in_context": recon_in_context, "recon_other_query": recon_other,
+            "align_mse": align}
 
 
 CALIBRATION_QUERIES = 256

@@ -21,8 +21,8 @@ def training_card(cfg: dict[str, Any], summary: dict[str, Any], metrics: list[di
     """TRAINING.md: data, exact commands, configuration, training curve and held-out figures."""
     first, last = metrics[0], metrics[-1]
     retrieval = "\n".join(f"| {k} | {v['r@1']:.3f} | {v['mrr']:.3f} |" for k, v in evaluation["retrieval"].items())
-    recon = "\n".join(f"| {k} | {v['recon']:.3f} | {v['recon_other_query']:.3f} | {v['align_mse']:.3f} |"
-                      for k, v in evaluation["reconstruction"].items())
+    recon = "\n".join(f"| {k} | {v['recon']:.3f} | {v['recon_in_context']:.3f} | {v['recon_other_query']:.3f} | "
+                      f"{v['align_mse']:.3f} |" for k, v in evaluation["reconstruction"].items())
     workers = max(cfg["workers"], 1)
     return f"""# Default head for SmolLM2-135M-Instruct — how it was made
 
@@ -67,12 +67,12 @@ estimated on {CALIBRATION_QUERIES} training queries (`fit_standardization`: what
 |---|---|---|
 {retrieval}
 
-Reconstruction: cross-entropy (nats/token) of the real response given its own latent (bare soft prompt), and
-given the latent of another held-out query (the gap is what the latent says about *this* query); squared error
-to the MiniLM target.
+Reconstruction: cross-entropy (nats/token) of the real response given its own latent (as a bare soft prompt,
+and inside the evaluation instruction), and given the latent of another held-out query (the gap is what the
+latent says about *this* query); squared error to the MiniLM target.
 
-| head | recon loss | recon loss, other query's latent | align error |
-|---|---|---|---|
+| head | recon loss | in context | other query's latent | align error |
+|---|---|---|---|---|
 {recon}
 
 ## Fidelity ({evaluation['fidelity_queries']} held-out queries, {evaluation['max_new_tokens']} new tokens)

@@ -1,0 +1,125 @@
+"""Reading a saved head strictly: ``config.json`` and ``head.safetensors`` checked against each other before any
+tensor is allocated, so that every broken or hostile head folder raises ``HeadMismatchError`` and nothing else.
+
+The safetensors header (8-byte little-endian length, JSON) is parsed here with bounded sizes, every tensor's
+dtype, shape and byte range is checked against the file, and the shapes must be exactly those the config's head
+would have (worked out on the meta device: no memory). Only then are the bytes read.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentcomm.config import HeadConfig
+from latentcomm.latent import HeadMismatchError
+
+HEAD_FORMAT = "latentcomm-head"
+HEAD_FORMAT_VERSION = 2
+"""2: MLP_recon standardises its input (format 1 heads fed raw states and cannot be loaded)."""
+MAX_CONFIG_BYTES = 1 << 20
+MAX_HEADER_BYTES = 1 << 20
+_DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_META_KEYS = {"format": str, "format_version": int, "backbone": str, "backbone_id": str, "fingerprint": str,
+              "head": dict}
+
+
+def read_config(path: Path) -> tuple[dict[str, Any], HeadConfig]:
+    """``config.json`` of a head folder: its metadata and its ``HeadConfig``, every field checked."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise HeadMismatchError(f"{path} is {path.stat().st_size} bytes, larger than any head config")
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise HeadMismatchError(f"{path} is not readable JSON: {type(err).__name__}: {err}") from None
+    if not isinstance(meta, dict):
+        raise HeadMismatchError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != HEAD_FORMAT:
+        raise HeadMismatchError(f"{path} is not a latentcomm head")
+    if meta.get("format_version") != HEAD_FORMAT_VERSION:
+        raise HeadMismatchError(f"{path} has head format {meta.get('format_version')}; this latentcomm reads format "
+                                f"{HEAD_FORMAT_VERSION} only (retrain the head)")
+    for key, kind in _META_KEYS.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise HeadMismatchError(f"{path}: {key!r} must be a {kind.__name__}, got {type(meta.get(key)).__name__}")
+    try:
+        config = HeadConfig.from_dict(meta["head"])
+    except (TypeError, ValueError) as err:
+        raise HeadMismatchError(f"{path}: invalid head config: {err}") from None
+    return meta, config
+
+
+def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of every tensor in a safetensors file, after checking the header against the file."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise HeadMismatchError(f"{path} is truncated ({size} bytes)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES or 8 + length > size:
+                raise HeadMismatchError(f"{path}: header length {length} does not fit the {size}-byte file")
+            header = json.loads(f.read(length).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise HeadMismatchError(f"{path}: unreadable safetensors header: {type(err).__name__}: {err}") from None
+    if not isinstance(header, dict):
+        raise HeadMismatchError(f"{path}: the safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    tensors, ranges = {}, []
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and isinstance(entry.get("shape"), list)
+                and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2):
+            raise HeadMismatchError(f"{path}: malformed header entry for {name!r}")
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _DTYPE_SIZES:
+            raise HeadMismatchError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        numbers = [*shape, begin, end]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers):
+            raise HeadMismatchError(f"{path}: tensor {name!r} has a bad shape or offsets")
+        if end - begin != math.prod(shape) * _DTYPE_SIZES[dtype] or 8 + length + end > size:
+            raise HeadMismatchError(f"{path}: tensor {name!r} does not fit its byte range in the file")
+        tensors[name] = (dtype, tuple(shape))
+        ranges.append((begin, end))
+    ranges.sort()
+    if any(a[1] != b[0] for a, b in zip(ranges, ranges[1:])) or (ranges and ranges[0][0] != 0) \
+            or 8 + length + (ranges[-1][1] if ranges else 0) != size:
+        raise HeadMismatchError(f"{path}: tensor byte ranges overlap, leave gaps or do not end the file")
+    return tensors
+
+
+def expected_tensors(config: HeadConfig, hidden_size: int) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the state dict a head of ``config`` has on a backbone of ``hidden_size`` (no memory used)."""
+    from latentcomm.heads import CompressionHead
+
+    with torch.device("meta"):
+        head = CompressionHead(config, hidden_size)
+    return {name: tuple(t.shape) for name, t in head.state_dict().items()}
+
+
+def check_tensors(path: Path, config: HeadConfig, hidden_size: int) -> None:
+    """Raise ``HeadMismatchError`` unless ``path`` holds exactly the fp32 tensors a head of ``config`` has."""
+    found = tensor_header(path)
+    expected = expected_tensors(config, hidden_size)
+    if set(found) != set(expected):
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        raise HeadMismatchError(f"{path}: tensors do not match the config (missing {missing}, unexpected {extra})")
+    for name, shape in expected.items():
+        dtype, got = found[name]
+        if got != shape or dtype not in ("F32", "I64"):
+            raise HeadMismatchError(f"{path}: {name} is {dtype} {list(got)}, the config needs {list(shape)}")
+
+
+def read_tensors(path: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The tensors of a checked file (``check_tensors`` first)."""
+    from safetensors.torch import load_file
+
+    try:
+        return {k: v.to(device) for k, v in load_file(os.fspath(path)).items()}
+    except Exception as err:  # safetensors raises its own error types for what the checks above did not see
+        raise HeadMismatchError(f"{path}: unreadable tensors: {type(err).__name__}: {err}") from None
