@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from latentcomm.actors.replica import Replica, ReplicaConfig
+from latentcomm.errors import NoReplicaError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,10 +52,6 @@ class PoolConfig:
             raise ValueError("num_cpus and num_gpus must be >= 0")
         if self.strategy not in ("least_loaded", "round_robin"):
             raise ValueError(f"strategy must be 'least_loaded' or 'round_robin', got {self.strategy!r}")
-
-
-class NoReplicaError(RuntimeError):
-    """A call could not be served: its retries ran out (replicas dead for good) or the pool was shut down."""
 
 
 class ReplicaPool:

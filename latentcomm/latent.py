@@ -6,9 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-class LatentError(ValueError):
-    """A latent that cannot be used here: wrong shape or dtype, non-finite values, or another head/backbone."""
+from latentcomm.errors import LatentError
 
 
 @dataclass(frozen=True)

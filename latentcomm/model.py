@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
+from latentcomm.errors import HeadMismatchError
 from latentcomm.generation import Sampling, generate
 from latentcomm.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
 from latentcomm.latent import Latent, LatentError, check_vectors
@@ -31,10 +32,6 @@ HEAD_FORMAT_VERSION = 2
 DEFAULT_HEAD_DIR = Path(__file__).parent / "heads" / DEFAULT_BACKBONE
 """The trained head shipped for the default backbone (made by ``latentcomm train``)."""
 _SPLIT = "\x00LATENTCOMM_QUERY\x00"
-
-
-class HeadMismatchError(ValueError):
-    """A head (or latent) used with a backbone or head it was not made for, or a corrupted head file."""
 
 
 @dataclass
