@@ -60,7 +60,7 @@ class ReplicaPool:
     def __init__(self, replica: ReplicaConfig | None = None, config: PoolConfig | None = None, *,
                  name: str = "replicas") -> None:
         if not ray.is_initialized():
-            raise RuntimeError("Ray is not running: call latentcomm.actors.cluster.init_ray() first")
+            raise RuntimeError("Ray is not running: call latentcomm.cluster.init_ray() first")
         self.replica = replica or ReplicaConfig()
         self.config = config or PoolConfig()
         self.name = name

@@ -29,13 +29,13 @@ import torch
 from tqdm.auto import tqdm
 
 from latentcomm.actors.agent import Agent, embed_latent
-from latentcomm.actors.cluster import init_ray
+from latentcomm.cluster import init_ray
 from latentcomm.actors.pool import PoolConfig, ReplicaPool
 from latentcomm.actors.questions import load_gsm8k
 from latentcomm.actors.replica import ReplicaConfig
 from latentcomm.actors.trace import Trace
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 from latentcomm.protocols import LatentMessage, pack, unpack
 
 MODES = ("latent->decode", "latent->embed", "text")

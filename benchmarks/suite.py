@@ -23,7 +23,7 @@ import numpy as np
 from latentcomm.backbone import DEFAULT_BACKBONE
 from latentcomm.benchmarks.encoders import CALIBRATION_QUERIES, EncoderSpec, standard_specs
 from latentcomm.benchmarks.tasks import TaskDef
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def run_jobs(tasks: Sequence[str], specs: Sequence[EncoderSpec], profile: Profil
     import ray
     from tqdm.auto import tqdm
 
-    from latentcomm.actors.cluster import init_ray
+    from latentcomm.cluster import init_ray
 
     (out / "jobs").mkdir(parents=True, exist_ok=True)
     todo = [(t, s) for s in specs for t in tasks if not _job_path(out, t, s.label).is_file()]

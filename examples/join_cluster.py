@@ -12,7 +12,7 @@ import asyncio
 import ray
 
 from latentcomm.actors.agent import Agent
-from latentcomm.actors.cluster import init_ray
+from latentcomm.cluster import init_ray
 from latentcomm.actors.pool import PoolConfig, ReplicaPool
 from latentcomm.actors.replica import ReplicaConfig
 from latentcomm.backbone import DEFAULT_BACKBONE

@@ -13,7 +13,7 @@ import asyncio
 import numpy as np
 
 from latentcomm.actors.agent import Agent, Incoming
-from latentcomm.actors.cluster import init_ray
+from latentcomm.cluster import init_ray
 from latentcomm.actors.pool import PoolConfig, ReplicaPool
 from latentcomm.actors.replica import ReplicaConfig
 from latentcomm.backbone import DEFAULT_BACKBONE

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 from latentcomm.training.queries import QUERIES_FILE, Query, read_queries
 
 RESPONSES_DIR = "responses"
@@ -111,7 +111,7 @@ def generate_responses(queries: list[Query], out_dir: str | os.PathLike, config:
     import ray
     from ray.util import ActorPool
 
-    from latentcomm.actors.cluster import init_ray
+    from latentcomm.cluster import init_ray
 
     if replicas < 1:
         raise ValueError("replicas must be >= 1")
