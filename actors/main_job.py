@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from latentcomm.actors.agent import Agent
 from latentcomm.cluster import init_ray
 from latentcomm.actors.pool import PoolConfig, ReplicaPool
-from latentcomm.actors.questions import Question, last_number, load_gsm8k
+from latentcomm.gsm8k import Question, last_number, load_gsm8k
 from latentcomm.actors.replica import ReplicaConfig
 from latentcomm.actors.trace import Trace
 from latentcomm.backbone import DEFAULT_BACKBONE

