@@ -26,10 +26,10 @@ from typing import Any, Protocol
 import numpy as np
 from ray.exceptions import RayActorError
 
-from latentcomm.actors.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
 from latentcomm.actors.trace import Hop, Trace
 from latentcomm.errors import OrderingError
 from latentcomm.messaging import address, message_embedding
+from latentcomm.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
 from latentcomm.protocols import KINDS, LatentMessage, ProtocolError, pack, unpack
 
 log = logging.getLogger(__name__)

@@ -29,14 +29,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latentcomm.actors.agent import Agent
-from latentcomm.cluster import init_ray
-from latentcomm.actors.pool import PoolConfig, ReplicaPool
-from latentcomm.gsm8k import Question, last_number, load_gsm8k
-from latentcomm.actors.replica import ReplicaConfig
 from latentcomm.actors.trace import Trace
 from latentcomm.backbone import DEFAULT_BACKBONE
 from latentcomm.cliparser import parser
+from latentcomm.cluster import init_ray
+from latentcomm.gsm8k import Question, last_number, load_gsm8k
 from latentcomm.model import DEFAULT_HEAD_DIR
+from latentcomm.pool import PoolConfig, ReplicaPool
+from latentcomm.replica import ReplicaConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,14 +29,14 @@ import torch
 from tqdm.auto import tqdm
 
 from latentcomm.actors.agent import Agent, embed_latent
-from latentcomm.cluster import init_ray
-from latentcomm.actors.pool import PoolConfig, ReplicaPool
-from latentcomm.gsm8k import load_gsm8k
-from latentcomm.actors.replica import ReplicaConfig
 from latentcomm.actors.trace import Trace
 from latentcomm.backbone import DEFAULT_BACKBONE
 from latentcomm.cliparser import parser
+from latentcomm.cluster import init_ray
+from latentcomm.gsm8k import load_gsm8k
+from latentcomm.pool import PoolConfig, ReplicaPool
 from latentcomm.protocols import LatentMessage, pack, unpack
+from latentcomm.replica import ReplicaConfig
 
 MODES = ("latent->decode", "latent->embed", "text")
 
