@@ -86,6 +86,14 @@ class SelfTeacher:
         return mean_pooled_states(self.backbone, texts, batch_size=batch_size)
 
 
+def paired_cosines(teacher: Teacher, texts: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """(N,) cosine of ``texts[i]`` with ``references[i]`` in the teacher's space: how close each text is to its
+    reference in meaning (the quality score of the agents' answers)."""
+    if len(texts) != len(references):
+        raise ValueError(f"{len(texts)} texts but {len(references)} references")
+    return np.sum(teacher.embed(list(texts)) * teacher.embed(list(references)), axis=1)
+
+
 def load_teacher(name: str, *, backbone: Backbone | None = None, device: str | torch.device | None = None) -> Teacher:
     """``minilm`` (packaged all-MiniLM-L6-v2), ``self`` (needs ``backbone``), or a sentence-transformers folder."""
     if name == "minilm":
