@@ -86,6 +86,12 @@ class SelfTeacher:
         return mean_pooled_states(self.backbone, texts, batch_size=batch_size)
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` (..., D) as float32 with each row scaled to unit length (all-zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
 def paired_cosines(teacher: Teacher, texts: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """(N,) cosine of ``texts[i]`` with ``references[i]`` in the teacher's space: how close each text is to its
     reference in meaning (the quality score of the agents' answers)."""

@@ -21,20 +21,16 @@ from latentcomm.backbone import load_backbone
 from latentcomm.losses import alignment_loss, reconstruction_loss
 from latentcomm.cliparser import parser
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
-from latentcomm.teachers import load_teacher, mean_pooled_states
+from latentcomm.teachers import load_teacher, mean_pooled_states, unit_rows
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
 from latentcomm.training.targets import compute_targets
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
 def retrieval_scores(query_emb: np.ndarray, doc_emb: np.ndarray) -> dict[str, float]:
     """Recall@1 and MRR when query i's only relevant document is document i (cosine similarity)."""
     if query_emb.shape != doc_emb.shape:
         raise ValueError(f"queries {query_emb.shape} and documents {doc_emb.shape} must have the same shape")
-    sims = _unit(query_emb) @ _unit(doc_emb).T
+    sims = unit_rows(query_emb) @ unit_rows(doc_emb).T
     correct = np.diag(sims)[:, None]
     ranks = 1 + (sims > correct).sum(axis=1)
     return {"r@1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean()), "n": int(len(ranks))}
