@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 HEAD_FORMAT = "latentcomm-head"
 HEAD_FORMAT_VERSION = 2
 """2: MLP_recon standardises its input (format 1 heads fed raw states and cannot be loaded)."""
-DEFAULT_HEAD_DIR = Path(__file__).parent / "heads" / DEFAULT_BACKBONE
+DEFAULT_HEAD_DIR = Path(__file__).parent / "pretrained" / DEFAULT_BACKBONE
 """The trained head shipped for the default backbone (made by ``latentcomm train``)."""
 _SPLIT = "\x00LATENTCOMM_QUERY\x00"
 

@@ -1,5 +1,5 @@
 """Ship a trained head: copy it with its config, metrics, loss curve and evaluation into the package and write
-TRAINING.md (the default head at ``latentcomm/heads/smollm2-135m-instruct`` is made this way).
+TRAINING.md (the default head at ``latentcomm/pretrained/smollm2-135m-instruct`` is made this way).
 
     python -m latentcomm.training.release --train runs/default/train2 --eval runs/default/eval2
 """
