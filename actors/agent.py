@@ -26,9 +26,10 @@ from typing import Any, Protocol
 import numpy as np
 from ray.exceptions import RayActorError
 
-from latentcomm.actors.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
 from latentcomm.actors.trace import Hop, Trace
+from latentcomm.errors import OrderingError
 from latentcomm.messaging import address, message_embedding
+from latentcomm.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
 from latentcomm.protocols import KINDS, LatentMessage, ProtocolError, pack, unpack
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ ACKED_KEY = "acked"
 receiver, which lost its inbox state, resume the order instead of waiting for messages it already handled)."""
 PRODUCE_KEY = "produce_s"
 """Metadata key: seconds the sender spent producing the message (compress, embed or generate)."""
-
-
-class OrderingError(RuntimeError):
-    """A message waited too long for an earlier message of its conversation that never arrived."""
 
 
 @dataclass(frozen=True)

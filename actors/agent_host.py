@@ -16,8 +16,8 @@ from typing import Any
 import ray
 
 from latentcomm.actors.agent import Agent, Handler
-from latentcomm.actors.pool import ReplicaPool
 from latentcomm.actors.trace import Hop
+from latentcomm.pool import ReplicaPool
 
 
 class AgentHost:

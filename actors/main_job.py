@@ -29,14 +29,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latentcomm.actors.agent import Agent
-from latentcomm.actors.cluster import init_ray
-from latentcomm.actors.pool import PoolConfig, ReplicaPool
-from latentcomm.actors.questions import Question, last_number, load_gsm8k
-from latentcomm.actors.replica import ReplicaConfig
-from latentcomm.actors.trace import Trace
+from latentcomm.actors.trace import Trace, hop_stats
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
+from latentcomm.cluster import init_ray
+from latentcomm.gsm8k import Question, last_number, load_gsm8k
 from latentcomm.model import DEFAULT_HEAD_DIR
+from latentcomm.pool import PoolConfig, ReplicaPool
+from latentcomm.replica import ReplicaConfig
+from latentcomm.teachers import load_teacher, paired_cosines
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,15 @@ def critic_input(question: str, draft: str) -> str:
     return f"Problem: {question}\n\nProposed solution: {draft}"
 
 
+def conversation_id(mode: str, question_id: str) -> str:
+    """The conversation of one question in one mode (its hops in the trace)."""
+    return f"{mode}-{question_id}"
+
+
 async def answer(question: Question, mode: str, agents: dict[str, Agent]) -> Answer:
     """Run one question through solver -> critic -> answerer in ``mode``."""
     solver, critic, answerer = agents["solver"], agents["critic"], agents["answerer"]
-    conversation = f"{mode}-{question.id}"
+    conversation = conversation_id(mode, question.id)
     start = time.perf_counter()
     if mode == "latent":
         draft = await solver.send_latent(critic, question.text, conversation_id=conversation)
@@ -129,16 +135,14 @@ def summarize(mode: str, answers: list[Answer], wall_s: float, trace: Trace) -> 
     hops = [h for h in trace.hops if h.label == mode]
     per_hop = {}
     for sender, receiver in HOPS:
-        mine = [h for h in hops if (h.sender, h.receiver) == (sender, receiver)]
-        per_hop[f"{sender}->{receiver}"] = {"latency_s": statistics.fmean(h.latency_s for h in mine),
-                                            "produce_s": statistics.fmean(h.produce_s for h in mine),
-                                            "handle_s": statistics.fmean(h.handle_s for h in mine),
-                                            "bytes": statistics.fmean(h.bytes for h in mine)}
+        stats = hop_stats([h for h in hops if (h.sender, h.receiver) == (sender, receiver)])
+        per_hop[f"{sender}->{receiver}"] = {"latency_s": stats.mean_latency_s, "produce_s": stats.mean_produce_s,
+                                            "handle_s": stats.mean_handle_s, "bytes": stats.mean_bytes}
     cosines = [a.teacher_cosine for a in answers if a.teacher_cosine is not None]
     return {"mode": mode, "questions": len(answers), "exact_match": statistics.fmean(a.correct for a in answers),
             "teacher_cosine": statistics.fmean(cosines) if cosines else None, "wall_s": wall_s,
             "mean_question_s": statistics.fmean(a.seconds for a in answers),
-            "bytes_per_message": statistics.fmean(h.bytes for h in hops), "hops": per_hop}
+            "bytes_per_message": hop_stats(hops).mean_bytes, "hops": per_hop}
 
 
 def ratios(latent: dict[str, Any], text: dict[str, Any]) -> dict[str, float | None]:
@@ -215,14 +219,11 @@ def score_with_teacher(answers: list[Answer], questions: list[Question], teacher
     """Fill ``teacher_cosine``: cosine of each final answer with its reference solution in the teacher's space."""
     if teacher_name == "none":
         return
-    from latentcomm.teachers import load_teacher
-
-    teacher = load_teacher(teacher_name)
     reference = {q.id: q.solution for q in questions}
-    finals = teacher.embed([a.final for a in answers])
-    refs = teacher.embed([reference[a.question_id] for a in answers])
-    for a, f, r in zip(answers, finals, refs):
-        a.teacher_cosine = float(f @ r)
+    cosines = paired_cosines(load_teacher(teacher_name), [a.final for a in answers],
+                             [reference[a.question_id] for a in answers])
+    for a, cosine in zip(answers, cosines):
+        a.teacher_cosine = float(cosine)
 
 
 async def run_job(config: JobConfig) -> dict[str, Any]:
@@ -262,7 +263,8 @@ def head_description(config: JobConfig, info: dict[str, Any]) -> str:
     return f"{'shipped' if shipped else 'UNTRAINED'} head {info['fingerprint']} on {info['backbone']}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_config(argv: list[str] | None) -> JobConfig:
+    """The ``latentcomm run`` flags as a checked ``JobConfig``."""
     p = parser("run", __doc__.split("\n")[0])
     d = JobConfig()
     p.add_argument("--questions", type=int, default=d.questions, help="how many GSM8K test questions")
@@ -285,22 +287,37 @@ def main(argv: list[str] | None = None) -> int:
     if not args.address and args.replicas * args.cpus_per_replica > (os.cpu_count() or 1):
         p.error(f"{args.replicas} replicas x {args.cpus_per_replica} CPUs do not fit on {os.cpu_count()} local CPUs; "
                 "lower --replicas or --cpus-per-replica, or join a cluster with --address")
-    config = JobConfig(**vars(args))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    init_ray(config.address, num_cpus=None if config.address else os.cpu_count())
-    results = asyncio.run(run_job(config))
-    trace: Trace = results.pop("trace")
-    folder = Path(config.out) / time.strftime("run-%Y%m%d-%H%M%S")
+    return JobConfig(**vars(args))
+
+
+def write_results(results: dict[str, Any], trace: Trace, out: str) -> Path:
+    """``results.json``, ``trace.jsonl`` and ``run.png`` in a new ``run-<timestamp>/`` folder under ``out``."""
+    folder = Path(out) / time.strftime("run-%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     trace.to_jsonl(folder / "trace.jsonl")
     plot(results["summaries"]["latent"], results["summaries"]["text"], folder / "run.png")
+    return folder
+
+
+def report(results: dict[str, Any], trace: Trace, config: JobConfig, folder: Path) -> None:
+    """Print one conversation in both modes, the side-by-side table and where the files are."""
     first_id = results["answers"][0]["question_id"]
-    first = [h for h in trace.hops if h.conversation_id.split("-", 1)[1] == first_id]
+    first = [hop for mode in MODES for hop in trace.conversation(conversation_id(mode, first_id))]
     print(f"\n{results['head']}; {config.questions} questions; {config.replicas} replicas\n")
     print("one conversation in both modes (what each receiver read):")
     print(Trace(first).table(width=90))
     print(f"\n{table(results['summaries']['latent'], results['summaries']['text'], results['latent_over_text'])}")
     print(f"\nquality: {results['metric']}")
     print(f"wrote {folder}/results.json, trace.jsonl, run.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    init_ray(config.address, num_cpus=None if config.address else os.cpu_count())
+    results = asyncio.run(run_job(config))
+    trace: Trace = results.pop("trace")
+    folder = write_results(results, trace, config.out)
+    report(results, trace, config, folder)
     return 0

@@ -10,6 +10,7 @@ import json
 import os
 import statistics
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,29 @@ class Hop:
     """Free tag, e.g. the mode of a run ("latent" or "text")."""
 
 
+@dataclass(frozen=True)
+class HopStats:
+    """Statistics of a group of hops: how many, their mean size and times, and their median latency."""
+
+    count: int
+    mean_bytes: float
+    mean_latency_s: float
+    p50_latency_s: float
+    mean_produce_s: float
+    mean_handle_s: float
+
+
+def hop_stats(hops: Sequence[Hop]) -> HopStats:
+    """The statistics of ``hops`` (at least one); every report of hop times and sizes is made from these."""
+    if not hops:
+        raise ValueError("no hops to summarise")
+    return HopStats(count=len(hops), mean_bytes=statistics.fmean(h.bytes for h in hops),
+                    mean_latency_s=statistics.fmean(h.latency_s for h in hops),
+                    p50_latency_s=statistics.median(h.latency_s for h in hops),
+                    mean_produce_s=statistics.fmean(h.produce_s for h in hops),
+                    mean_handle_s=statistics.fmean(h.handle_s for h in hops))
+
+
 class Trace:
     """An append-only, thread-safe list of hops."""
 
@@ -59,6 +83,7 @@ class Trace:
         return len(self._hops)
 
     def conversation(self, conversation_id: str) -> list[Hop]:
+        """The hops of one conversation, oldest first."""
         return [h for h in self.hops if h.conversation_id == conversation_id]
 
     def to_jsonl(self, path: str | os.PathLike) -> Path:
@@ -76,17 +101,12 @@ class Trace:
             return cls([Hop(**json.loads(line)) for line in f if line.strip()])
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Per (label, sender -> receiver, kind): count, mean bytes and mean/p50 latency."""
+        """Per (label, sender -> receiver, kind): the ``HopStats`` fields (count, mean bytes, mean/p50 latency, ...)."""
         groups: dict[str, list[Hop]] = {}
         for hop in self.hops:
             key = f"{hop.label + ' ' if hop.label else ''}{hop.sender}->{hop.receiver} {hop.kind}"
             groups.setdefault(key, []).append(hop)
-        return {key: {"count": len(hops), "mean_bytes": statistics.fmean(h.bytes for h in hops),
-                      "mean_latency_s": statistics.fmean(h.latency_s for h in hops),
-                      "p50_latency_s": statistics.median(h.latency_s for h in hops),
-                      "mean_produce_s": statistics.fmean(h.produce_s for h in hops),
-                      "mean_handle_s": statistics.fmean(h.handle_s for h in hops)}
-                for key, hops in groups.items()}
+        return {key: dataclasses.asdict(hop_stats(hops)) for key, hops in groups.items()}
 
     def table(self, *, width: int = 60, limit: int | None = None) -> str:
         """A readable table of the hops (text cut to ``width`` characters), oldest first."""

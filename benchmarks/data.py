@@ -24,7 +24,7 @@ from typing import Literal, Sequence
 from tqdm.auto import tqdm
 
 from latentcomm.backbone import latentcomm_home
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 
 Registry = Literal["pypi", "npm"]
 MANIFEST = "manifest.json"

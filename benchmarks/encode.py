@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from latentcomm.backbone import DEFAULT_BACKBONE, default_dtype
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 from latentcomm.generation import generate
 from latentcomm.model import GenerativeEmbedder, load_embedder
 

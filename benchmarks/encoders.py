@@ -17,7 +17,7 @@ import numpy as np
 from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
-from latentcomm.teachers import load_teacher, mean_pooled_states
+from latentcomm.teachers import load_teacher, mean_pooled_states, unit_rows
 from latentcomm.training.evaluate import CALIBRATION_QUERIES
 from latentcomm.training.queries import sharegpt_queries
 
@@ -49,11 +49,6 @@ def resolve_backbone_name(name: str) -> str:
     return name
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
 @dataclass
 class GenerativeEncoder:
     """A generative-embedding head: instruction + text -> latent of the potential response -> embedding."""
@@ -64,7 +59,7 @@ class GenerativeEncoder:
     uses_instructions: bool = True
 
     def encode(self, texts: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
-        return _unit(self.model.encode(list(texts), batch_size=self.batch_size, prompt=instruction,
+        return unit_rows(self.model.encode(list(texts), batch_size=self.batch_size, prompt=instruction,
                                        normalize_embeddings=True))
 
 
@@ -81,7 +76,7 @@ class TeacherEncoder:
         self.teacher = self.teacher or load_teacher("minilm")
 
     def encode(self, texts: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
-        return _unit(self.teacher.embed(list(texts), batch_size=self.batch_size))
+        return unit_rows(self.teacher.embed(list(texts), batch_size=self.batch_size))
 
 
 @dataclass
@@ -94,7 +89,7 @@ class MeanPooledEncoder:
     uses_instructions: bool = False
 
     def encode(self, texts: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
-        return _unit(mean_pooled_states(self.backbone, list(texts), batch_size=self.batch_size))
+        return unit_rows(mean_pooled_states(self.backbone, list(texts), batch_size=self.batch_size))
 
 
 @dataclass(frozen=True)

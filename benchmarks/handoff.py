@@ -14,11 +14,11 @@ Writes ``handoff.json`` and ``handoff.png`` into ``--out``.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,15 @@ import torch
 from tqdm.auto import tqdm
 
 from latentcomm.actors.agent import Agent, embed_latent
-from latentcomm.actors.cluster import init_ray
-from latentcomm.actors.pool import PoolConfig, ReplicaPool
-from latentcomm.actors.questions import load_gsm8k
-from latentcomm.actors.replica import ReplicaConfig
-from latentcomm.actors.trace import Trace
+from latentcomm.actors.trace import Trace, hop_stats
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
+from latentcomm.cluster import init_ray
+from latentcomm.gsm8k import load_gsm8k
+from latentcomm.pool import PoolConfig, ReplicaPool
 from latentcomm.protocols import LatentMessage, pack, unpack
+from latentcomm.replica import ReplicaConfig
+from latentcomm.teachers import load_teacher, paired_cosines
 
 MODES = ("latent->decode", "latent->embed", "text")
 
@@ -94,31 +95,28 @@ async def handoff(questions: list, pool: ReplicaPool, max_new_tokens: int, wire_
 
 
 def quality(trace: Trace, questions: list, sent_texts: dict[str, str]) -> dict[str, dict[str, float]]:
-    from latentcomm.teachers import load_teacher
-
+    """Teacher cosine of what the reader holds with GSM8K's reference solution and with the sender's text."""
     teacher = load_teacher("minilm")
     reference = {q.id: q.solution for q in questions}
     out = {}
     for mode in ("latent->decode", "text"):
         hops = [h for h in trace.hops if h.label == mode]
         ids = [h.conversation_id.split(":", 1)[1] for h in hops]
-        held = teacher.embed([h.text or "" for h in hops])
-        refs = teacher.embed([reference[i] for i in ids])
-        sender_answers = teacher.embed([sent_texts[i] for i in ids])
-        out[mode] = {"cosine_to_reference": float(np.mean(np.sum(held * refs, axis=1))),
-                     "cosine_to_sender_text": float(np.mean(np.sum(held * sender_answers, axis=1)))}
+        held = [h.text or "" for h in hops]
+        out[mode] = {
+            "cosine_to_reference": float(np.mean(paired_cosines(teacher, held, [reference[i] for i in ids]))),
+            "cosine_to_sender_text": float(np.mean(paired_cosines(teacher, held, [sent_texts[i] for i in ids])))}
     return out
 
 
 def summarize(trace: Trace) -> dict[str, dict[str, float]]:
+    """Per mode: messages, bytes, sender and receiver seconds, and the time until the receiver holds the answer."""
     out = {}
     for mode in MODES:
-        hops = [h for h in trace.hops if h.label == mode]
-        out[mode] = {"messages": len(hops), "bytes": statistics.fmean(h.bytes for h in hops),
-                     "sender_s": statistics.fmean(h.produce_s for h in hops),
-                     "receiver_s": statistics.fmean(h.handle_s for h in hops),
-                     "until_receiver_holds_s": statistics.fmean(h.latency_s for h in hops),
-                     "p50_until_receiver_holds_s": statistics.median(h.latency_s for h in hops)}
+        stats = hop_stats([h for h in trace.hops if h.label == mode])
+        out[mode] = {"messages": stats.count, "bytes": stats.mean_bytes, "sender_s": stats.mean_produce_s,
+                     "receiver_s": stats.mean_handle_s, "until_receiver_holds_s": stats.mean_latency_s,
+                     "p50_until_receiver_holds_s": stats.p50_latency_s}
     return out
 
 
@@ -157,7 +155,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = parser("bench handoff", __doc__.split("\n")[0])
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--head", default=None, help="saved head folder (default: the shipped head)")
@@ -167,8 +165,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trips", type=int, default=300, help="actor-to-actor round trips per format")
     p.add_argument("--address", default=None, help="join an existing Ray cluster")
     p.add_argument("--out", type=Path, default=Path("runs/bench/handoff"))
-    args = p.parse_args(argv)
-    init_ray(args.address, num_cpus=None if args.address else os.cpu_count())
+    return p.parse_args(argv)
+
+
+def round_trips(shape: tuple[int, int], wire_dtype: str, trips: int) -> dict[str, dict[str, float]]:
+    """p50/p99 of actor A -> actor B -> actor A round trips of one latent: protocol bytes vs a pickled tensor."""
+    peer_class = ray.remote(Peer).options(num_cpus=0)
+    a, b = peer_class.remote(), peer_class.remote()
+    out = {}
+    for how in ("protocol", "pickle"):
+        times = ray.get(a.round_trips.remote(b, how, shape, wire_dtype, trips))
+        label = f"protocol ({wire_dtype})" if how == "protocol" else "pickled tensor (float32)"
+        out[label] = {"p50_ms": percentile(times, 50) * 1e3, "p99_ms": percentile(times, 99) * 1e3,
+                      "trips": len(times)}
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Both parts of the benchmark on a running Ray cluster; returns the results."""
     questions = load_gsm8k(args.questions)
     pool = ReplicaPool(ReplicaConfig(backbone=args.backbone, head=args.head, num_threads=1,
                                      max_new_tokens=args.max_new_tokens), PoolConfig(num_replicas=1), name="bench")
@@ -177,15 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         trace, sent_texts = asyncio.run(handoff(questions, pool, args.max_new_tokens, args.wire_dtype))
     finally:
         pool.shutdown()
-    shape = (info["num_compression"], info["hidden_size"])
-    peer_class = ray.remote(Peer).options(num_cpus=0)
-    a, b = peer_class.remote(), peer_class.remote()
-    round_trip = {}
-    for how in ("protocol", "pickle"):
-        times = ray.get(a.round_trips.remote(b, how, shape, args.wire_dtype, args.trips))
-        label = f"protocol ({args.wire_dtype})" if how == "protocol" else "pickled tensor (float32)"
-        round_trip[label] = {"p50_ms": percentile(times, 50) * 1e3, "p99_ms": percentile(times, 99) * 1e3,
-                             "trips": len(times)}
+    round_trip = round_trips((info["num_compression"], info["hidden_size"]), args.wire_dtype, args.trips)
     hand = summarize(trace)
     for mode, scores in quality(trace, questions, sent_texts).items():
         hand[mode].update(scores)
@@ -198,9 +204,12 @@ def main(argv: list[str] | None = None) -> int:
                                       "sender": hand[m]["sender_s"] / text["sender_s"],
                                       "bytes": hand[m]["bytes"] / text["bytes"]} for m in MODES},
                "trace_sample": [h.__dict__ for h in trace.hops[:len(MODES)]]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "handoff.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    plot(results, args.out / "handoff.png")
+    return results
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """The hand-off table, the decoded-vs-sent cosine and the round-trip latencies."""
+    hand, round_trip = results["handoff"], results["round_trip"]
     print(f"\n{results['head']}, {args.questions} questions, {args.max_new_tokens} new tokens max\n")
     print(f"{'mode':<16}{'sender s':>10}{'receiver s':>12}{'holds s':>10}{'x text':>8}{'bytes':>9}{'cos ref':>9}")
     for mode in MODES:
@@ -216,4 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, r in round_trip.items():
         print(f"  {label:<26} p50 {r['p50_ms']:.3f} ms   p99 {r['p99_ms']:.3f} ms")
     print(f"wrote {args.out / 'handoff.json'} and {args.out / 'handoff.png'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    init_ray(args.address, num_cpus=None if args.address else os.cpu_count())
+    results = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "handoff.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    plot(results, args.out / "handoff.png")
+    report(results, args)
     return 0

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 
 PAPER_BENCHMARK = "MTEB(eng, v2)"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from latentcomm.cliparser import parser
 from latentcomm.protocols import LatentMessage, pack, roundtrip_cosine, unpack
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
@@ -78,22 +79,24 @@ def _plot(results: list[dict], fidelity: dict, shape: tuple[int, int], path: Pat
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns 0."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/protocol"), help="output directory")
-    parser.add_argument("--repeat", type=int, default=30, help="timed repeats (median is reported)")
-    parser.add_argument("--number", type=int, default=200, help="calls per timed repeat")
-    parser.add_argument("--rows", type=int, default=10, help="compression tokens n")
-    parser.add_argument("--dim", type=int, default=576, help="hidden size H")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = parser("bench protocol", __doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/bench/protocol"), help="output directory")
+    p.add_argument("--repeat", type=int, default=30, help="timed repeats (median is reported)")
+    p.add_argument("--number", type=int, default=200, help="calls per timed repeat")
+    p.add_argument("--rows", type=int, default=10, help="compression tokens n")
+    p.add_argument("--dim", type=int, default=576, help="hidden size H")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
 
+
+def measure_formats(x: np.ndarray, repeat: int, number: int) -> list[dict]:
+    """Bytes and pack/unpack times of ``x``: pickle of the torch tensor first, then each wire dtype (and signed
+    float16), each with its size and time relative to pickle."""
     import torch
 
-    x = np.random.default_rng(args.seed).standard_normal((args.rows, args.dim)).astype(np.float32)
     tensor = torch.from_numpy(x.copy())
-    results = [_measure("pickle(torch)", lambda: pickle.dumps(tensor), pickle.loads, args.repeat, args.number)]
+    results = [_measure("pickle(torch)", lambda: pickle.dumps(tensor), pickle.loads, repeat, number)]
     for dtype in DTYPES:
         msg = LatentMessage.from_array(
             x,
@@ -104,28 +107,39 @@ def main(argv: list[str] | None = None) -> int:
             fingerprint="head",
             backbone_id="backbone",
         )
-        results.append(_measure(dtype, lambda m=msg: pack(m), lambda d: unpack(d).array(), args.repeat, args.number))
+        results.append(_measure(dtype, lambda m=msg: pack(m), lambda d: unpack(d).array(), repeat, number))
         if dtype == "float16":
             results.append(
                 _measure(
                     "float16+hmac",
                     lambda m=msg: pack(m, key=KEY),
                     lambda d: unpack(d, key=KEY).array(),
-                    args.repeat,
-                    args.number,
+                    repeat,
+                    number,
                 )
             )
     base = results[0]
     for r in results:
         r["size_vs_pickle"] = r["bytes"] / base["bytes"]
         r["time_vs_pickle"] = r["total_us"] / base["total_us"]
+    return results
+
+
+def measure_fidelity(x: np.ndarray) -> dict[str, dict[str, float]]:
+    """Mean and minimum per-vector cosine of ``x`` after a round trip through each wire dtype."""
     fidelity = {}
     for dtype in DTYPES:
         cos = roundtrip_cosine(x, dtype)
         fidelity[dtype] = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+    return fidelity
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = {
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole benchmark as the report written to ``protocol.json``."""
+    import torch
+
+    x = np.random.default_rng(args.seed).standard_normal((args.rows, args.dim)).astype(np.float32)
+    return {
         "config": {
             "shape": [args.rows, args.dim],
             "repeat": args.repeat,
@@ -141,21 +155,31 @@ def main(argv: list[str] | None = None) -> int:
             "msgpack": ".".join(map(str, msgpack.version)),
             "machine": platform.machine(),
         },
-        "results": results,
-        "fidelity": fidelity,
+        "results": measure_formats(x, args.repeat, args.number),
+        "fidelity": measure_fidelity(x),
     }
-    (args.out / "protocol.json").write_text(json.dumps(report, indent=2) + "\n")
-    _plot(results, fidelity, (args.rows, args.dim), args.out / "protocol.png")
 
+
+def print_report(report: dict) -> None:
     print(f"{'format':<14}{'bytes':>8}{'pack µs':>10}{'unpack µs':>11}{'total µs':>10}{'size/pkl':>10}{'time/pkl':>10}")
-    for r in results:
+    for r in report["results"]:
         print(
             f"{r['format']:<14}{r['bytes']:>8}{r['pack_us']:>10.1f}{r['unpack_us']:>11.1f}"
             f"{r['total_us']:>10.1f}{r['size_vs_pickle']:>10.3f}{r['time_vs_pickle']:>10.3f}"
         )
     print(f"{'dtype':<14}{'mean cos':>14}{'min cos':>14}{'1 - min cos':>14}")
-    for dtype, f in fidelity.items():
+    for dtype, f in report["fidelity"].items():
         print(f"{dtype:<14}{f['mean_cosine']:>14.9f}{f['min_cosine']:>14.9f}{1 - f['min_cosine']:>14.2e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0."""
+    args = parse_args(argv)
+    report = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "protocol.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report["results"], report["fidelity"], (args.rows, args.dim), args.out / "protocol.png")
+    print_report(report)
     print(f"wrote {args.out / 'protocol.json'} and {args.out / 'protocol.png'}")
     return 0
 

@@ -10,13 +10,7 @@ from __future__ import annotations
 import re
 
 from latentcomm.benchmarks.tasks import TaskDef, bigbench_examples, read_jsonl, retrieval_task
-
-_CALC = re.compile(r"<<[^>]*>>")
-
-
-def gsm8k_solution(answer: str) -> str:
-    """A GSM8K worked solution without calculator annotations and without the final answer line."""
-    return _CALC.sub("", answer.split("####")[0]).strip()
+from latentcomm.gsm8k import gsm8k_solution
 
 
 def gsm8k() -> tuple[list[str], list[str]]:

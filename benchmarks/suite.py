@@ -8,6 +8,7 @@ of the other modules, on the idle machine) and writes ``results.json``, ``table.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import logging
@@ -23,7 +24,7 @@ import numpy as np
 from latentcomm.backbone import DEFAULT_BACKBONE
 from latentcomm.benchmarks.encoders import CALIBRATION_QUERIES, EncoderSpec, standard_specs
 from latentcomm.benchmarks.tasks import TaskDef
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def run_jobs(tasks: Sequence[str], specs: Sequence[EncoderSpec], profile: Profil
     import ray
     from tqdm.auto import tqdm
 
-    from latentcomm.actors.cluster import init_ray
+    from latentcomm.cluster import init_ray
 
     (out / "jobs").mkdir(parents=True, exist_ok=True)
     todo = [(t, s) for s in specs for t in tasks if not _job_path(out, t, s.label).is_file()]
@@ -290,7 +291,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The flags, with ``tasks`` filled in (all when omitted) and checked against the profile's tasks."""
     p = parser("bench suite", "mini-MTEB + safety + reasoning for trained/untrained heads, MiniLM and mean "
                               "pooling, as Ray jobs; writes JSON, a markdown table and PNG charts")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
@@ -309,20 +311,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="output folder; runs/bench/suite-<timestamp> when omitted")
     p.add_argument("--resume", type=Path, default=None, help="a previous suite folder: run only missing jobs")
     args = p.parse_args(argv)
+    known = suite_tasks(PROFILES[args.profile])
+    args.tasks = args.tasks or list(known)
+    unknown = sorted(set(args.tasks) - set(known))
+    if unknown:
+        p.error(f"unknown tasks {unknown}; known: {sorted(known)}")
+    return args
 
-    profile = PROFILES[args.profile]
-    out = args.resume or args.out or Path("runs/bench") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+
+def compared_models(args: argparse.Namespace) -> tuple[list[EncoderSpec], dict[str, str]]:
+    """The models to run (``--models`` kinds of the standard ones) and those left out, with the reason."""
     specs, skipped = standard_specs(args.head, backbone=args.backbone, batch_size=args.batch_size)
     if args.models:
         specs = [s for s in specs if s.kind in args.models]
         skipped = {k: v for k, v in skipped.items() if "head" in args.models}
-    known = suite_tasks(profile)
-    tasks = args.tasks or list(known)
-    unknown = sorted(set(tasks) - set(known))
-    if unknown:
-        p.error(f"unknown tasks {unknown}; known: {sorted(known)}")
-    jobs = run_jobs(tasks, specs, profile, out, address=args.address, num_cpus=args.num_cpus)
+    return specs, skipped
+
+
+def suite_results(args: argparse.Namespace, command: str, specs: Sequence[EncoderSpec], skipped: dict[str, str],
+                  jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``results.json``: the models, per-task rows, category means, the mini-MTEB average and the ratios to the
+    mean-pooled baseline."""
     labels = [s.label for s in specs]
     rows, categories = score_table(jobs, labels)
     mini = [c for c in categories if c not in ("Reasoning", "Safety")]
@@ -332,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                     "minilm": "MiniLM teacher on the input text", "meanpool": "mean-pooled backbone states (input)"}
     fingerprints = {j["model"]: j.get("fingerprint") for j in jobs if j.get("fingerprint")}
     results = {
-        "profile": asdict(profile), "backbone": args.backbone, "tasks": tasks,
-        "command": "latentcomm bench suite " + " ".join(argv if argv is not None else sys.argv[2:]),
+        "profile": asdict(PROFILES[args.profile]), "backbone": args.backbone, "tasks": args.tasks,
+        "command": command,
         "models": [{"label": s.label, "kind": s.kind, "head": s.head,
                     "description": descriptions[s.kind] + (f" {s.head or '(shipped default)'}" if s.kind == "head"
                                                            else "")
@@ -349,6 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     if baseline:
         results["baseline"] = baseline
         results["ratios"] = baseline_ratios(results, baseline)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = PROFILES[args.profile]
+    out = args.resume or args.out or Path("runs/bench") / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    specs, skipped = compared_models(args)
+    jobs = run_jobs(args.tasks, specs, profile, out, address=args.address, num_cpus=args.num_cpus)
+    command = "latentcomm bench suite " + " ".join(argv if argv is not None else sys.argv[2:])
+    results = suite_results(args, command, specs, skipped, jobs)
     if not args.no_speed:
         head = args.head[0] if args.head else None
         results["speed"] = run_speed(out, profile, args.backbone, head)

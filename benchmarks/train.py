@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from latentcomm.backbone import load_backbone
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 from latentcomm.model import GenerativeEmbedder
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.train import TrainingData

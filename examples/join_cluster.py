@@ -12,10 +12,10 @@ import asyncio
 import ray
 
 from latentcomm.actors.agent import Agent
-from latentcomm.actors.cluster import init_ray
-from latentcomm.actors.pool import PoolConfig, ReplicaPool
-from latentcomm.actors.replica import ReplicaConfig
 from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.cluster import init_ray
+from latentcomm.pool import PoolConfig, ReplicaPool
+from latentcomm.replica import ReplicaConfig
 
 
 async def work(backbone: str, replicas: int, gpus: float) -> None:

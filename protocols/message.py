@@ -30,6 +30,8 @@ __all__ = [
     "KINDS",
     "LatentMessage",
     "MetaValue",
+    "check_kind_dtype",
+    "check_shape",
     "from_torch",
     "to_torch",
 ]
@@ -52,6 +54,22 @@ def _check_utf8(name: str, value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise MalformedMessage(f"{name} is not encodable as UTF-8 (lone surrogate?)") from None
+
+
+def check_kind_dtype(kind: str, dtype: str) -> None:
+    """``kind`` is one of ``KINDS`` and ``dtype`` one of ``DTYPES``; ``MalformedMessage`` otherwise."""
+    if kind not in KINDS:
+        raise MalformedMessage(f"unknown kind {kind!r}; expected one of {KINDS}")
+    if dtype not in DTYPES:
+        raise MalformedMessage(f"unknown dtype {dtype!r}; expected one of {DTYPES}")
+
+
+def check_shape(shape: object) -> tuple[int, ...]:
+    """``shape`` (a tuple or list) as a tuple of non-negative ints; ``MalformedMessage`` otherwise."""
+    dims = tuple(shape) if isinstance(shape, (tuple, list)) else None
+    if dims is None or not all(_is_int(d) and d >= 0 for d in dims):
+        raise MalformedMessage(f"shape must be a tuple of non-negative ints, got {shape!r}")
+    return dims
 
 
 def _check_metadata(metadata: object) -> Mapping[str, MetaValue]:
@@ -157,15 +175,10 @@ class LatentMessage:
             quantize.check_payload(payload, self.dtype, self.shape)
 
     def _check_kind_dtype_shape(self) -> None:
-        if self.kind not in KINDS:
-            raise MalformedMessage(f"unknown kind {self.kind!r}; expected one of {KINDS}")
-        if self.dtype not in DTYPES:
-            raise MalformedMessage(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
+        check_kind_dtype(self.kind, self.dtype)
         if (self.kind == "text") != (self.dtype == "utf8"):
             raise MalformedMessage(f"kind {self.kind!r} cannot use dtype {self.dtype!r} (utf8 is for text only)")
-        shape = tuple(self.shape) if isinstance(self.shape, (tuple, list)) else None
-        if shape is None or not all(_is_int(d) and d >= 0 for d in shape):
-            raise MalformedMessage(f"shape must be a tuple of non-negative ints, got {self.shape!r}")
+        shape = check_shape(self.shape)
         want_dims = 2 if self.kind == "latent" else 1
         if len(shape) != want_dims:
             raise MalformedMessage(f"kind {self.kind!r} needs a {want_dims}-D shape, got {shape}")

@@ -10,10 +10,10 @@ import torch
 
 from latentcomm.actors.agent import SEQ_KEY, Agent, embed_latent
 from latentcomm.actors.agent_host import start_agent
-from latentcomm.actors.pool import PoolConfig, ReplicaPool
-from latentcomm.actors.replica import ReplicaConfig
 from latentcomm.actors.trace import Trace
+from latentcomm.pool import PoolConfig, ReplicaPool
 from latentcomm.protocols import LatentMessage, SignatureError, pack
+from latentcomm.replica import ReplicaConfig
 from conftest import TINY_HEAD
 
 QUESTION = "What is the capital of France?"

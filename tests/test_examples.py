@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from latentcomm.actors.cluster import QUIET_ENV
+from latentcomm.cluster import QUIET_ENV
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -183,7 +183,7 @@ def test_ray_train_two_workers_match_gradient_accumulation(uninterrupted, tmp_pa
     from latentcomm.training.train import train_with_ray
 
     reference, args = uninterrupted
-    ap = __import__("latentcomm.cli", fromlist=["parser"]).parser("train", "")
+    ap = __import__("latentcomm.cliparser", fromlist=["parser"]).parser("train", "")
     TrainConfig.add_arguments(ap)
     cfg = TrainConfig.from_args(ap.parse_args([*args, "--out", str(tmp_path), "--workers", "2",
                                                "--cpus-per-worker", "0.5"]))

@@ -20,7 +20,7 @@ import torch
 
 from latentcomm.backbone import load_backbone
 from latentcomm.losses import alignment_loss, reconstruction_loss
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
 from latentcomm.reading import EVALUATION_INSTRUCTION
 from latentcomm.teachers import load_teacher, mean_pooled_states

@@ -24,18 +24,14 @@ import numpy as np
 from latentcomm.generation import has_loop
 from latentcomm.model import GenerativeEmbedder
 from latentcomm.reading import EVALUATION_INSTRUCTION, Instruction
-from latentcomm.teachers import Teacher
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+from latentcomm.teachers import Teacher, unit_rows
 
 
 def retrieval_scores(query_emb: np.ndarray, doc_emb: np.ndarray) -> dict[str, float]:
     """Recall@1 and MRR when query i's only relevant document is document i (cosine similarity)."""
     if query_emb.shape != doc_emb.shape:
         raise ValueError(f"queries {query_emb.shape} and documents {doc_emb.shape} must have the same shape")
-    sims = _unit(query_emb) @ _unit(doc_emb).T
+    sims = unit_rows(query_emb) @ unit_rows(doc_emb).T
     correct = np.diag(sims)[:, None]
     ranks = 1 + (sims > correct).sum(axis=1)
     return {"r@1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean()), "n": int(len(ranks))}
@@ -58,7 +54,7 @@ class FidelityRow:
 def score_texts(texts: list[str], responses: np.ndarray, teacher: Teacher) -> dict[str, float]:
     """Mean teacher cosine of text i to response i, R@1 of the texts among the responses, and the loop share."""
     emb = teacher.embed(texts)
-    return {"cosine": float((_unit(emb) * _unit(responses)).sum(axis=1).mean()),
+    return {"cosine": float((unit_rows(emb) * unit_rows(responses)).sum(axis=1).mean()),
             "r_at_1": retrieval_scores(emb, responses)["r@1"], "loops": float(np.mean([has_loop(t) for t in texts]))}
 
 

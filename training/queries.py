@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 
 SHAREGPT = "sharegpt"
 SHAREGPT_LATER_TURNS = "sharegpt-later-turns"

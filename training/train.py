@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from latentcomm.backbone import load_backbone
-from latentcomm.cli import parser
+from latentcomm.cliparser import parser
 from latentcomm.model import GenerativeEmbedder
 from latentcomm.reading import Instruction, draw_instruction
 from latentcomm.training.checkpoint import load_latest_checkpoint, save_checkpoint
@@ -279,7 +279,7 @@ def train_with_ray(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from latentcomm.actors.cluster import init_ray
+    from latentcomm.cluster import init_ray
 
     out = Path(cfg.out).resolve()
     cfg = TrainConfig(**{**cfg.to_dict(), "run": str(Path(cfg.run).resolve()), "out": str(out)})

@@ -4,6 +4,9 @@ Each call waits for a slot (at most ``max_in_flight`` requests outstanding per p
 goes to the least-loaded (or next round-robin) live replica, and is retried when the replica dies:
 Ray restarts it (``max_restarts``) and the call is sent again, so a killed replica loses no request.
 Errors raised by the replica's own code (bad input, protocol errors) are not retried.
+
+The one Ray model-replica pool: the agents (``actors/``) and the response generation job (``training/``) both
+use it, so it lives in the core, which loads without Ray; Ray is imported when a pool is made.
 """
 from __future__ import annotations
 
@@ -15,10 +18,8 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import ray
-from ray.exceptions import RayActorError
-
-from latentcomm.actors.replica import Replica, ReplicaConfig
+from latentcomm.errors import NoReplicaError
+from latentcomm.replica import Replica, ReplicaConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,17 +54,15 @@ class PoolConfig:
             raise ValueError(f"strategy must be 'least_loaded' or 'round_robin', got {self.strategy!r}")
 
 
-class NoReplicaError(RuntimeError):
-    """A call could not be served: its retries ran out (replicas dead for good) or the pool was shut down."""
-
-
 class ReplicaPool:
     """N ``Replica`` actors; ``await pool.call("decode", [data])`` runs a replica method on one of them."""
 
     def __init__(self, replica: ReplicaConfig | None = None, config: PoolConfig | None = None, *,
                  name: str = "replicas") -> None:
+        import ray
+
         if not ray.is_initialized():
-            raise RuntimeError("Ray is not running: call latentcomm.actors.cluster.init_ray() first")
+            raise RuntimeError("Ray is not running: call latentcomm.cluster.init_ray() first")
         self.replica = replica or ReplicaConfig()
         self.config = config or PoolConfig()
         self.name = name
@@ -82,6 +81,8 @@ class ReplicaPool:
     # ---- calls ------------------------------------------------------------------------------------
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``Replica.<method>(*args, **kwargs)`` on a live replica; retried if that replica dies."""
+        from ray.exceptions import RayActorError
+
         if not callable(getattr(Replica, method, None)) or method.startswith("_"):
             raise AttributeError(f"Replica has no method {method!r}")
         async with self._slot():
@@ -105,10 +106,6 @@ class ReplicaPool:
                 finally:
                     self.in_flight[index] -= 1
 
-    def call_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``call`` for code without an event loop."""
-        return run_sync(self.call(method, *args, **kwargs))
-
     async def ready(self) -> list[dict[str, Any]]:
         """Wait until every replica has loaded; returns each one's ``info()``. Checks they share one head."""
         infos = await asyncio.gather(*(actor.info.remote() for actor in self.actors))
@@ -122,6 +119,8 @@ class ReplicaPool:
 
     def shutdown(self) -> None:
         """Kill every replica for good."""
+        import ray
+
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self._shut_down = True

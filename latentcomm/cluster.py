@@ -1,11 +1,12 @@
-"""Starting or joining a Ray cluster quietly: no dashboard, no usage stats, no auth prompt, nothing in $HOME."""
+"""Starting or joining a Ray cluster quietly: no dashboard, no usage stats, no auth prompt, nothing in $HOME.
+
+Ray is imported inside ``init_ray`` only, so the core loads without it.
+"""
 from __future__ import annotations
 
 import logging
 import os
 from typing import Any
-
-import ray
 
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -24,6 +25,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
 
     Quiet settings go into this process's environment and every worker's (``runtime_env``).
     """
+    import ray
+
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():

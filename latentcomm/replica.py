@@ -1,9 +1,9 @@
-"""The replica actor: one frozen backbone + head in its own process, spoken to in protocol bytes.
+"""A model replica: one frozen backbone + head, spoken to in protocol bytes (no Ray here).
 
-``Replica`` is a plain class (usable in-process); ``ReplicaPool`` runs it as a Ray actor. Only the
-``ReplicaConfig`` is pickled to the actor: the backbone and head are loaded inside it, from a path or
-the default alias. Latents and embeddings leave and enter the actor as packed ``LatentMessage`` bytes,
-never as pickled tensors.
+``Replica`` is a plain class (usable in-process); ``latentcomm.pool.ReplicaPool`` runs N of them as Ray actors,
+for the agents (``actors/``) and for the response generation job (``training/``). Only the ``ReplicaConfig``
+is pickled to the actor: the backbone and head are loaded inside it, from a path or the default alias.
+Latents and embeddings leave and enter the actor as packed ``LatentMessage`` bytes, never as pickled tensors.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.backbone import DEFAULT_BACKBONE, load_backbone
 from latentcomm.config import HeadConfig
-from latentcomm.latent import Latent, LatentError
+from latentcomm.latent import Latent
 from latentcomm.messaging import embedding_message, latent_message, message_latent
-from latentcomm.model import load_embedder
+from latentcomm.model import GenerativeEmbedder, load_embedder
 from latentcomm.protocols import LatentMessage, pack, unpack
 
 
@@ -30,7 +30,8 @@ class ReplicaConfig:
     head: str | None = None
     """A saved head folder; None means the shipped head of the default backbone, else an untrained head."""
     head_config: HeadConfig | None = None
-    """Shape of the untrained head when no head is saved (tests); ignored when ``head`` is given."""
+    """An untrained head of this shape instead of the shipped one (tests; response generation, which uses the
+    backbone alone); ignored when ``head`` is given."""
     device: str | None = None
     dtype: str | None = None
     """Backbone dtype name (``float32``, ``bfloat16``, ...); None picks the device's fast one."""
@@ -54,8 +55,11 @@ class Replica:
         start = time.perf_counter()
         dtype = getattr(torch, config.dtype) if config.dtype else None
         self.config = config
-        self.model = load_embedder(config.head, backbone=config.backbone, device=config.device, dtype=dtype,
-                                   config=config.head_config if config.head is None else None)
+        if config.head is None and config.head_config is not None:
+            backbone = load_backbone(config.backbone, device=config.device, dtype=dtype)
+            self.model = GenerativeEmbedder(backbone, config.head_config)
+        else:
+            self.model = load_embedder(config.head, backbone=config.backbone, device=config.device, dtype=dtype)
         self.load_s = time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
@@ -89,13 +93,17 @@ class Replica:
         latents = [message_latent(unpack(data)) for data in messages]
         if not latents:
             return []
-        return self.model.decode(_concat(latents), max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                                 show_progress_bar=False)
+        return self.model.decode(Latent.concat(latents, same_head=False),
+                                 max_new_tokens=max_new_tokens or self.config.max_new_tokens, show_progress_bar=False)
 
-    def respond(self, texts: list[str], *, max_new_tokens: int | None = None) -> list[str]:
-        """The backbone's own answer to each text (autoregressive generation: the text baseline)."""
+    def respond(self, texts: list[str], *, max_new_tokens: int | None = None, **generation: Any) -> list[str]:
+        """The backbone's own answer to each text (autoregressive generation: the text baseline, the training data).
+
+        ``generation``: further keyword arguments of ``GenerativeEmbedder.respond`` (sampling, ``seed``,
+        ``batch_size``).
+        """
         return self.model.respond(texts, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                                  show_progress_bar=False)
+                                  show_progress_bar=False, **generation)
 
     def _embedding(self, vector: Any, dtype: str, source: LatentMessage | None = None) -> LatentMessage:
         routing = {} if source is None else {"sender": source.sender, "recipient": source.recipient,
@@ -103,12 +111,3 @@ class Replica:
                                              "metadata": source.metadata}
         return embedding_message(vector, fingerprint=self.model.fingerprint,
                                  backbone_id=self.model.backbone.backbone_id, dtype=dtype, **routing)
-
-
-def _concat(latents: list[Latent]) -> Latent:
-    """Latents from possibly different heads of one backbone, as one batch for ``decode``."""
-    first = latents[0]
-    others = {lat.backbone_id for lat in latents} - {first.backbone_id}
-    if others:
-        raise LatentError(f"cannot decode latents of backbones {sorted(others)} with {first.backbone_id} in one batch")
-    return Latent(torch.cat([lat.vectors for lat in latents]), first.fingerprint, first.backbone_id)

