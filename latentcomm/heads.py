@@ -55,6 +55,10 @@ class FeatureStandardize(nn.BatchNorm1d):
         return super().forward(flat).view_as(latent)
 
 
+RIDGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+"""Ridge strengths (times the number of rows) that ``CompressionHead.fit_align`` chooses from."""
+
+
 def _init_scaled_identity(layer: nn.Linear, scale: float, bias: torch.Tensor) -> None:
     with torch.no_grad():
         layer.weight.zero_()
@@ -106,6 +110,40 @@ class CompressionHead(nn.Module):
     def embed(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, n, H) latent -> (B, D) embedding: MLP_align on each vector, then the mean."""
         return self.align(latent.float()).mean(dim=1)
+
+    @torch.no_grad()
+    def fit_align(self, latents: torch.Tensor, targets: torch.Tensor, ridges: tuple[float, ...] = RIDGES
+                  ) -> dict[str, float]:
+        """Solve a linear MLP_align in closed form: the ridge regression of the teacher targets (N, D) on the mean
+        standardised latent (the embedding is linear in it), i.e. the alignment loss minimised exactly.
+
+        The ridge strength (a multiple of N) is the one with the lowest squared error on the last tenth of the
+        rows when fitted on the rest; the final fit uses every row. Returns the chosen strength and that error.
+        """
+        if not isinstance(self.align[1], nn.Linear):
+            raise ValueError("fit_align solves a linear MLP_align only (align_head='linear')")
+        features = self.align[0](latents.float()).mean(dim=1).double().cpu()  # (N, H), running statistics
+        targets = targets.double().cpu()
+        if len(features) < 20 or len(features) != len(targets):
+            raise ValueError(f"need at least 20 latents with one target each, got {len(features)} and {len(targets)}")
+        cut = len(features) - len(features) // 10
+
+        def solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+            x_mean, y_mean = x.mean(0), y.mean(0)
+            xc = x - x_mean
+            weight = torch.linalg.solve(xc.T @ xc + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype),
+                                        xc.T @ (y - y_mean))
+            return weight, y_mean - x_mean @ weight
+
+        errors = {}
+        for ridge in ridges:
+            weight, bias = solve(features[:cut], targets[:cut], ridge)
+            errors[ridge] = float(((features[cut:] @ weight + bias - targets[cut:]) ** 2).sum(-1).mean())
+        best = min(errors, key=errors.get)
+        weight, bias = solve(features, targets, best)
+        self.align[1].weight.copy_(weight.T.to(self.align[1].weight))
+        self.align[1].bias.copy_(bias.to(self.align[1].bias))
+        return {"ridge": best, "validation_mse": errors[best], "rows": len(features)}
 
 
 def initial_token_embeddings(vocab_embeddings: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:

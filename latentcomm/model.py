@@ -412,6 +412,22 @@ class GenerativeEmbedder(nn.Module):
             self.eval()
         return self
 
+    @torch.no_grad()
+    def fit_alignment(self, texts: Sequence[Item], targets: np.ndarray | torch.Tensor, *, batch_size: int = 16,
+                      show_progress_bar: bool | None = None) -> dict[str, float]:
+        """Solve MLP_align in closed form on ``texts`` and their teacher embeddings (N, D): the exact minimiser of
+        the alignment loss for the latents this head makes now (``CompressionHead.fit_align``); returns its stats.
+
+        SGD on the joint loss leaves the linear align head far from its optimum (on SmolLM2 a ridge fit of the
+        same map retrieves held-out responses about twice as well), so training ends with this fit.
+        """
+        items = _as_items(texts, "alignment texts")
+        targets = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
+        if targets.ndim != 2 or len(targets) != len(items) or targets.shape[1] != self.head.embed_dim:
+            raise ValueError(f"targets must be ({len(items)}, {self.head.embed_dim}), got {tuple(targets.shape)}")
+        latents = self.compress(items, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        return self.head.fit_align(latents.to(self.device), targets)
+
     # ---- the public, batched inference API ------------------------------------------------------------
     @torch.no_grad()
     def compress(self, texts: Item | Sequence[Item], *, batch_size: int = 16, prompt: str | None = None,
@@ -463,13 +479,14 @@ class GenerativeEmbedder(nn.Module):
 
     @torch.no_grad()
     def decode(self, latent: Latent, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-               repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+               repetition_penalty: float = 1.1, no_repeat_ngram_size: int = 4,
                seed: int | None = None, batch_size: int = 16, use_cache: bool = True,
                show_progress_bar: bool | None = None) -> list[str]:
         """Latent -> text: the frozen LLM continues from the latent as a bare soft prompt (batched, KV-cached).
 
         Any head on the same backbone can produce the latent; greedy unless ``temperature`` > 0. To read a
-        latent inside a prompt instead, ``respond([[instruction, latent, ...]])``.
+        latent inside a prompt instead, ``respond([[instruction, latent, ...]])``. The repetition defaults are
+        ``respond``'s, chosen by measurement (``evaluate --sweep-decoding``; figures in the shipped head's TRAINING.md).
         """
         self._check_latent(latent, same_head=False)
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)

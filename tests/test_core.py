@@ -466,3 +466,20 @@ def test_state_layer_and_old_fingerprints(tiny) -> None:
     assert "state_layer" not in TINY_HEAD.to_json() and '"state_layer": 1' in middle.config.to_json()
     with pytest.raises(ValueError, match="layers"):
         GenerativeEmbedder(tiny, HeadConfig(state_layer=9))
+
+
+def test_fit_alignment_solves_the_align_head(tiny) -> None:
+    model = GenerativeEmbedder(tiny, TINY_HEAD, seed=0)
+    texts = [f"question {i}: what is {i} plus {3 * i} and why?" for i in range(60)]
+    latents = model.compress(texts).vectors
+    truth = torch.randn(64, TINY_HEAD.embed_dim) / 8
+    targets = model.head.align[0](latents).mean(1) @ truth  # exactly linear in the standardised latent
+    before = ((model.encode(texts, convert_to_tensor=True) - targets) ** 2).sum(-1).mean()
+    stats = model.fit_alignment(texts, targets.numpy())
+    after = ((model.encode(texts, convert_to_tensor=True) - targets) ** 2).sum(-1).mean()
+    assert after < 0.05 * before and stats["rows"] == 60
+    with pytest.raises(ValueError, match="targets must be"):
+        model.fit_alignment(texts, targets[:5].numpy())
+    with pytest.raises(ValueError, match="linear"):
+        GenerativeEmbedder(tiny, HeadConfig(**{**TINY_HEAD.to_dict(), "align_head": "mlp"})).fit_alignment(
+            texts, targets.numpy())

@@ -19,7 +19,7 @@ from latentcomm.training.targets import compute_targets, targets_path
 
 TINY_TRAIN = ["--teacher", "self", "--num-thought", "2", "--num-compression", "3", "--max-query-tokens", "64",
               "--max-response-tokens", "24", "--micro-batch", "4", "--warmup-steps", "1", "--lr", "3e-3",
-              "--threads", "1", "--in-context-share", "0.5"]
+              "--threads", "1", "--in-context-share", "0.5", "--align-fit", "0"]
 
 
 def _queries(n: int) -> list[Query]:
@@ -164,6 +164,21 @@ def test_single_process_training_learns_and_writes_outputs(uninterrupted):
     model = GenerativeEmbedder.from_pretrained(out / "head", backbone=str(Path(json.loads(
         (out / "train_config.json").read_text())["backbone"])))
     assert model.config.num_compression == 3 and model.config.embed_dim == 64
+
+
+def test_training_ends_with_a_closed_form_align_head(tiny_run, tiny_backbone_dir, tmp_path):
+    from latentcomm.model import GenerativeEmbedder
+
+    args = ["--run", str(tiny_run), "--backbone", str(tiny_backbone_dir), *TINY_TRAIN, "--max-steps", "1",
+            "--out", str(tmp_path)]
+    _train([*args, "--align-fit", "32"])
+    fit = json.loads((tmp_path / "summary.json").read_text())["align_fit"]
+    assert fit["rows"] == 32 and fit["validation_mse"] > 0
+    model = GenerativeEmbedder.from_pretrained(tmp_path / "head", backbone=str(tiny_backbone_dir))
+    plain = tmp_path / "plain"
+    _train([*args[:-1], str(plain)])
+    assert not np.allclose(_head(tmp_path)["align.1.weight"].numpy(), _head(plain)["align.1.weight"].numpy())
+    assert model.config.embed_dim == 64
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(uninterrupted, tmp_path):

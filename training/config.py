@@ -59,6 +59,9 @@ class TrainConfig:
     in_context_share: float = 0.0
     """Share of samples whose latent is reconstructed from inside a user turn with a reading instruction
     (``latentcomm.reading``); the rest read it as a bare soft prompt."""
+    align_fit: int = 4096
+    """After training, solve the linear MLP_align in closed form on up to this many training queries (0: keep
+    the align head SGD left)."""
     seed: int = 0
     # speed
     split_prefix: bool = True
@@ -100,6 +103,8 @@ class TrainConfig:
             raise ValueError("recon_weight and align_weight are both 0: nothing would train")
         if not 0 <= self.in_context_share <= 1:
             raise ValueError(f"in_context_share must be in [0, 1], got {self.in_context_share}")
+        if self.align_fit < 0 or (self.align_fit and self.align_head != "linear"):
+            raise ValueError(f"align_fit must be >= 0, and 0 unless align_head is 'linear' (got {self.align_fit})")
         if self.train_limit is not None and self.train_limit < 1:
             raise ValueError(f"train_limit must be >= 1, got {self.train_limit}")
         if self.workers < 0:
@@ -194,6 +199,7 @@ _HELP = {
     "max_steps": "stop after this many optimizer steps (the schedule spans them)",
     "align_loss": "mse (the paper) or cosine",
     "state_layer": "compression states from the last layer (-1, the paper) or after decoder layer k",
+    "align_fit": "after training, solve the linear MLP_align in closed form on up to N training queries (0: off)",
     "in_context_share": "share of samples reconstructed from the latent inside a user turn with a reading instruction",
     "split_prefix": "query without autograd, its KV cache handed to the special tokens (--no-split-prefix: one pass)",
     "bucket_by_length": "batch samples of similar length together (less padding)",

@@ -24,7 +24,8 @@ from latentcomm.cliparser import parser
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
 from latentcomm.reading import EVALUATION_INSTRUCTION
 from latentcomm.teachers import load_teacher, mean_pooled_states
-from latentcomm.training.fidelity import fidelity_table, retrieval_scores, rows_as_dicts, table_markdown
+from latentcomm.training.fidelity import (decoding_sweep, fidelity_table, retrieval_scores, rows_as_dicts,
+                                          table_markdown)
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
 from latentcomm.training.targets import compute_targets
 
@@ -86,7 +87,7 @@ class HeldOut:
 
 def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR, *, backbone: str | None = None,
              compare: dict[str, str | os.PathLike] | None = None, limit: int | None = None, decode_limit: int = 100,
-             max_new_tokens: int = 64, batch_size: int = 16) -> dict[str, Any]:
+             max_new_tokens: int = 64, batch_size: int = 16, sweep: bool = False) -> dict[str, Any]:
     """All acceptance figures for ``head`` (and the ``compare`` heads, by name) on the held-out split of ``run``."""
     meta = json.loads((Path(head) / "config.json").read_text())
     bb = load_backbone(backbone or meta["backbone"])
@@ -111,12 +112,14 @@ def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR,
                       for name, model in heads.items()}
     fidelity = fidelity_table(heads, data.queries[:n], data.responses[:n], teacher, max_new_tokens=max_new_tokens,
                               batch_size=batch_size)
+    decoding = decoding_sweep(trained, data.queries[:n], data.responses[:n], teacher, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size) if sweep else []
     return {
         "run": str(run), "head": str(head), "backbone": bb.backbone_id, "teacher": teacher_name,
         "compare": {k: str(v) for k, v in (compare or {}).items()},
         "heldout_queries": len(data.queries), "fidelity_queries": n, "max_new_tokens": max_new_tokens,
         "retrieval": retrieval, "reconstruction": reconstruction, "fidelity": rows_as_dicts(fidelity),
-        "fidelity_markdown": table_markdown(fidelity),
+        "fidelity_markdown": table_markdown(fidelity), "decoding_sweep": decoding,
         "examples": [{"query": q, "response": r} for q, r in zip(data.queries[:3], data.responses[:3])],
     }
 
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="use only the first N held-out queries")
     ap.add_argument("--decode-limit", type=int, default=100, help="held-out queries of the fidelity table")
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--sweep-decoding", action="store_true",
+                    help="also decode the trained head's latents under several repetition settings (decoding_sweep)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
@@ -185,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--compare {spec!r}: expected NAME=PATH with a head folder at PATH")
         compare[name] = path
     result = evaluate(args.run, args.head, backbone=args.backbone, compare=compare, limit=args.limit,
-                      decode_limit=args.decode_limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                      decode_limit=args.decode_limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                      sweep=args.sweep_decoding)
     out = Path(args.out or args.head)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")

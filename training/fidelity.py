@@ -90,6 +90,27 @@ def fidelity_table(heads: dict[str, GenerativeEmbedder], queries: Sequence[str],
     return rows
 
 
+DECODING_GRID: tuple[dict[str, Any], ...] = (
+    {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0},
+    {"repetition_penalty": 1.0, "no_repeat_ngram_size": 4},
+    {"repetition_penalty": 1.1, "no_repeat_ngram_size": 0},
+    {"repetition_penalty": 1.1, "no_repeat_ngram_size": 4},
+    {"repetition_penalty": 1.2, "no_repeat_ngram_size": 4},
+    {"repetition_penalty": 1.1, "no_repeat_ngram_size": 3},
+)
+"""Repetition settings the decoding sweep compares (greedy decoding; the first is plain greedy)."""
+
+
+def decoding_sweep(model: GenerativeEmbedder, queries: Sequence[str], responses: Sequence[str], teacher: Teacher, *,
+                   grid: Sequence[dict[str, Any]] = DECODING_GRID, max_new_tokens: int = 64, batch_size: int = 16
+                   ) -> list[dict[str, Any]]:
+    """Decode fidelity of ``model``'s latents under each repetition setting (how ``decode``'s defaults were chosen)."""
+    targets = teacher.embed(list(responses))
+    latent = model.compress(list(queries), batch_size=batch_size)
+    return [{**settings, **score_texts(model.decode(latent, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                    **settings), targets, teacher)} for settings in grid]
+
+
 def table_markdown(rows: Sequence[FidelityRow]) -> str:
     """The table as markdown: one line per row, cosine, R@1 and loop share."""
     lines = ["| row | latents from | MiniLM cosine | R@1 | loops |", "|---|---|---|---|---|"]

@@ -241,16 +241,23 @@ class TrainRecipe:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Save the trained head (gathered from ZeRO-3 partitions) and the loss curve; rank 0 writes."""
+        """Solve MLP_align in closed form (``align_fit``), save the head (gathered from ZeRO-3 partitions) and the
+        loss curve; rank 0 does the work and writes."""
         import deepspeed
 
+        cfg = self.cfg
         params = list(self.model.parameters())
-        gather = deepspeed.zero.GatheredParameters(params) if self.cfg.zero_stage == 3 else nullcontext()
-        with gather:
-            if self.rank == 0:
-                self.model.save_pretrained(self.out / "head")
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=0) if cfg.zero_stage == 3 else nullcontext()
         summary: dict[str, Any] = {"total_steps": self.total_steps, "train_queries": len(self.data),
                                    "head": str(self.out / "head")}
+        with gather:
+            if self.rank == 0:
+                self.model.eval()
+                if cfg.align_fit:
+                    rows = slice(0, cfg.align_fit)
+                    summary["align_fit"] = self.model.fit_alignment(self.data.queries[rows], self.data.targets[rows],
+                                                                    show_progress_bar=True)
+                self.model.save_pretrained(self.out / "head")
         if self.rank == 0:
             records = self.metrics.read()
             if records:
