@@ -3,12 +3,16 @@
 Works with file-like objects (``write``/``read``) and socket-like ones (``sendall``/``recv``).
 The reader checks each frame length against ``Limits`` before reading the frame, reads in
 bounded chunks, stops cleanly at end-of-stream on a frame boundary, and raises
-``MalformedMessage`` if the stream ends inside a frame.
+``MalformedMessage`` if the stream ends inside a frame. Only an empty read is the end of the stream: a
+non-blocking stream with nothing to read yet (``read`` returning None, ``BlockingIOError``) is waited on, as
+a blocking read would, and a frame written in several pieces arrives whole.
 """
 
 from __future__ import annotations
 
+import select
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +24,8 @@ __all__ = ["read_frames", "read_messages", "write_frame", "write_message"]
 
 _LEN = struct.Struct("<I")
 _CHUNK = 1 << 20
+_MIN_WAIT_S, _MAX_WAIT_S = 0.0005, 0.05
+"""Polling interval bounds for a non-blocking stream without a file descriptor."""
 
 
 def write_frame(stream: Any, data: bytes) -> int:
@@ -46,8 +52,20 @@ def write_message(stream: Any, msg: LatentMessage, *, key: bytes | None = None, 
 
 
 def _read_some(stream: Any, n: int) -> bytes:
-    chunk = stream.recv(n) if hasattr(stream, "recv") else stream.read(n)
-    return chunk or b""
+    """Up to ``n`` bytes, at least one unless the stream has ended; waits while a non-blocking stream has none."""
+    wait = _MIN_WAIT_S
+    while True:
+        try:
+            chunk = stream.recv(n) if hasattr(stream, "recv") else stream.read(n)
+        except BlockingIOError:
+            chunk = None
+        if chunk is not None:
+            return bytes(chunk)
+        try:
+            select.select([stream.fileno()], [], [])
+        except (AttributeError, OSError, ValueError):  # no file descriptor to wait on: poll
+            time.sleep(wait)
+            wait = min(2 * wait, _MAX_WAIT_S)
 
 
 def _read_exact(stream: Any, n: int, what: str) -> bytes:
