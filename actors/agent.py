@@ -2,7 +2,8 @@
 
 An ``Agent`` has a name, a role prompt and a ``ReplicaPool`` that does its model work. Sending packs a
 protocol ``LatentMessage`` (signed when the agent has a key); the receiver verifies and unpacks the bytes,
-drops re-sent message ids (the first result is returned again), runs each conversation's messages from
+drops re-sent message ids (the first result is returned again; an id reused with other bytes is refused with
+``ConflictingMessageError``, which the sender hears), runs each conversation's messages from
 one sender in the order they were sent, and calls the handler for the message's kind. The default
 handlers decode a latent to text (soft prompt to the receiver's frozen LLM), and return an embedding's
 vector or a text as is. Model work goes to replica actors as protocol bytes; a replica killed mid-call is
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import time
 import weakref
@@ -27,7 +29,7 @@ import numpy as np
 from ray.exceptions import RayActorError
 
 from latentcomm.actors.trace import Hop, Trace
-from latentcomm.errors import OrderingError
+from latentcomm.errors import OrderingError, ConflictingMessageError
 from latentcomm.messaging import address, message_embedding
 from latentcomm.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
 from latentcomm.protocols import KINDS, LatentMessage, ProtocolError, pack, unpack
@@ -117,8 +119,9 @@ class Agent:
         self.rejected = 0
         self.label = ""
         self._remember = remember
-        self._results: collections.OrderedDict[str, Any] = collections.OrderedDict()
-        self._pending: dict[str, asyncio.Future] = {}
+        self._results: collections.OrderedDict[str, tuple[bytes, Any]] = collections.OrderedDict()
+        self._pending: dict[str, tuple[bytes, asyncio.Future]] = {}
+        """Both by message id, with the SHA-256 of the bytes that came under that id."""
         self._expected: dict[tuple[str, str], int] = collections.defaultdict(int)
         self._next_seq: dict[tuple[str, str], int] = collections.defaultdict(int)
         self._acked: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
@@ -211,15 +214,20 @@ class Agent:
         if message.recipient and message.recipient != self.name:
             self.rejected += 1
             raise ProtocolError(f"{self.name} received a message addressed to {message.recipient!r}")
-        mid = message.message_id
+        mid, digest = message.message_id, hashlib.sha256(data).digest()
+        seen = self._results.get(mid) or self._pending.get(mid)
+        if seen is not None and seen[0] != digest:
+            self.rejected += 1
+            raise ConflictingMessageError(f"{self.name}: message id {mid} already came with other content; "
+                                          "a new message needs a new id")
         if mid in self._results:
             self.duplicates += 1
-            return self._results[mid]
+            return self._results[mid][1]
         if mid in self._pending:
             self.duplicates += 1
-            return await asyncio.shield(self._pending[mid])
+            return await asyncio.shield(self._pending[mid][1])
         future = asyncio.get_running_loop().create_future()
-        self._pending[mid] = future
+        self._pending[mid] = (digest, future)
         try:
             result = await self._in_order(message, Incoming(message, bytes(data)))
         except BaseException as err:
@@ -228,7 +236,7 @@ class Agent:
             raise
         else:
             future.set_result(result)
-            self._results[mid] = result
+            self._results[mid] = (digest, result)
             while len(self._results) > self._remember:
                 self._results.popitem(last=False)
             return result

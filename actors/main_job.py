@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from latentcomm.actors.agent import Agent
 from latentcomm.actors.trace import Trace, hop_stats
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import backbone_source, count, head_folder, number, output_dir, parser, teacher_source
 from latentcomm.cluster import init_ray
 from latentcomm.gsm8k import Question, last_number, load_gsm8k
 from latentcomm.model import DEFAULT_HEAD_DIR
@@ -267,26 +267,31 @@ def parse_config(argv: list[str] | None) -> JobConfig:
     """The ``latentcomm run`` flags as a checked ``JobConfig``."""
     p = parser("run", __doc__.split("\n")[0])
     d = JobConfig()
-    p.add_argument("--questions", type=int, default=d.questions, help="how many GSM8K test questions")
-    p.add_argument("--offset", type=int, default=d.offset, help="skip this many questions first")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="generation budget per message")
-    p.add_argument("--replicas", type=int, default=d.replicas, help="replica actors (one model each)")
-    p.add_argument("--cpus-per-replica", type=float, default=d.cpus_per_replica)
-    p.add_argument("--threads-per-replica", type=int, default=d.threads_per_replica)
-    p.add_argument("--backbone", default=d.backbone, help="alias, HF folder or .gguf")
-    p.add_argument("--head", default=None, help="a saved head folder (default: the shipped head)")
-    p.add_argument("--dtype", default=None, help="backbone dtype, e.g. float32 (default: the device's fast one)")
+    p.add_argument("--questions", type=count(1), default=d.questions, help="how many GSM8K test questions")
+    p.add_argument("--offset", type=count(0), default=d.offset, help="skip this many questions first")
+    p.add_argument("--max-new-tokens", type=count(1), default=d.max_new_tokens, help="generation budget per message")
+    p.add_argument("--replicas", type=count(1), default=d.replicas, help="replica actors (one model each)")
+    p.add_argument("--cpus-per-replica", type=number(0), default=d.cpus_per_replica)
+    p.add_argument("--threads-per-replica", type=count(1), default=d.threads_per_replica)
+    p.add_argument("--backbone", type=backbone_source, default=d.backbone, help="alias, HF folder or .gguf")
+    p.add_argument("--head", type=head_folder, default=None, help="a saved head folder (default: the shipped head)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="backbone dtype (default: the device's fast one)")
     p.add_argument("--wire-dtype", default=d.wire_dtype, choices=["float32", "float16", "bfloat16", "int8"])
-    p.add_argument("--teacher", default=d.teacher, help="'minilm', a sentence-transformers folder, or 'none'")
+    p.add_argument("--teacher", type=teacher_source("minilm", "none"), default=d.teacher,
+                   help="'minilm', a sentence-transformers folder, or 'none'")
     p.add_argument("--sign", action="store_true", help="HMAC-sign every message with a random key")
     p.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto' or ray://host:10001)")
-    p.add_argument("--out", default=d.out, help="parent folder of run-<timestamp>/")
+    p.add_argument("--out", type=output_dir, default=d.out, help="parent folder of run-<timestamp>/")
     args = p.parse_args(argv)
-    if args.questions < 1 or args.replicas < 1 or args.max_new_tokens < 1:
-        p.error("--questions, --replicas and --max-new-tokens must be >= 1")
     if not args.address and args.replicas * args.cpus_per_replica > (os.cpu_count() or 1):
         p.error(f"{args.replicas} replicas x {args.cpus_per_replica} CPUs do not fit on {os.cpu_count()} local CPUs; "
                 "lower --replicas or --cpus-per-replica, or join a cluster with --address")
+    try:
+        load_gsm8k(args.questions, offset=args.offset)  # before Ray starts: an offset past the last question
+    except ValueError as err:
+        p.error(f"argument --offset: {err}")
+    args.out = str(args.out)
     return JobConfig(**vars(args))
 
 

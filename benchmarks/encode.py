@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from latentcomm.backbone import DEFAULT_BACKBONE, default_dtype
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import backbone_source, count, head_folder, output_dir, parser
 from latentcomm.generation import generate
 from latentcomm.model import GenerativeEmbedder, load_embedder
 
@@ -105,15 +105,15 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("bench encode", __doc__.split("\n")[0].split(": ", 1)[-1])
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--head", default=None, help="saved head folder (default: the shipped head)")
-    p.add_argument("--texts", type=int, default=64, help="texts per encode measurement")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--decode-batch", type=int, default=8)
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--backbone", type=backbone_source, default=DEFAULT_BACKBONE)
+    p.add_argument("--head", type=head_folder, default=None, help="saved head folder (default: the shipped head)")
+    p.add_argument("--texts", type=count(1), default=64, help="texts per encode measurement")
+    p.add_argument("--batch-sizes", type=count(1), nargs="+", default=[1, 32])
+    p.add_argument("--decode-batch", type=count(1), default=8)
+    p.add_argument("--new-tokens", type=count(1), default=32)
+    p.add_argument("--repeat", type=count(1), default=3)
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/encode"))
+    p.add_argument("--out", type=output_dir, default="runs/bench/encode")
     args = p.parse_args(argv)
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from latentcomm.actors.agent import Agent, embed_latent
 from latentcomm.actors.trace import Trace, hop_stats
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import backbone_source, count, head_folder, output_dir, parser
 from latentcomm.cluster import init_ray
 from latentcomm.gsm8k import load_gsm8k
 from latentcomm.pool import PoolConfig, ReplicaPool
@@ -157,14 +157,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = parser("bench handoff", __doc__.split("\n")[0])
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--head", default=None, help="saved head folder (default: the shipped head)")
-    p.add_argument("--questions", type=int, default=6)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--backbone", type=backbone_source, default=DEFAULT_BACKBONE)
+    p.add_argument("--head", type=head_folder, default=None, help="saved head folder (default: the shipped head)")
+    p.add_argument("--questions", type=count(1), default=6)
+    p.add_argument("--max-new-tokens", type=count(1), default=64)
     p.add_argument("--wire-dtype", default="float16", choices=["float32", "float16", "bfloat16", "int8"])
-    p.add_argument("--trips", type=int, default=300, help="actor-to-actor round trips per format")
+    p.add_argument("--trips", type=count(1), default=300, help="actor-to-actor round trips per format")
     p.add_argument("--address", default=None, help="join an existing Ray cluster")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/handoff"))
+    p.add_argument("--out", type=output_dir, default="runs/bench/handoff")
     return p.parse_args(argv)
 
 

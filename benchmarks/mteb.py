@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import backbone_source, count, head_folder, output_dir, parser
 
 PAPER_BENCHMARK = "MTEB(eng, v2)"
 
@@ -24,11 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--mini", action="store_true", help="the offline mini-MTEB (after `latentcomm data fetch`)")
     p.add_argument("--model", choices=["head", "untrained", "minilm", "meanpool"], default="head",
                    help="head: --head or the shipped default head")
-    p.add_argument("--head", default=None, help="saved head folder for --model head")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--size", type=int, default=120, help="items per mini-MTEB task (with --mini)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--out", type=Path, default=None, help="output folder; runs/bench/mteb-<timestamp> when omitted")
+    p.add_argument("--head", type=head_folder, default=None, help="saved head folder for --model head")
+    p.add_argument("--backbone", type=backbone_source, default=DEFAULT_BACKBONE)
+    p.add_argument("--size", type=count(1), default=120, help="items per mini-MTEB task (with --mini)")
+    p.add_argument("--batch-size", type=count(1), default=16)
+    p.add_argument("--out", type=output_dir, default=None,
+                   help="output folder; runs/bench/mteb-<timestamp> when omitted")
     args = p.parse_args(argv)
 
     import mteb

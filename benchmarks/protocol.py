@@ -19,8 +19,8 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from latentcomm.cliparser import parser
-from latentcomm.protocols import LatentMessage, pack, roundtrip_cosine, unpack
+from latentcomm.cliparser import count, output_dir, parser
+from latentcomm.protocols import DEFAULT_LIMITS, LatentMessage, pack, roundtrip_cosine, unpack
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 KEY = bytes(range(32))
@@ -81,13 +81,17 @@ def _plot(results: list[dict], fidelity: dict, shape: tuple[int, int], path: Pat
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = parser("bench protocol", __doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/bench/protocol"), help="output directory")
-    p.add_argument("--repeat", type=int, default=30, help="timed repeats (median is reported)")
-    p.add_argument("--number", type=int, default=200, help="calls per timed repeat")
-    p.add_argument("--rows", type=int, default=10, help="compression tokens n")
-    p.add_argument("--dim", type=int, default=576, help="hidden size H")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--out", type=output_dir, default="runs/bench/protocol", help="output directory")
+    p.add_argument("--repeat", type=count(1), default=30, help="timed repeats (median is reported)")
+    p.add_argument("--number", type=count(1), default=200, help="calls per timed repeat")
+    p.add_argument("--rows", type=count(1), default=10, help="compression tokens n")
+    p.add_argument("--dim", type=count(1), default=576, help="hidden size H")
+    p.add_argument("--seed", type=count(0), default=0)
+    args = p.parse_args(argv)
+    if args.rows * args.dim > DEFAULT_LIMITS.max_elements:
+        p.error(f"--rows x --dim = {args.rows * args.dim} values, more than a message carries "
+                f"({DEFAULT_LIMITS.max_elements})")
+    return args
 
 
 def measure_formats(x: np.ndarray, repeat: int, number: int) -> list[dict]:

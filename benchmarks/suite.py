@@ -24,7 +24,7 @@ import numpy as np
 from latentcomm.backbone import DEFAULT_BACKBONE
 from latentcomm.benchmarks.encoders import CALIBRATION_QUERIES, EncoderSpec, standard_specs
 from latentcomm.benchmarks.tasks import TaskDef
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import backbone_source, count, existing_dir, head_folder, output_dir, parser
 
 log = logging.getLogger(__name__)
 
@@ -297,19 +297,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                               "pooling, as Ray jobs; writes JSON, a markdown table and PNG charts")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
                    help="tiny: seconds (smoke test); quick: 20-35 min for 4 models on 2 shared CPU cores; full: hours")
-    p.add_argument("--head", action="append", default=[], help="trained head folder, repeatable; without it the "
+    p.add_argument("--head", action="append", type=head_folder, default=[], help="trained head folder, repeatable; without it the "
                    "shipped default head when present")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone alias, folder or .gguf "
+    p.add_argument("--backbone", type=backbone_source, default=DEFAULT_BACKBONE, help="backbone alias, folder or .gguf "
                    "(qwen-coder-0.5b: the Qwen2.5-Coder GGUF from `latentcomm data fetch`)")
     p.add_argument("--tasks", nargs="+", default=None, help="task names; all when omitted")
     p.add_argument("--models", nargs="+", default=None, choices=["head", "untrained", "minilm", "meanpool"],
                    help="model kinds; all four when omitted")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=count(1), default=16)
     p.add_argument("--no-speed", action="store_true", help="skip the encode / hand-off speed benchmarks")
     p.add_argument("--address", default=None, help="Ray cluster to join; a local one when omitted")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster; all when omitted")
-    p.add_argument("--out", type=Path, default=None, help="output folder; runs/bench/suite-<timestamp> when omitted")
-    p.add_argument("--resume", type=Path, default=None, help="a previous suite folder: run only missing jobs")
+    p.add_argument("--num-cpus", type=count(1), default=None, help="CPUs of the local Ray cluster; all when omitted")
+    p.add_argument("--out", type=output_dir, default=None, help="output folder; runs/bench/suite-<timestamp> when omitted")
+    p.add_argument("--resume", type=existing_dir, default=None, help="a previous suite folder: run only missing jobs")
     args = p.parse_args(argv)
     known = suite_tasks(PROFILES[args.profile])
     args.tasks = args.tasks or list(known)

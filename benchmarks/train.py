@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from latentcomm.backbone import load_backbone
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import backbone_source, count, existing_dir, number, output_dir, parser
 from latentcomm.model import GenerativeEmbedder
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.train import TrainingData
@@ -117,25 +117,25 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("bench train", __doc__.split("\n")[0])
-    ap.add_argument("--run", required=True, help="run directory with responses and targets (as for 'train')")
-    ap.add_argument("--backbone", default=TrainConfig.backbone)
+    ap.add_argument("--run", required=True, type=existing_dir,
+                    help="run directory with responses and targets (as for 'train')")
+    ap.add_argument("--backbone", type=backbone_source, default=TrainConfig.backbone)
     ap.add_argument("--backbone-dtype", default=TrainConfig.backbone_dtype, choices=["auto", "fp32", "bf16"])
     ap.add_argument("--teacher", default=TrainConfig.teacher)
-    ap.add_argument("--micro-batch", type=int, default=TrainConfig.micro_batch)
-    ap.add_argument("--batches", type=int, default=8, help="timed batches per configuration")
-    ap.add_argument("--in-context-share", type=float, default=0.5)
-    ap.add_argument("--max-response-tokens", type=int, default=TrainConfig.max_response_tokens)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--out", default=f"runs/bench/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    ap.add_argument("--micro-batch", type=count(1), default=TrainConfig.micro_batch)
+    ap.add_argument("--batches", type=count(1), default=8, help="timed batches per configuration")
+    ap.add_argument("--in-context-share", type=number(0, 1), default=0.5)
+    ap.add_argument("--max-response-tokens", type=count(1), default=TrainConfig.max_response_tokens)
+    ap.add_argument("--threads", type=count(1), default=None, help="torch CPU threads")
+    ap.add_argument("--out", type=output_dir, default=f"runs/bench/train-{time.strftime('%Y%m%d-%H%M%S')}")
     args = ap.parse_args(argv)
-    if args.batches < 1 or args.micro_batch < 1:
-        ap.error("--batches and --micro-batch must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(run=args.run, out=args.out, backbone=args.backbone, backbone_dtype=args.backbone_dtype,
-                      teacher=args.teacher,
+    cfg = TrainConfig(run=str(args.run), out=str(args.out), backbone=args.backbone,
+                      backbone_dtype=args.backbone_dtype, teacher=args.teacher,
                       micro_batch=args.micro_batch, in_context_share=args.in_context_share,
                       max_response_tokens=args.max_response_tokens)
+    cfg.check_inputs()
     result = run(cfg, args.batches)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

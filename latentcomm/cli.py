@@ -3,12 +3,25 @@
 Each subcommand is a module with ``main(argv)``, imported only when called (so ``latentcomm demo`` never imports
 Ray or DeepSpeed). Command modules build their flags with ``latentcomm.cliparser.parser`` and never import this
 module, so the table below is the only place that knows them all.
+
+``main`` is the one error boundary of every command: the errors latentcomm expects (its own family, bad wire
+bytes, bad files, bad values) become one line on stderr and exit status 2; ``--debug`` (anywhere before ``--``)
+prints the traceback as well. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from dataclasses import dataclass, field
+
+from latentcomm.errors import LatentcommError
+from latentcomm.protocols import ProtocolError
+
+EXPECTED_ERRORS = (LatentcommError, ProtocolError, OSError, ValueError, FloatingPointError)
+"""What a command may raise for its input (``FloatingPointError``: a training loss that is no longer finite):
+reported in one line, not as a traceback."""
+DEBUG_FLAG = "--debug"
 
 
 @dataclass(frozen=True)
@@ -56,29 +69,51 @@ def _usage(table: dict[str, Command], usage: str) -> str:
     return "\n".join(lines)
 
 
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (a Ray task error reports its cause)."""
+    cause = getattr(err, "cause", None)
+    err = cause if isinstance(cause, BaseException) else err
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
+
+def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != DEBUG_FLAG]
+    return kept + argv[end:], len(kept) < end
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    table, prog, usage = COMMANDS, "latentcomm", "latentcomm COMMAND [ARGS]"
+    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    table, prog, usage = COMMANDS, "latentcomm", "latentcomm [--debug] COMMAND [ARGS]"
     while True:
         if not argv or argv[0] in ("-h", "--help"):
             print(_usage(table, usage))
             return 0
         name, argv = argv[0], argv[1:]
         if name not in table:
-            print(f"{prog}: unknown command {name!r}\n\n{_usage(table, usage)}", file=sys.stderr)
+            print(f"{prog}: error: unknown command {name!r} (choose from {', '.join(table)}; see {prog} --help)",
+                  file=sys.stderr)
             return 2
         command = table[name]
         if not command.subcommands:
             break
         table, prog, usage = command.subcommands, f"{prog} {name}", f"{prog} {name} NAME [ARGS]"
+    prog = f"{prog} {name}"
     try:
         module = importlib.import_module(command.module)
     except ModuleNotFoundError as err:
         if err.name and command.module.startswith(err.name):
-            print(f"{prog}: {name} is not available ({command.module} is missing)", file=sys.stderr)
+            print(f"{prog}: error: not available ({command.module} is missing)", file=sys.stderr)
             return 2
         raise
-    return int(module.main([*command.argv, *argv]) or 0)
+    try:
+        return int(module.main([*command.argv, *argv]) or 0)
+    except EXPECTED_ERRORS as err:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

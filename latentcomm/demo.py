@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from latentcomm.backbone import DEFAULT_BACKBONE, find_default_gguf, resolve_backbone
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import backbone_source, count, head_folder, parser
 from latentcomm.model import load_embedder
 
 DEMO_QUERIES = [
@@ -21,9 +21,10 @@ DEMO_QUERIES = [
 def main(argv: list[str] | None = None) -> int:
     p = parser("demo", __doc__.split("\n")[0])
     p.add_argument("queries", nargs="*", help="queries (default: four built-in ones)")
-    p.add_argument("--backbone", default=None, help=f"HF folder/id or .gguf (default: {DEFAULT_BACKBONE})")
-    p.add_argument("--head", default=None, help="a saved head folder (default: the shipped head)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--backbone", type=backbone_source, default=None,
+                   help=f"HF folder/id or .gguf (default: {DEFAULT_BACKBONE})")
+    p.add_argument("--head", type=head_folder, default=None, help="a saved head folder (default: the shipped head)")
+    p.add_argument("--max-new-tokens", type=count(1), default=48)
     p.add_argument("--convert-only", action="store_true", help="only convert the backbone into the cache")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -7,7 +7,8 @@ only on msgpack and numpy.
 """
 from __future__ import annotations
 
-__all__ = ["HeadMismatchError", "LatentError", "LatentcommError", "NoReplicaError", "OrderingError"]
+__all__ = ["ConflictingMessageError", "HeadMismatchError", "LatentError", "LatentcommError", "NoReplicaError",
+           "OrderingError", "UsageError"]
 
 
 class LatentcommError(Exception):
@@ -28,3 +29,11 @@ class NoReplicaError(LatentcommError, RuntimeError):
 
 class OrderingError(LatentcommError, RuntimeError):
     """A message waited too long for an earlier message of its conversation that never arrived."""
+
+
+class ConflictingMessageError(LatentcommError, ValueError):
+    """A message that reuses the id of an earlier message with other content (a true re-send is the same bytes)."""
+
+
+class UsageError(LatentcommError, ValueError):
+    """A command-line flag or input file a command refuses; ``latentcomm`` reports it in one line."""

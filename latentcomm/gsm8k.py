@@ -47,8 +47,8 @@ def gsm8k_answer(answer: str) -> str:
 
 def load_gsm8k(limit: int | None = None, *, offset: int = 0) -> list[Question]:
     """The first ``limit`` GSM8K test questions after ``offset`` (file order, so runs are comparable)."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+    if (limit is not None and limit < 1) or offset < 0:
+        raise ValueError(f"need limit >= 1 and offset >= 0, got {limit} and {offset}")
     questions = []
     with gsm8k_file().open() as f:
         for index, line in enumerate(f):
@@ -59,6 +59,8 @@ def load_gsm8k(limit: int | None = None, *, offset: int = 0) -> list[Question]:
             row = json.loads(line)
             questions.append(Question(id=f"gsm8k-{index}", text=row["question"],
                                       solution=gsm8k_solution(row["answer"]), answer=gsm8k_answer(row["answer"])))
+    if not questions:
+        raise ValueError(f"offset {offset} is past the last GSM8K question")
     return questions
 
 

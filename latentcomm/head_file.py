@@ -123,3 +123,13 @@ def read_tensors(path: Path, device: torch.device | str) -> dict[str, torch.Tens
         return {k: v.to(device) for k, v in load_file(os.fspath(path)).items()}
     except Exception as err:  # safetensors raises its own error types for what the checks above did not see
         raise HeadMismatchError(f"{path}: unreadable tensors: {type(err).__name__}: {err}") from None
+
+
+def check_folder(folder: Path) -> HeadConfig:
+    """Check a head folder without loading a backbone: ``config.json``, and ``head.safetensors`` against it at the
+    hidden size of its special-token table (``from_pretrained`` then checks that size against the backbone)."""
+    _, config = read_config(folder / "config.json")
+    path = folder / "head.safetensors"
+    _, shape = tensor_header(path).get("special.weight", ("", ()))
+    check_tensors(path, config, shape[-1] if len(shape) == 2 and shape[-1] > 0 else 1)
+    return config

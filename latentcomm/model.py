@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
@@ -29,6 +30,8 @@ from latentcomm.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstru
 from latentcomm.reading import Instruction
 
 log = logging.getLogger(__name__)
+MIN_QUERY_TOKENS = 16
+"""Fewer query tokens than this left by the template and prompt: a warning (none at all: ``ValueError``)."""
 
 DEFAULT_HEAD_DIR = Path(__file__).parent / "pretrained" / DEFAULT_BACKBONE
 """The trained head shipped for the default backbone (made by ``latentcomm train``)."""
@@ -192,6 +195,10 @@ class GenerativeEmbedder(nn.Module):
             raise ValueError(f"the chat template and prompt take {len(before) + len(after)} of max_query_tokens="
                              f"{self.config.max_query_tokens} tokens: no room is left for the query (shorten the "
                              "prompt or raise max_query_tokens)")
+        if budget < MIN_QUERY_TOKENS:
+            warnings.warn(f"the chat template and prompt leave only {budget} of max_query_tokens="
+                          f"{self.config.max_query_tokens} tokens for the query: longer queries are cut to {budget} "
+                          "tokens and may get the same latent", stacklevel=3)
         return budget
 
     def query_token_ids(self, texts: list[str], prompt: str | None = None) -> list[list[int]]:

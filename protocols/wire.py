@@ -192,7 +192,8 @@ def unpack(
     """Parse and fully validate one packed message; any bad input raises a ``ProtocolError``.
 
     ``require_signature`` defaults to ``key is not None``. A signature is verified only when a
-    key is given. The returned payload is a zero-copy read-only view of ``data``.
+    key is given. From ``bytes`` the returned payload is a zero-copy read-only view of ``data``; a writable buffer
+    (``bytearray``, a writable ``memoryview``) is copied first, so later changes to it cannot change the message.
     """
     if require_signature is None:
         require_signature = key is not None
@@ -200,7 +201,7 @@ def unpack(
         raise ValueError("require_signature=True needs a key")
     if key is not None:
         key = _check_key(key)
-    mv = _byte_view(data)
+    mv = _byte_view(data, limits)
     prefix = _read_prefix(mv, limits)
     signature = _verify_signature(mv, prefix, key, require_signature)
     header = _read_header(mv, prefix, limits)
@@ -227,22 +228,24 @@ def unpack(
     )
 
 
-def _byte_view(data: object) -> memoryview:
-    """``data`` as a read-only 1-D byte view (no copy)."""
+def _byte_view(data: object, limits: Limits) -> memoryview:
+    """``data`` as a read-only 1-D byte view: no copy of ``bytes`` (or a view of them), a copy of any other buffer,
+    which its owner could change later (after the size check: a huge buffer is refused without copying)."""
     try:
         mv = memoryview(data)  # type: ignore[arg-type]
     except TypeError:
         raise MalformedMessage(f"expected a bytes-like object, got {type(data).__name__}") from None
     if mv.ndim != 1 or mv.itemsize != 1 or not mv.c_contiguous:
         raise MalformedMessage("expected a contiguous 1-D byte buffer")
-    return mv.cast("B").toreadonly()
+    if mv.nbytes > limits.max_message_bytes:
+        raise LimitExceeded(f"message of {mv.nbytes} bytes > largest allowed {limits.max_message_bytes}")
+    return mv.cast("B") if type(mv.obj) is bytes else memoryview(mv.tobytes())
 
 
 def _read_prefix(mv: memoryview, limits: Limits) -> _Prefix:
-    """Stage 1: overall size, magic, major version, reserved bits, and a header that fits in the message."""
+    """Stage 1 (the overall size is ``_byte_view``'s): magic, major version, reserved bits, and a header that fits
+    in the message."""
     n = len(mv)
-    if n > limits.max_message_bytes:
-        raise LimitExceeded(f"message of {n} bytes > largest allowed {limits.max_message_bytes}")
     if n < PREFIX_SIZE:
         raise MalformedMessage(f"truncated: {n} bytes, the prefix alone is {PREFIX_SIZE}")
     magic, major, minor, flags, reserved, header_len = _PREFIX.unpack_from(mv)

@@ -127,13 +127,14 @@ def test_targets_are_cached_unit_vectors(tiny_run):
 
 
 # ---- training ---------------------------------------------------------------------------------------------
-def _train(args: list[str]) -> None:
+def _train(args: list[str], status: int = 0) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     done = subprocess.run([sys.executable, "-m", "latentcomm.cli", "train", *args], env=env, capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == status, done.stderr[-3000:]
+    return done
 
 
 def _head(out: Path) -> dict:
@@ -179,6 +180,15 @@ def test_training_ends_with_a_closed_form_align_head(tiny_run, tiny_backbone_dir
     _train([*args[:-1], str(plain)])
     assert not np.allclose(_head(tmp_path)["align.1.weight"].numpy(), _head(plain)["align.1.weight"].numpy())
     assert model.config.embed_dim == 64
+
+
+def test_a_loss_that_stops_being_finite_stops_training_and_saves_no_head(uninterrupted, tmp_path):
+    _, args = uninterrupted
+    out = tmp_path / "diverged"
+    done = _train([*args, "--lr", "1e30", "--out", str(out)], status=2)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("latentcomm train: error: step ") and "the loss is" in last, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and not (out / "head").exists()
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(uninterrupted, tmp_path):

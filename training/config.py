@@ -6,12 +6,15 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.cliparser import existing_dir, number, output_dir
 from latentcomm.config import HeadConfig
+from latentcomm.errors import UsageError
 
 Precision = Literal["fp32", "bf16"]
 BackboneDtype = Literal["auto", "fp32", "bf16"]
@@ -109,9 +112,23 @@ class TrainConfig:
             raise ValueError(f"train_limit must be >= 1, got {self.train_limit}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1")
+        for name in ("max_steps", "stop_after", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.cpus_per_worker) and self.cpus_per_worker >= 0):
+            raise ValueError(f"cpus_per_worker must be a finite number >= 0, got {self.cpus_per_worker}")
         self.head_config(embed_dim=1)  # validates the head fields with HeadConfig's own checks
+
+    def check_inputs(self) -> None:
+        """Refuse, before any work, a run without finished responses or without this teacher's targets."""
+        from latentcomm.training.responses import RESPONSES_DIR, read_responses
+        from latentcomm.training.targets import targets_path
+
+        responses = Path(self.run) / RESPONSES_DIR
+        read_responses(responses)
+        if not targets_path(responses, self.teacher).is_file():
+            raise FileNotFoundError(f"no {self.teacher} targets in {responses} (run 'latentcomm targets --run "
+                                    f"{self.run} --teacher {self.teacher}')")
 
     def head_config(self, embed_dim: int) -> HeadConfig:
         """The head this run trains; ``embed_dim`` is the teacher's width."""
@@ -173,12 +190,19 @@ class TrainConfig:
             if f.type in ("bool",):
                 ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=doc)
             else:
-                ap.add_argument(flag, type=_parser_for(f.type), default=f.default, help=doc,
-                                required=f.name in ("run", "out"))
+                ap.add_argument(flag, type=_FLAG_TYPES.get(f.name) or _parser_for(f.type), default=f.default,
+                                help=doc, required=f.name in ("run", "out"))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        """The config of parsed flags; a refused value raises ``UsageError`` naming its flag."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        try:
+            return cls(**{k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
+        except ValueError as err:
+            names = "|".join(sorted((f.name for f in fields(cls)), key=len, reverse=True))
+            message = re.sub(rf"(?<![\w'-])({names})(?![\w'])", lambda m: "--" + m[1].replace("_", "-"), str(err))
+            raise UsageError(message) from None
 
 
 _HELP = {
@@ -215,9 +239,13 @@ _HELP = {
 }
 
 
+_FLAG_TYPES = {"run": existing_dir, "out": output_dir}
+"""Flags checked as they are parsed beyond their type (the ranges of every field are ``__post_init__``'s)."""
+
+
 def _parser_for(annotation: str):
     if annotation.startswith("int"):
         return int
     if annotation.startswith("float"):
-        return float
+        return number()  # finite
     return str

@@ -9,6 +9,7 @@ with floors, a reference and a text ceiling beside them. Writes ``eval.json`` an
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 
 from latentcomm.backbone import load_backbone
 from latentcomm.losses import alignment_loss, reconstruction_loss
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import backbone_source, count, existing_dir, head_folder, output_dir, parser
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
 from latentcomm.reading import EVALUATION_INSTRUCTION
 from latentcomm.teachers import load_teacher, mean_pooled_states
@@ -89,6 +90,8 @@ def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR,
              compare: dict[str, str | os.PathLike] | None = None, limit: int | None = None, decode_limit: int = 100,
              max_new_tokens: int = 64, batch_size: int = 16, sweep: bool = False) -> dict[str, Any]:
     """All acceptance figures for ``head`` (and the ``compare`` heads, by name) on the held-out split of ``run``."""
+    if decode_limit < 1 or (limit is not None and limit < 2):
+        raise ValueError(f"need decode_limit >= 1 and limit >= 2 (or None), got {decode_limit} and {limit}")
     meta = json.loads((Path(head) / "config.json").read_text())
     bb = load_backbone(backbone or meta["backbone"])
     trained = GenerativeEmbedder.from_pretrained(head, backbone=bb)
@@ -167,28 +170,36 @@ def plot_evaluation(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("evaluate", "Held-out retrieval and reconstruction of a head vs an untrained head and baselines.")
-    ap.add_argument("--run", required=True, help="run directory with held-out responses (and targets)")
-    ap.add_argument("--head", default=str(DEFAULT_HEAD_DIR), help="head folder (default: the shipped head)")
-    ap.add_argument("--backbone", default=None, help="backbone (default: the one named in the head's config)")
+    ap.add_argument("--run", required=True, type=existing_dir,
+                    help="run directory with held-out responses (and targets)")
+    ap.add_argument("--head", type=head_folder, default=str(DEFAULT_HEAD_DIR),
+                    help="head folder (default: the shipped head)")
+    ap.add_argument("--backbone", type=backbone_source, default=None,
+                    help="backbone (default: the one named in the head's config)")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
                     help="an earlier head to evaluate beside it (repeatable), e.g. 'previous head=runs/old/head'")
-    ap.add_argument("--out", default=None, help="folder for eval.json and eval.png (default: the head folder)")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N held-out queries")
-    ap.add_argument("--decode-limit", type=int, default=100, help="held-out queries of the fidelity table")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--out", type=output_dir, default=None,
+                    help="folder for eval.json and eval.png (default: the head folder)")
+    ap.add_argument("--limit", type=count(2), default=None, help="use only the first N held-out queries")
+    ap.add_argument("--decode-limit", type=count(1), default=100, help="held-out queries of the fidelity table")
+    ap.add_argument("--max-new-tokens", type=count(1), default=64)
     ap.add_argument("--sweep-decoding", action="store_true",
                     help="also decode the trained head's latents under several repetition settings (decoding_sweep)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--batch-size", type=count(1), default=16)
+    ap.add_argument("--threads", type=count(1), default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     compare = {}
     for spec in args.compare:
         name, sep, path = spec.rpartition("=")
-        if not sep or not name or not (Path(path) / "config.json").is_file():
-            ap.error(f"--compare {spec!r}: expected NAME=PATH with a head folder at PATH")
-        compare[name] = path
+        if not sep or not name:
+            ap.error(f"argument --compare: expected NAME=PATH, got {spec!r}")
+        try:
+            compare[name] = head_folder(path)
+        except argparse.ArgumentTypeError as err:
+            ap.error(f"argument --compare: {err}")
+    read_responses(args.run / RESPONSES_DIR)  # refused here, before any model loads
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = evaluate(args.run, args.head, backbone=args.backbone, compare=compare, limit=args.limit,
                       decode_limit=args.decode_limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       sweep=args.sweep_decoding)

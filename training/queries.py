@@ -1,6 +1,7 @@
 """Query sources for training: the packaged ShareGPT first user turns or your own file, split deterministically."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -9,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import count, output_dir, parser
 
 SHAREGPT = "sharegpt"
 SHAREGPT_LATER_TURNS = "sharegpt-later-turns"
@@ -120,33 +121,44 @@ def sharegpt_later_turns(*, min_chars: int = 20, max_chars: int = 500) -> list[Q
 
 def file_queries(path: str | os.PathLike) -> list[Query]:
     """Queries from a JSONL file (objects with ``text``, ``query`` or ``prompt`` and an optional ``id``) or a
-    plain text file (one query per line). Duplicate texts are dropped."""
+    plain text file (one query per line, UTF-8). Duplicate texts are dropped; a line that is no such object, or
+    a file without queries, raises ``ValueError`` naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no query file at {path}")
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     rows: list[Query] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
             continue
-        if path.suffix == ".jsonl":
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not JSON ({err})") from err
-            text = next((obj[k] for k in ("text", "query", "prompt") if isinstance(obj.get(k), str)), None)
-            if text is None:
-                raise ValueError(f"{path}:{number}: needs a 'text', 'query' or 'prompt' string")
-            query = Query(str(obj.get("id") or text_id(text)), text.strip())
-        else:
-            query = Query(text_id(line), line)
+        query = _jsonl_query(line, f"{path}:{number}") if path.suffix == ".jsonl" else Query(text_id(line), line)
         if query.text and query.text not in seen:
             seen.add(query.text)
             rows.append(query)
     if not rows:
         raise ValueError(f"{path} holds no queries")
     return rows
+
+
+def _jsonl_query(line: str, where: str) -> Query:
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{where}: not JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    text = next((obj[k] for k in ("text", "query", "prompt") if isinstance(obj.get(k), str)), None)
+    if text is None:
+        raise ValueError(f"{where}: needs a 'text', 'query' or 'prompt' string")
+    qid = obj.get("id")
+    if isinstance(qid, bool) or not isinstance(qid, (str, int, type(None))):
+        raise ValueError(f"{where}: 'id' must be a string or an integer, got {type(qid).__name__}")
+    return Query(str(qid or text_id(text)), text.strip())
 
 
 QUERY_SOURCES = {SHAREGPT: sharegpt_queries, SHAREGPT_LATER_TURNS: sharegpt_later_turns}
@@ -202,10 +214,23 @@ def write_queries(queries: Sequence[Query], path: str | os.PathLike) -> Path:
 
 
 def read_queries(path: str | os.PathLike, split: str | None = None) -> list[Query]:
-    """Queries written by ``write_queries`` (optionally one split)."""
+    """Queries written by ``write_queries`` (optionally one split); a damaged file raises ``ValueError``."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    rows = [Query(**json.loads(line)) for line in Path(path).read_text().split("\n") if line.strip()]
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no query file at {path} (run 'latentcomm queries' first)")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = Query(**json.loads(line))
+        except (ValueError, TypeError, RecursionError):
+            raise ValueError(f"{path}:{number}: not a query written by 'latentcomm queries'") from None
+        if not all(isinstance(v, str) for v in (row.id, row.text, row.split)) or row.split not in SPLITS:
+            raise ValueError(f"{path}:{number}: not a query written by 'latentcomm queries'")
+        rows.append(row)
     return [q for q in rows if split is None or q.split == split]
 
 
@@ -216,15 +241,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", action="append", default=[],
                     help=f"more training-only queries ('{SHAREGPT_LATER_TURNS}' or a file; repeatable): they never "
                          "change the held-out split")
-    ap.add_argument("--out", required=True, help="run directory; writes OUT/queries.jsonl")
-    ap.add_argument("--heldout", type=int, default=250, help="number of held-out queries")
-    ap.add_argument("--train", type=int, default=None, help="number of training queries (default: all the rest)")
+    ap.add_argument("--out", required=True, type=output_dir, help="run directory; writes OUT/queries.jsonl")
+    ap.add_argument("--heldout", type=count(0), default=250, help="number of held-out queries")
+    ap.add_argument("--train", type=count(1), default=None, help="number of training queries (default: all the rest)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    pool = load_queries(args.source)
-    extra = [q for source in args.extra for q in load_queries(source)]
+    pool = _source(ap, "--source", args.source)
+    extra = [q for source in args.extra for q in _source(ap, "--extra", source)]
     queries = split_queries(pool, heldout=args.heldout, train=args.train, seed=args.seed, extra=extra)
-    path = write_queries(queries, Path(args.out) / QUERIES_FILE)
+    path = write_queries(queries, args.out / QUERIES_FILE)
     counts = {s: sum(q.split == s for q in queries) for s in SPLITS}
     print(f"{len(pool)} queries in {args.source}, {len(extra)} extra; wrote {path}: {counts}")
     return 0
+
+
+def _source(ap: argparse.ArgumentParser, flag: str, source: str) -> list[Query]:
+    """``load_queries(source)``, its refusals reported as errors of ``flag``."""
+    try:
+        return load_queries(source)
+    except (OSError, ValueError) as err:
+        ap.error(f"argument {flag}: {err}")

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import count, existing_dir, existing_file, head_folder, output_dir, parser
 from latentcomm.model import DEFAULT_HEAD_DIR
 from latentcomm.training.evaluate import CALIBRATION_QUERIES
 from latentcomm.training.metrics import MetricsLog, plot_losses
@@ -121,6 +121,8 @@ def release(train_dir: Path, head_dir: Path, eval_dir: Path, dest: Path, *, unti
         shutil.copyfile(eval_dir / name, dest / name)
     metrics = [r for r in MetricsLog(train_dir / "metrics.jsonl").read()
                if until_step is None or r["step"] <= until_step]
+    if not metrics:
+        raise ValueError(f"{train_dir / 'metrics.jsonl'} has no step <= {until_step}")
     (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     plot_losses(metrics, dest / "loss.png", title=f"default head: training loss ({metrics[-1]['step']} steps)")
     cfg = json.loads((train_dir / "train_config.json").read_text())
@@ -132,15 +134,22 @@ def release(train_dir: Path, head_dir: Path, eval_dir: Path, dest: Path, *, unti
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("release", __doc__.splitlines()[0])
-    ap.add_argument("--train", required=True, type=Path, help="training output folder (train_config.json, metrics)")
-    ap.add_argument("--head", type=Path, default=None, help="head folder (default: TRAIN/head)")
-    ap.add_argument("--eval", required=True, type=Path, help="folder with eval.json and eval.png of that head")
-    ap.add_argument("--dest", type=Path, default=DEFAULT_HEAD_DIR)
-    ap.add_argument("--until-step", type=int, default=None, help="the head is the checkpoint of this step")
-    ap.add_argument("--commands", type=Path, required=True, help="file with the exact commands that made it")
+    ap.add_argument("--train", required=True, type=existing_dir,
+                    help="training output folder (train_config.json, metrics)")
+    ap.add_argument("--head", type=head_folder, default=None, help="head folder (default: TRAIN/head)")
+    ap.add_argument("--eval", required=True, type=existing_dir, help="folder with eval.json and eval.png of that head")
+    ap.add_argument("--dest", type=output_dir, default=DEFAULT_HEAD_DIR)
+    ap.add_argument("--until-step", type=count(0), default=None, help="the head is the checkpoint of this step")
+    ap.add_argument("--commands", type=existing_file, required=True, help="file with the exact commands that made it")
     ap.add_argument("--notes", default="", help="a sentence added under the training curve")
     args = ap.parse_args(argv)
-    dest = release(args.train, args.head or args.train / "head", args.eval, args.dest, until_step=args.until_step,
+    head = Path(args.head) if args.head else args.train / "head"
+    needed = [args.train / n for n in ("train_config.json", "summary.json", "metrics.jsonl")]
+    needed += [args.eval / n for n in ("eval.json", "eval.png")] + [head / "config.json", head / "head.safetensors"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        ap.error(f"missing {', '.join(missing)}")
+    dest = release(args.train, head, args.eval, args.dest, until_step=args.until_step,
                    commands=args.commands.read_text().strip(), notes=args.notes)
     print(f"released {dest}")
     return 0

@@ -20,12 +20,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import backbone_source, count, existing_file, number, output_dir, output_file, parser
 from latentcomm.cluster import init_ray
 from latentcomm.config import HeadConfig
+from latentcomm.generation import Sampling
 from latentcomm.pool import PoolConfig, ReplicaPool
 from latentcomm.replica import ReplicaConfig
-from latentcomm.training.queries import QUERIES_FILE, Query, read_queries, write_queries
+from latentcomm.training.queries import QUERIES_FILE, SPLITS, Query, read_queries, write_queries
 
 RESPONSES_DIR = "responses"
 MANIFEST = "manifest.json"
@@ -47,6 +48,13 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 4
     batch_size: int = 32
     shard_size: int = 128
+
+    def __post_init__(self) -> None:
+        Sampling(self.temperature, self.top_p, self.repetition_penalty, self.no_repeat_ngram_size)  # its checks
+        for name in ("max_new_tokens", "batch_size", "shard_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     def identity(self) -> dict:
         """The fields that change the output (batching does not)."""
@@ -168,14 +176,22 @@ def export_responses(run: str | os.PathLike, path: str | os.PathLike) -> Path:
 def import_responses(path: str | os.PathLike, run: str | os.PathLike, shard_size: int = 256) -> Path:
     """Write ``run``'s queries.jsonl (or check the one there) and responses/ from an ``export_responses`` file."""
     path, run = Path(path), Path(run)
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        header = json.loads(f.readline())
-        if header.get("format") != ARCHIVE_FORMAT:
-            raise ValueError(f"{path} is not a latentcomm response archive")
-        records = [json.loads(line) for line in f if line.strip()]
-    if len(records) != header["count"]:
-        raise ValueError(f"{path} holds {len(records)} responses, its header says {header['count']}")
-    queries = [Query(r["id"], r["query"], r["split"]) for r in records]
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            header = json.loads(f.readline())
+            if not isinstance(header, dict) or header.get("format") != ARCHIVE_FORMAT:
+                raise ValueError("no archive header")
+            records = [json.loads(line) for line in f if line.strip()]
+        queries = [Query(r["id"], r["query"], r["split"]) for r in records]
+        fields_ok = all(isinstance(r["response"], str) and isinstance(q.text, str) and isinstance(q.id, str)
+                        and q.split in SPLITS for q, r in zip(queries, records))
+        expected, generation = header["count"], header["generation"]
+    except (OSError, EOFError, ValueError, KeyError, TypeError, RecursionError) as err:
+        raise ValueError(f"{path} is not a latentcomm response archive ({type(err).__name__}: {err})") from None
+    if not fields_ok or not isinstance(generation, dict):
+        raise ValueError(f"{path} is not a latentcomm response archive (bad record fields)")
+    if len(records) != expected:
+        raise ValueError(f"{path} holds {len(records)} responses, its header says {expected}")
     queries_file = run / QUERIES_FILE
     if queries_file.is_file():
         if [q.id for q in read_queries(queries_file)] != [q.id for q in queries]:
@@ -184,41 +200,47 @@ def import_responses(path: str | os.PathLike, run: str | os.PathLike, shard_size
         write_queries(queries, queries_file)
     out = run / RESPONSES_DIR
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"generation": header["generation"], "queries": _queries_digest(queries), "count": len(queries)}
+    manifest = {"generation": generation, "queries": _queries_digest(queries), "count": len(queries)}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     for index in range(0, len(records), shard_size):
         write_shard(shard_path(out, index // shard_size), records[index:index + shard_size])
     return out
 
 
+def _archive(text: str) -> Path:
+    """``--import``: 'packaged' or an archive file that exists."""
+    return PACKAGED_RESPONSES if text == "packaged" else existing_file(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser("generate", "Generate the backbone's own response to every query of a run (resumable).")
-    ap.add_argument("--run", required=True, help="run directory with queries.jsonl; writes RUN/responses/")
-    ap.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    ap.add_argument("--max-new-tokens", type=int, default=GenerationConfig.max_new_tokens)
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--run", required=True, type=output_dir,
+                    help="run directory with queries.jsonl; writes RUN/responses/")
+    ap.add_argument("--backbone", type=backbone_source, default=DEFAULT_BACKBONE)
+    ap.add_argument("--max-new-tokens", type=count(1), default=GenerationConfig.max_new_tokens)
+    ap.add_argument("--temperature", type=number(0), default=0.0, help="0 = greedy")
+    ap.add_argument("--top-p", type=number(0, 1, above=True), default=1.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repetition-penalty", type=float, default=GenerationConfig.repetition_penalty,
+    ap.add_argument("--repetition-penalty", type=number(0, above=True), default=GenerationConfig.repetition_penalty,
                     help="1 = off; > 1 discourages tokens already generated")
-    ap.add_argument("--no-repeat-ngram-size", type=int, default=GenerationConfig.no_repeat_ngram_size,
+    ap.add_argument("--no-repeat-ngram-size", type=count(0), default=GenerationConfig.no_repeat_ngram_size,
                     help="0 = off; n forbids repeating any generated n-gram")
-    ap.add_argument("--batch-size", type=int, default=GenerationConfig.batch_size)
-    ap.add_argument("--shard-size", type=int, default=GenerationConfig.shard_size)
-    ap.add_argument("--replicas", type=int, default=1, help="Ray actors, one backbone replica each")
-    ap.add_argument("--cpus-per-replica", type=float, default=1)
-    ap.add_argument("--gpus-per-replica", type=float, default=0)
-    ap.add_argument("--import", dest="import_from", default=None, metavar="FILE",
+    ap.add_argument("--batch-size", type=count(1), default=GenerationConfig.batch_size)
+    ap.add_argument("--shard-size", type=count(1), default=GenerationConfig.shard_size)
+    ap.add_argument("--replicas", type=count(1), default=1, help="Ray actors, one backbone replica each")
+    ap.add_argument("--cpus-per-replica", type=number(0), default=1)
+    ap.add_argument("--gpus-per-replica", type=number(0), default=0)
+    ap.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto')")
+    ap.add_argument("--import", dest="import_from", type=_archive, default=None, metavar="FILE",
                     help="take queries and responses from an archive instead of generating ('packaged': the set "
                          "the shipped head was trained on)")
-    ap.add_argument("--export", default=None, metavar="FILE", help="afterwards, write the run's responses to FILE "
-                    "(gzipped JSONL)")
+    ap.add_argument("--export", type=output_file, default=None, metavar="FILE",
+                    help="afterwards, write the run's responses to FILE (gzipped JSONL)")
     args = ap.parse_args(argv)
-    run = Path(args.run)
+    run = args.run
     if args.import_from:
-        source = PACKAGED_RESPONSES if args.import_from == "packaged" else Path(args.import_from)
-        out = import_responses(source, run)
-        print(f"{len(read_responses(out))} responses from {source} in {out}")
+        out = import_responses(args.import_from, run)
+        print(f"{len(read_responses(out))} responses from {args.import_from} in {out}")
         return 0
     config = GenerationConfig(args.backbone, args.max_new_tokens, args.temperature, args.top_p, args.seed,
                               args.repetition_penalty, args.no_repeat_ngram_size, args.batch_size, args.shard_size)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from latentcomm.cliparser import parser
+from latentcomm.cliparser import count, existing_dir, parser, teacher_source
 from latentcomm.teachers import load_teacher
 from latentcomm.training.responses import MANIFEST, RESPONSES_DIR, read_responses
 
@@ -79,15 +79,16 @@ def compute_targets(responses_dir: str | os.PathLike, teacher_name: str, *, batc
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("targets", "Teacher embeddings of a run's generated responses (cached; re-runs are free).")
-    ap.add_argument("--run", required=True, help="run directory with responses/")
-    ap.add_argument("--teacher", action="append", default=None,
+    ap.add_argument("--run", required=True, type=existing_dir, help="run directory with responses/")
+    ap.add_argument("--teacher", action="append", default=None, type=teacher_source("minilm", "self"),
                     help="'minilm', 'self' or a sentence-transformers folder; repeat for several (default: minilm)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--batch-size", type=count(1), default=32)
+    ap.add_argument("--threads", type=count(1), default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
+    responses_dir = args.run / RESPONSES_DIR
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.teacher or ["minilm"]:
-        targets = compute_targets(Path(args.run) / RESPONSES_DIR, name, batch_size=args.batch_size)
-        print(f"{name}: {len(targets.ids)} x {targets.dim} -> {targets_path(Path(args.run) / RESPONSES_DIR, name)}")
+        targets = compute_targets(responses_dir, name, batch_size=args.batch_size)
+        print(f"{name}: {len(targets.ids)} x {targets.dim} -> {targets_path(responses_dir, name)}")
     return 0

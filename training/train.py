@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser("train", "Train a head (special tokens + MLP_recon + MLP_align) on a run's responses and targets.")
     TrainConfig.add_arguments(ap)
     cfg = TrainConfig.from_args(ap.parse_args(argv))
+    cfg.check_inputs()
     summary = train_with_ray(cfg) if cfg.workers >= 1 else run_training(cfg)
     print(json.dumps(summary, indent=2))
     return 0
