@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Collection, Literal, Mapping, get_args
 
 from latentcomm.backbone import DEFAULT_BACKBONE
 from latentcomm.config import HeadConfig
@@ -36,6 +36,7 @@ class TrainConfig:
     recon_head: str = "linear"
     align_head: str = "linear"
     state_layer: int = -1
+    encoder_lora_rank: int = 0
     max_query_tokens: int = 256
     max_response_tokens: int = 96
     # DeepSpeed
@@ -112,7 +113,7 @@ class TrainConfig:
         """The head this run trains; ``embed_dim`` is the teacher's width."""
         return HeadConfig(num_thought=self.num_thought, num_compression=self.num_compression,
                           recon_head=self.recon_head, align_head=self.align_head,  # type: ignore[arg-type]
-                          state_layer=self.state_layer,
+                          state_layer=self.state_layer, encoder_lora_rank=self.encoder_lora_rank,
                           embed_dim=embed_dim, max_query_tokens=self.max_query_tokens,
                           max_response_tokens=self.max_response_tokens, teacher=Path(self.teacher).name)
 
@@ -160,20 +161,49 @@ class TrainConfig:
 
     # ---- command line: one flag per field ----------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, ap: argparse.ArgumentParser) -> None:
-        """``--field-name`` for every field (booleans as ``--flag/--no-flag``), defaults from the dataclass."""
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            doc = _HELP.get(f.name, f.name.replace("_", " "))
-            if f.type in ("bool",):
-                ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=doc)
-            else:
-                ap.add_argument(flag, type=_parser_for(f.type), default=f.default, help=doc,
-                                required=f.name in ("run", "out"))
+    def add_arguments(cls, ap: argparse.ArgumentParser, *, defaults: Mapping[str, Any] | None = None,
+                      exclude: Collection[str] = (), helps: Mapping[str, str] | None = None) -> None:
+        """``--field-name`` for every field (booleans as ``--flag/--no-flag``), defaults from the dataclass.
+
+        A command that runs training inside something larger (an experiment) passes its own ``defaults``,
+        leaves out the fields it sets itself (``exclude``) and may say what a flag means there (``helps``).
+        """
+        defaults = defaults or {}
+        add_dataclass_arguments(ap, cls, {**_HELP, **(helps or {})}, defaults=defaults, exclude=exclude,
+                                required=[name for name in ("run", "out") if name not in defaults])
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    def from_args(cls, args: argparse.Namespace, **values: Any) -> "TrainConfig":
+        """The config of the parsed flags; ``values`` gives the fields that have no flag."""
+        return dataclass_from_args(cls, args, **values)
+
+
+def add_dataclass_arguments(ap: argparse.ArgumentParser, cls: type, helps: Mapping[str, str], *,
+                            defaults: Mapping[str, Any] | None = None, exclude: Collection[str] = (),
+                            required: Collection[str] = ()) -> None:
+    """One ``--field-name`` flag per field of the dataclass ``cls`` except ``exclude``: booleans as
+    ``--flag/--no-flag``, tuples as lists; defaults from ``defaults``, else the dataclass."""
+    for f in fields(cls):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        doc = helps.get(f.name, f.name.replace("_", " "))
+        default = (defaults or {}).get(f.name, f.default)
+        if f.type == "bool":
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=doc)
+        elif f.type.startswith("tuple["):
+            ap.add_argument(flag, nargs="+", type=_parser_for(f.type.removeprefix("tuple[")), default=default,
+                            help=doc)
+        else:
+            ap.add_argument(flag, type=_parser_for(f.type), default=default, help=doc, required=f.name in required)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, **values: Any) -> Any:
+    """An instance of the dataclass ``cls`` from parsed flags (lists back to tuples); ``values`` fills the
+    fields without a flag."""
+    parsed = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    parsed = {k: tuple(v) if isinstance(v, list) else v for k, v in parsed.items()}
+    return cls(**(parsed | values))
 
 
 _HELP = {
@@ -194,6 +224,8 @@ _HELP = {
     "max_steps": "stop after this many optimizer steps (the schedule spans them)",
     "align_loss": "mse (the paper) or cosine",
     "state_layer": "compression states from the last layer (-1, the paper) or after decoder layer k",
+    "encoder_lora_rank": "rank of encoder-side LoRA adapters on the backbone's q/v projections, on only while "
+                         "compressing (0 = none)",
     "in_context_share": "share of samples reconstructed from the latent inside a user turn with a reading instruction",
     "split_prefix": "query without autograd, its KV cache handed to the special tokens (--no-split-prefix: one pass)",
     "bucket_by_length": "batch samples of similar length together (less padding)",
