@@ -33,7 +33,7 @@ class Command:
     help: str
     argv: tuple[str, ...] = ()
     subcommands: dict[str, "Command"] = field(default_factory=dict)
-    """For a group (``bench``): the commands chosen by the next argument."""
+    """For a group (``bench``, ``experiment``): the commands chosen by the next argument."""
 
 
 BENCHMARKS: dict[str, Command] = {
@@ -43,6 +43,12 @@ BENCHMARKS: dict[str, Command] = {
     "mteb": Command("latentcomm.benchmarks.mteb", "the real MTEB (needs the hub) or the offline mini-MTEB, one model"),
     "suite": Command("latentcomm.benchmarks.suite", "mini-MTEB, reasoning and safety retrieval as Ray jobs"),
     "train": Command("latentcomm.benchmarks.train", "training samples/s: the one-pass step vs the KV-cached split"),
+}
+
+EXPERIMENTS: dict[str, Command] = {
+    "chain": Command("latentcomm.experiments.chain", "latent chaining vs direct answers and text chain of thought"),
+    "jepa": Command("latentcomm.experiments.jepa", "full-JEPA heads (self teacher, LLM-JEPA cosine, encoder LoRA) "
+                    "vs the MiniLM recipe"),
 }
 
 COMMANDS: dict[str, Command] = {
@@ -60,6 +66,8 @@ COMMANDS: dict[str, Command] = {
     "release": Command("latentcomm.training.release", "ship a trained head into the package with its records"),
     "bench": Command("latentcomm.benchmarks", "benchmarks: 'latentcomm bench NAME --help' (encode, protocol, ...)",
                      subcommands=BENCHMARKS),
+    "experiment": Command("latentcomm.experiments", "research jobs ending in a report: 'latentcomm experiment NAME "
+                          "--help' (chain, jepa)", subcommands=EXPERIMENTS),
 }
 
 

@@ -5,17 +5,26 @@ A parser made here raises ``UsageError`` — one line naming the flag — instea
 so the entry point reports every refused input the same way. The types below run while the flags are parsed,
 before any model, Ray or file work: counts, finite numbers, files and folders that exist, heads that parse,
 output folders that can be written.
+
+Config dataclasses become flags here too (``add_config_arguments`` / ``config_from_args``): one ``--field-name``
+per field, the default stated once, in the dataclass, and a refused value reported under its flag's name.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
-from collections.abc import Callable
+import re
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, Literal, NoReturn, TypeVar, Union
 
 from latentcomm.errors import LatentcommError, UsageError
+
+C = TypeVar("C")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,3 +141,92 @@ def backbone_source(text: str) -> str:
     if not text or (text != DEFAULT_BACKBONE and local and not path.exists()):
         raise argparse.ArgumentTypeError(f"no backbone folder or file at {text!r}")
     return text
+
+
+def add_config_arguments(ap: argparse.ArgumentParser, cls: type, *, helps: Mapping[str, str] | None = None,
+                         defaults: Mapping[str, Any] | None = None, exclude: Collection[str] = (),
+                         flag_types: Mapping[str, Callable[[str], Any]] | None = None,
+                         required: Collection[str] = ()) -> None:
+    """``--field-name`` for every field of the config dataclass ``cls`` but ``exclude``.
+
+    Booleans become ``--flag/--no-flag``, ``Literal`` fields take one of their values, floats must be finite,
+    ``X | None`` fields parse as X, tuples take one or more values; ``flag_types`` overrides a field's parser.
+    A field holding another config dataclass contributes that dataclass's fields (the same flat names;
+    ``config_from_args`` rebuilds it). Defaults come from ``defaults``, else the dataclass; fields of other
+    types keep their default and get no flag.
+    """
+    for name, kind, default in _flags(cls, exclude):
+        flag = "--" + name.replace("_", "-")
+        default = (defaults or {}).get(name, default)
+        options: dict[str, Any] = {"default": default, "help": (helps or {}).get(name, name.replace("_", " "))}
+        if kind is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            continue
+        if name in required and name not in (defaults or {}):
+            options["required"] = True
+        if typing.get_origin(kind) is tuple:
+            options["nargs"], kind = "+", typing.get_args(kind)[0]
+        if (flag_types or {}).get(name):
+            options["type"] = flag_types[name]
+        elif typing.get_origin(kind) is Literal:
+            options["choices"] = typing.get_args(kind)
+        else:
+            options["type"] = number() if kind is float else kind
+        ap.add_argument(flag, **options)
+
+
+def config_from_args(cls: Callable[..., C], args: argparse.Namespace, **values: Any) -> C:
+    """The config of ``cls`` that the flags of ``add_config_arguments`` describe (``values`` fills fields without
+    a flag); a value the config refuses raises ``UsageError`` with the field named as its flag."""
+    hints, given = typing.get_type_hints(cls), set(values)
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.name in given:
+            continue
+        if dataclasses.is_dataclass(hints[field.name]):
+            values[field.name] = config_from_args(hints[field.name], args)
+        elif hasattr(args, field.name):
+            value = getattr(args, field.name)
+            values[field.name] = str(value) if isinstance(value, Path) else tuple(value) if isinstance(value, list) \
+                else value
+    try:
+        return cls(**values)
+    except ValueError as err:
+        names = "|".join(sorted((name for name, _, _ in _flags(cls, given)), key=len, reverse=True))
+        message = re.sub(rf"(?<![\w'-])({names})(?![\w'])", lambda m: "--" + m[1].replace("_", "-"), str(err))
+        raise UsageError(message) from None
+
+
+def _flags(cls: type, exclude: Collection[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(name, type, default) of every flag field of ``cls`` but ``exclude``, nested config dataclasses
+    flattened."""
+    flags = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            flags += _flags(kind, exclude)
+            continue
+        scalar = _scalar(kind)
+        if scalar is not None:
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            flags.append((field.name, scalar, default))
+    names = [name for name, _, _ in flags]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise TypeError(f"{cls.__name__}: nested configs repeat the fields {clash}; flags must be unique")
+    return flags
+
+
+def _scalar(kind: Any) -> Any:
+    """The flag type of a field (int, float, str, bool, a Literal, a tuple of one of those), or None."""
+    if typing.get_origin(kind) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _scalar(args[0]) if len(args) == 1 else None
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        return tuple[item] if _scalar(item) in (int, float, str) else None
+    if kind in (int, float, str, bool) or typing.get_origin(kind) is Literal:
+        return kind
+    return None

@@ -35,9 +35,13 @@ class HeadConfig:
     state_layer: int = -1
     """Which states of the compression tokens feed MLP_recon: -1 the last layer's (the paper), k >= 1 the residual
     stream after decoder layer k."""
+    encoder_lora_rank: int = 0
+    """Rank of the encoder-side LoRA adapters (``latentcomm.lora``) on the backbone's attention query and value
+    projections, active only while this head compresses; 0 = none (the backbone as it is)."""
 
     def __post_init__(self) -> None:
-        for name in ("num_thought", "num_compression", "max_query_tokens", "max_response_tokens", "state_layer"):
+        for name in ("num_thought", "num_compression", "max_query_tokens", "max_response_tokens", "state_layer",
+                     "encoder_lora_rank"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an int, got {value!r}")
@@ -58,6 +62,8 @@ class HeadConfig:
             raise ValueError("max_query_tokens and max_response_tokens must be positive")
         if self.state_layer != -1 and self.state_layer < 1:
             raise ValueError(f"state_layer must be -1 (last layer) or a decoder layer >= 1, got {self.state_layer}")
+        if self.encoder_lora_rank < 0:
+            raise ValueError(f"encoder_lora_rank must be >= 0, got {self.encoder_lora_rank}")
 
     @property
     def num_special(self) -> int:
@@ -84,4 +90,4 @@ class HeadConfig:
         return json.dumps(data, sort_keys=True)
 
 
-_LATER_FIELDS = {"state_layer": -1}
+_LATER_FIELDS = {"state_layer": -1, "encoder_lora_rank": 0}

@@ -93,19 +93,22 @@ def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     return tensors
 
 
-def expected_tensors(config: HeadConfig, hidden_size: int) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of the state dict a head of ``config`` has on a backbone of ``hidden_size`` (no memory used)."""
+def expected_tensors(config: HeadConfig, hidden_size: int, lora_targets: dict[str, tuple[int, int]] | None = None
+                     ) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the state dict a head of ``config`` has on a backbone of ``hidden_size`` (and, for a head
+    with encoder LoRA, the backbone's ``lora_targets``); no memory used."""
     from latentcomm.heads import CompressionHead
 
     with torch.device("meta"):
-        head = CompressionHead(config, hidden_size)
+        head = CompressionHead(config, hidden_size, lora_targets=lora_targets)
     return {name: tuple(t.shape) for name, t in head.state_dict().items()}
 
 
-def check_tensors(path: Path, config: HeadConfig, hidden_size: int) -> None:
+def check_tensors(path: Path, config: HeadConfig, hidden_size: int,
+                  lora_targets: dict[str, tuple[int, int]] | None = None) -> None:
     """Raise ``HeadMismatchError`` unless ``path`` holds exactly the fp32 tensors a head of ``config`` has."""
     found = tensor_header(path)
-    expected = expected_tensors(config, hidden_size)
+    expected = expected_tensors(config, hidden_size, lora_targets)
     if set(found) != set(expected):
         missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
         raise HeadMismatchError(f"{path}: tensors do not match the config (missing {missing}, unexpected {extra})")

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentcomm.config import HeadConfig, ProjectionKind
+from latentcomm.lora import EncoderLoRA
 
 
 class SpecialTokens(nn.Module):
@@ -75,7 +76,9 @@ def _init_small(layer: nn.Linear) -> None:
 
 
 class CompressionHead(nn.Module):
-    """Everything that trains: special tokens, MLP_recon (H -> H) and MLP_align (H -> embed_dim).
+    """Everything that trains: special tokens, MLP_recon (H -> H), MLP_align (H -> embed_dim) and, when
+    ``config.encoder_lora_rank`` > 0, the encoder-side LoRA adapters (``encoder_lora``; None otherwise) on the
+    backbone linears ``lora_targets`` (path -> (in, out), from ``latentcomm.lora.lora_targets``).
 
     Both projections standardise each input dimension first (``FeatureStandardize``). Last-layer states of
     the compression tokens are nearly one constant vector (norm ~45 on SmolLM2, ~14x a token embedding's 3.2)
@@ -87,7 +90,8 @@ class CompressionHead(nn.Module):
     """
 
     def __init__(self, config: HeadConfig, hidden_size: int, token_init: torch.Tensor | None = None, *,
-                 prompt_mean: torch.Tensor | None = None, prompt_scale: float = 1.0) -> None:
+                 prompt_mean: torch.Tensor | None = None, prompt_scale: float = 1.0,
+                 lora_targets: dict[str, tuple[int, int]] | None = None) -> None:
         super().__init__()
         self.config = config
         self.hidden_size = hidden_size
@@ -102,6 +106,11 @@ class CompressionHead(nn.Module):
             _init_scaled_identity(self.recon[1], prompt_scale, mean)
         if isinstance(self.align[1], nn.Linear):
             _init_small(self.align[1])
+        self.encoder_lora: EncoderLoRA | None = None
+        if config.encoder_lora_rank:
+            if not lora_targets:
+                raise ValueError("a head with encoder_lora_rank > 0 needs the backbone's lora_targets")
+            self.encoder_lora = EncoderLoRA(lora_targets, config.encoder_lora_rank)
 
     def latent(self, compression_states: torch.Tensor) -> torch.Tensor:
         """(B, n, H) last-layer compression states -> (B, n, H) latent p (the soft prompt)."""

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
@@ -26,6 +27,7 @@ from latentcomm.generation import Sampling, generate
 from latentcomm.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
 from latentcomm.head_file import HEAD_FORMAT, HEAD_FORMAT_VERSION, check_tensors, read_config, read_tensors
 from latentcomm.latent import Latent, LatentError, check_vectors
+from latentcomm.lora import lora_targets
 from latentcomm.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
 from latentcomm.reading import Instruction
 
@@ -146,7 +148,7 @@ class GenerativeEmbedder(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = CompressionHead(self.config, backbone.hidden_size, init, prompt_mean=prompt_mean,
-                                   prompt_scale=prompt_scale)
+                                   prompt_scale=prompt_scale, lora_targets=_lora_targets(backbone, self.config))
         self.head = head.to(backbone.device)
         self.padding_side = "left"
         self._template_ids: dict[str | None, tuple[list[int], list[int]]] = {}
@@ -332,10 +334,17 @@ class GenerativeEmbedder(nn.Module):
     # ---- the differentiable path ---------------------------------------------------------------------
     def latent_vectors(self, items: Sequence[Item], prompt: str | None = None, *, one_pass: bool | None = None
                        ) -> torch.Tensor:
-        """(B, n, H) float32 latents, differentiable w.r.t. the head (the backbone is frozen)."""
+        """(B, n, H) float32 latents, differentiable w.r.t. the head (the backbone is frozen).
+
+        A head with encoder LoRA runs this pass, and only this one, with its adapters on; the whole input then
+        depends on trainable weights, so it runs as one pass under autograd, without the template KV cache.
+        """
         rows = self._query_rows(_as_items(items), prompt)
         special = self.head.special().to(self.backbone.dtype)
-        hidden, _ = self._run(rows, [[special]] * len(rows), one_pass=one_pass, layer=self.config.state_layer)
+        lora = self.head.encoder_lora
+        with lora.active(self.backbone.model) if lora is not None else nullcontext():
+            hidden, _ = self._run(rows, [[special]] * len(rows), one_pass=True if lora is not None else one_pass,
+                                  layer=self.config.state_layer)
         return self.head.latent(hidden[:, self.config.num_thought:self.config.num_special])
 
     def reconstruction_logits(self, latent: torch.Tensor, responses: list[str],
@@ -580,7 +589,11 @@ class GenerativeEmbedder(nn.Module):
                                     f"({meta['backbone']}), not on {backbone.backbone_id} ({backbone.name})")
         if config.state_layer > backbone.num_layers:
             raise HeadMismatchError(f"{config_path}: state_layer {config.state_layer} > the backbone's layers")
-        check_tensors(directory / "head.safetensors", config, backbone.hidden_size)
+        try:
+            targets = _lora_targets(backbone, config)
+        except ValueError as err:
+            raise HeadMismatchError(f"{config_path}: {err}") from None
+        check_tensors(directory / "head.safetensors", config, backbone.hidden_size, targets)
         state = read_tensors(directory / "head.safetensors", backbone.device)
         model = cls(backbone, config)
         model.head.load_state_dict(state)
@@ -589,6 +602,11 @@ class GenerativeEmbedder(nn.Module):
         if model.fingerprint != meta["fingerprint"]:
             raise HeadMismatchError(f"head weights in {directory} do not match the fingerprint in its config")
         return model
+
+
+def _lora_targets(backbone: Backbone, config: HeadConfig) -> dict[str, tuple[int, int]] | None:
+    """The backbone linears a head's encoder LoRA adapts (None for a head without one)."""
+    return lora_targets(backbone.model) if config.encoder_lora_rank else None
 
 
 def load_embedder(head: str | os.PathLike | None = None, *, backbone: str | os.PathLike | None = None,

@@ -4,7 +4,8 @@
     latentcomm.protocols   <- msgpack, numpy and the standard library only
     latentcomm.actors      <- the core
     latentcomm.training    <- the core
-    latentcomm.benchmarks  <- the core, actors, training (nothing imports benchmarks)
+    latentcomm.benchmarks  <- the core, actors, training (nothing but experiments imports benchmarks)
+    latentcomm.experiments <- the core, actors, training, benchmarks (nothing imports experiments)
 
 No module imports ``latentcomm.cli`` (the entry point imports the commands, never the reverse), and the
 module-level imports form no cycle.
@@ -21,14 +22,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"latentcomm": "latentcomm", "protocols": "latentcomm.protocols", "actors": "latentcomm.actors",
-           "training": "latentcomm.training", "benchmarks": "latentcomm.benchmarks"}
-OUTER = ("latentcomm.actors", "latentcomm.training", "latentcomm.benchmarks")
+           "training": "latentcomm.training", "benchmarks": "latentcomm.benchmarks",
+           "experiments": "latentcomm.experiments"}
+OUTER = ("latentcomm.actors", "latentcomm.training", "latentcomm.benchmarks", "latentcomm.experiments")
 FORBIDDEN = {
     "latentcomm": OUTER,
     "latentcomm.protocols": OUTER,
-    "latentcomm.actors": ("latentcomm.training", "latentcomm.benchmarks"),
-    "latentcomm.training": ("latentcomm.actors", "latentcomm.benchmarks"),
-    "latentcomm.benchmarks": (),
+    "latentcomm.actors": ("latentcomm.training", "latentcomm.benchmarks", "latentcomm.experiments"),
+    "latentcomm.training": ("latentcomm.actors", "latentcomm.benchmarks", "latentcomm.experiments"),
+    "latentcomm.benchmarks": ("latentcomm.experiments",),
+    "latentcomm.experiments": (),
 }
 
 
@@ -102,6 +105,9 @@ def _within(target: str, packages: tuple[str, ...]) -> bool:
 def test_every_package_is_scanned():
     assert {_package(m) for m in MODULES} == set(FORBIDDEN)
     assert len(MODULES) > 40
+    assert {m for m in MODULES if _package(m) == "latentcomm.experiments"} >= {
+        "latentcomm.experiments.chain", "latentcomm.experiments.jepa"}
+
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -153,9 +159,11 @@ def test_module_level_imports_have_no_cycle():
 
 
 def test_every_cli_command_names_a_module_with_main():
-    from latentcomm.cli import BENCHMARKS, COMMANDS
+    from latentcomm.cli import BENCHMARKS, COMMANDS, EXPERIMENTS
 
-    commands = [c for c in COMMANDS.values() if not c.subcommands] + list(BENCHMARKS.values())
+    commands = [c for c in COMMANDS.values() if not c.subcommands] + list(BENCHMARKS.values()) + \
+        list(EXPERIMENTS.values())
+    assert COMMANDS["bench"].subcommands is BENCHMARKS and COMMANDS["experiment"].subcommands is EXPERIMENTS
     for command in commands:
         assert command.module in MODULES, command
         tree = ast.parse(MODULES[command.module].read_text())

@@ -6,15 +6,13 @@ import dataclasses
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Collection, Literal, Mapping, get_args
 
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import existing_dir, number, output_dir
+from latentcomm.cliparser import add_config_arguments, config_from_args, existing_dir, output_dir
 from latentcomm.config import HeadConfig
-from latentcomm.errors import UsageError
 
 Precision = Literal["fp32", "bf16"]
 BackboneDtype = Literal["auto", "fp32", "bf16"]
@@ -39,6 +37,7 @@ class TrainConfig:
     recon_head: str = "linear"
     align_head: str = "linear"
     state_layer: int = -1
+    encoder_lora_rank: int = 0
     max_query_tokens: int = 256
     max_response_tokens: int = 96
     # DeepSpeed
@@ -134,7 +133,7 @@ class TrainConfig:
         """The head this run trains; ``embed_dim`` is the teacher's width."""
         return HeadConfig(num_thought=self.num_thought, num_compression=self.num_compression,
                           recon_head=self.recon_head, align_head=self.align_head,  # type: ignore[arg-type]
-                          state_layer=self.state_layer,
+                          state_layer=self.state_layer, encoder_lora_rank=self.encoder_lora_rank,
                           embed_dim=embed_dim, max_query_tokens=self.max_query_tokens,
                           max_response_tokens=self.max_response_tokens, teacher=Path(self.teacher).name)
 
@@ -182,27 +181,21 @@ class TrainConfig:
 
     # ---- command line: one flag per field ----------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, ap: argparse.ArgumentParser) -> None:
-        """``--field-name`` for every field (booleans as ``--flag/--no-flag``), defaults from the dataclass."""
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            doc = _HELP.get(f.name, f.name.replace("_", " "))
-            if f.type in ("bool",):
-                ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=doc)
-            else:
-                ap.add_argument(flag, type=_FLAG_TYPES.get(f.name) or _parser_for(f.type), default=f.default,
-                                help=doc, required=f.name in ("run", "out"))
+    def add_arguments(cls, ap: argparse.ArgumentParser, *, defaults: Mapping[str, Any] | None = None,
+                      exclude: Collection[str] = (), helps: Mapping[str, str] | None = None) -> None:
+        """``--field-name`` for every field (booleans as ``--flag/--no-flag``), defaults from the dataclass.
+
+        A command that runs training inside something larger (an experiment) passes its own ``defaults``,
+        leaves out the fields it sets itself (``exclude``) and may say what a flag means there (``helps``).
+        """
+        add_config_arguments(ap, cls, helps={**_HELP, **(helps or {})}, defaults=defaults, exclude=exclude,
+                             flag_types=_FLAG_TYPES, required=("run", "out"))
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        """The config of parsed flags; a refused value raises ``UsageError`` naming its flag."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls)}
-        try:
-            return cls(**{k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
-        except ValueError as err:
-            names = "|".join(sorted((f.name for f in fields(cls)), key=len, reverse=True))
-            message = re.sub(rf"(?<![\w'-])({names})(?![\w'])", lambda m: "--" + m[1].replace("_", "-"), str(err))
-            raise UsageError(message) from None
+    def from_args(cls, args: argparse.Namespace, **values: Any) -> "TrainConfig":
+        """The config of the parsed flags (``values`` gives the fields without a flag); a refused value raises
+        ``UsageError`` naming its flag."""
+        return config_from_args(cls, args, **values)
 
 
 _HELP = {
@@ -224,6 +217,8 @@ _HELP = {
     "align_loss": "mse (the paper) or cosine",
     "state_layer": "compression states from the last layer (-1, the paper) or after decoder layer k",
     "align_fit": "after training, solve the linear MLP_align in closed form on up to N training queries (0: off)",
+    "encoder_lora_rank": "rank of encoder-side LoRA adapters on the backbone's q/v projections, on only while "
+                         "compressing (0 = none)",
     "in_context_share": "share of samples reconstructed from the latent inside a user turn with a reading instruction",
     "split_prefix": "query without autograd, its KV cache handed to the special tokens (--no-split-prefix: one pass)",
     "bucket_by_length": "batch samples of similar length together (less padding)",
@@ -241,11 +236,3 @@ _HELP = {
 
 _FLAG_TYPES = {"run": existing_dir, "out": output_dir}
 """Flags checked as they are parsed beyond their type (the ranges of every field are ``__post_init__``'s)."""
-
-
-def _parser_for(annotation: str):
-    if annotation.startswith("int"):
-        return int
-    if annotation.startswith("float"):
-        return number()  # finite
-    return str

@@ -58,6 +58,45 @@ def score_texts(texts: list[str], responses: np.ndarray, teacher: Teacher) -> di
             "r_at_1": retrieval_scores(emb, responses)["r@1"], "loops": float(np.mean([has_loop(t) for t in texts]))}
 
 
+def latent_rows(name: str, model: GenerativeEmbedder, queries: Sequence[str], targets: np.ndarray, teacher: Teacher,
+                *, instruction: Instruction = EVALUATION_INSTRUCTION, settings: dict[str, Any]) -> list[FidelityRow]:
+    """The rows of one head: decode, in context and the other-latent floor (``targets``: the teacher's embeddings
+    of the own responses; ``settings``: keyword arguments of ``decode`` and ``respond``)."""
+    before, after = instruction
+    latent = model.compress(list(queries), batch_size=settings["batch_size"],
+                            show_progress_bar=settings["show_progress_bar"])
+    others = [latent[(i + 1) % len(latent)] for i in range(len(latent))]
+    return [_row("decode", name, model.decode(latent, **settings), targets, teacher),
+            _row("in context", name, model.respond([[before, latent[i], after] for i in range(len(latent))],
+                                                   **settings), targets, teacher),
+            _row("floor: other latent", name, model.respond([[before, o, after] for o in others], **settings),
+                 targets, teacher)]
+
+
+def text_rows(reader: GenerativeEmbedder, queries: Sequence[str], responses: Sequence[str], targets: np.ndarray,
+              teacher: Teacher, *, instruction: Instruction = EVALUATION_INSTRUCTION, settings: dict[str, Any]
+              ) -> list[FidelityRow]:
+    """The rows without a latent: no message (the floor), the query text (reference), the response (ceiling)."""
+    before, after = instruction
+    return [_row("floor: no message", "-", reader.respond([[before, after]], **settings) * len(queries), targets,
+                 teacher),  # greedy: one text
+            _row("reference: query text", "-", reader.respond([[before, q, after] for q in queries], **settings),
+                 targets, teacher),
+            _row("ceiling: response text", "-", reader.respond([[before, r, after] for r in responses], **settings),
+                 targets, teacher)]
+
+
+def _row(row: str, source: str, texts: list[str], targets: np.ndarray, teacher: Teacher) -> FidelityRow:
+    return FidelityRow(row, source, **score_texts(texts, targets, teacher), n=len(texts), example=texts[0])
+
+
+def generation_settings(max_new_tokens: int = 64, batch_size: int = 16, decoding: dict[str, Any] | None = None,
+                        show_progress_bar: bool = True) -> dict[str, Any]:
+    """The keyword arguments the table passes to ``decode`` and ``respond``."""
+    return dict(max_new_tokens=max_new_tokens, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                **(decoding or {}))
+
+
 def fidelity_table(heads: dict[str, GenerativeEmbedder], queries: Sequence[str], responses: Sequence[str],
                    teacher: Teacher, *, instruction: Instruction = EVALUATION_INSTRUCTION, max_new_tokens: int = 64,
                    batch_size: int = 16, decoding: dict[str, Any] | None = None, show_progress_bar: bool = True
@@ -68,26 +107,12 @@ def fidelity_table(heads: dict[str, GenerativeEmbedder], queries: Sequence[str],
     """
     if len(queries) != len(responses) or len(queries) < 2:
         raise ValueError(f"need at least 2 queries with one response each, got {len(queries)} and {len(responses)}")
-    before, after = instruction
     targets = teacher.embed(list(responses))
-    settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                    **(decoding or {}))
-    rows: list[FidelityRow] = []
-
-    def add(row: str, source: str, texts: list[str]) -> None:
-        rows.append(FidelityRow(row, source, **score_texts(texts, targets, teacher), n=len(texts), example=texts[0]))
-
-    for name, model in heads.items():
-        latent = model.compress(list(queries), batch_size=batch_size, show_progress_bar=show_progress_bar)
-        add("decode", name, model.decode(latent, **settings))
-        add("in context", name, model.respond([[before, latent[i], after] for i in range(len(latent))], **settings))
-        others = [latent[(i + 1) % len(latent)] for i in range(len(latent))]
-        add("floor: other latent", name, model.respond([[before, other, after] for other in others], **settings))
+    settings = generation_settings(max_new_tokens, batch_size, decoding, show_progress_bar)
+    rows = [row for name, model in heads.items()
+            for row in latent_rows(name, model, queries, targets, teacher, instruction=instruction, settings=settings)]
     reader = next(iter(heads.values()))
-    add("floor: no message", "-", reader.respond([[before, after]], **settings) * len(queries))  # greedy: one text
-    add("reference: query text", "-", reader.respond([[before, q, after] for q in queries], **settings))
-    add("ceiling: response text", "-", reader.respond([[before, r, after] for r in responses], **settings))
-    return rows
+    return rows + text_rows(reader, queries, responses, targets, teacher, instruction=instruction, settings=settings)
 
 
 DECODING_GRID: tuple[dict[str, Any], ...] = (

@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -66,6 +66,11 @@ class TrainingData:
 
     def __len__(self) -> int:
         return len(self.queries)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the teacher's embeddings (the head's ``embed_dim``)."""
+        return int(self.targets.shape[1])
 
     def steps_per_epoch(self, global_batch: int) -> int:
         steps = len(self) // global_batch
@@ -149,7 +154,12 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 # ---- the recipe ------------------------------------------------------------------------------------------
 class TrainRecipe:
-    """``setup()`` then ``train()``; every rank runs the same code, rank 0 logs and writes the outputs."""
+    """``setup()`` then ``train()``; every rank runs the same code, rank 0 logs and writes the outputs.
+
+    A recipe for other data (an experiment) subclasses it and overrides ``load_data`` (anything with
+    ``len``, ``embed_dim`` and ``steps_per_epoch``) and ``micro_batch``; the loop, DeepSpeed, checkpoints,
+    resume and Ray Train stay the same.
+    """
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -167,7 +177,7 @@ class TrainRecipe:
                                "(set --workers to match the launcher)")
         self.device = _device(cfg, local_rank)
 
-        self.data = TrainingData.load(cfg)
+        self.data = self.load_data()
         self.steps_per_epoch = self.data.steps_per_epoch(cfg.global_batch)
         self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
 
@@ -175,7 +185,7 @@ class TrainRecipe:
         if cfg.gradient_checkpointing:
             backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             backbone.model.train()  # HF checkpoints only in train mode; Llama-style backbones have no dropout
-        self.model = GenerativeEmbedder(backbone, cfg.head_config(self.data.targets.shape[1]), seed=cfg.seed)
+        self.model = GenerativeEmbedder(backbone, cfg.head_config(self.data.embed_dim), seed=cfg.seed)
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -193,6 +203,14 @@ class TrainRecipe:
             cfg.save(self.out / "train_config.json")
             self.metrics.truncate_after(self.start_step)
 
+    def load_data(self) -> TrainingData:
+        """The training samples: the run's queries, own responses and teacher targets."""
+        return TrainingData.load(self.cfg)
+
+    def micro_batch(self, step: int, micro: int) -> tuple[list, list[str], torch.Tensor, list[Instruction | None]]:
+        """Queries (strings or lists of parts), responses, targets and reading instructions of one micro-batch."""
+        return self.data.micro_batch(self.cfg, step, micro, self.rank)
+
     def _autocast(self):
         if self.cfg.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -209,7 +227,7 @@ class TrainRecipe:
             started = time.perf_counter()
             sums = torch.zeros(3)
             for micro in range(cfg.grad_accum):
-                queries, responses, targets, instructions = self.data.micro_batch(cfg, step, micro, self.rank)
+                queries, responses, targets, instructions = self.micro_batch(step, micro)
                 with self._autocast():
                     out = engine(queries, responses, targets.to(self.device), recon_weight=cfg.recon_weight,
                                  align_weight=cfg.align_weight, align_loss=cfg.align_loss,
@@ -269,19 +287,24 @@ class TrainRecipe:
         return summary
 
 
-def run_training(cfg: TrainConfig) -> dict[str, Any]:
+RecipeFactory = Callable[[TrainConfig], TrainRecipe]
+"""What builds the recipe from its config: ``TrainRecipe`` itself, or a picklable callable (a subclass, a
+``functools.partial``) for an experiment's recipe."""
+
+
+def run_training(cfg: TrainConfig, recipe: RecipeFactory = TrainRecipe) -> dict[str, Any]:
     """Set up and train in this process (one rank of whatever group the launcher made, or a group of one)."""
-    recipe = TrainRecipe(cfg)
-    recipe.setup()
-    return recipe.train()
+    trainer = recipe(cfg)
+    trainer.setup()
+    return trainer.train()
 
 
 # ---- launchers -------------------------------------------------------------------------------------------
 def _ray_train_worker(loop_config: dict[str, Any]) -> None:
-    run_training(TrainConfig(**loop_config["config"]))
+    run_training(TrainConfig(**loop_config["config"]), loop_config["recipe"])
 
 
-def train_with_ray(cfg: TrainConfig) -> dict[str, Any]:
+def train_with_ray(cfg: TrainConfig, recipe: RecipeFactory = TrainRecipe) -> dict[str, Any]:
     """Run the recipe as a Ray Train ``TorchTrainer`` with ``cfg.workers`` CPU or GPU workers."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -293,7 +316,7 @@ def train_with_ray(cfg: TrainConfig) -> dict[str, Any]:
     init_ray(cfg.address, num_cpus=None if cfg.address else max(1, math.ceil(cfg.workers * cfg.cpus_per_worker)))
     trainer = TorchTrainer(
         _ray_train_worker,
-        train_loop_config={"config": cfg.to_dict()},
+        train_loop_config={"config": cfg.to_dict(), "recipe": recipe},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),

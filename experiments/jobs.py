@@ -1,0 +1,66 @@
+"""What both experiments share: their working folder (settings recorded, resume checked) and resumable Ray tasks."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+SETTINGS = "experiment.json"
+LAUNCH_FIELDS = frozenset({"resume", "address", "threads", "stop_after", "num_cpus", "cpus_per_worker"})
+"""Config fields that say how a run is launched, not what it computes: they may change on resume."""
+
+
+def settings_of(config: Any) -> dict[str, Any]:
+    """A (nested) config dataclass as JSON-ready values, without ``LAUNCH_FIELDS``."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in LAUNCH_FIELDS}
+        return list(value) if isinstance(value, tuple) else value
+    return strip(dataclasses.asdict(config))
+
+
+def prepare_folder(out: Path, settings: dict[str, Any], *, resume: bool) -> None:
+    """Create ``out`` and record ``settings``; a folder already used needs ``resume`` and the same settings."""
+    path = out / SETTINGS
+    if path.is_file():
+        if not resume:
+            raise FileExistsError(f"{out} holds an experiment already: pass --resume to continue it, or another --out")
+        old = json.loads(path.read_text())
+        if old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(f"{out} was started with other settings ({changed}); use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def run_tasks(fn: Callable[..., dict[str, Any]], jobs: dict[str, tuple], folder: Path, *, desc: str,
+              num_cpus: float = 1) -> dict[str, dict[str, Any]]:
+    """``fn(*args)`` for every job as a Ray task, each result written to ``folder/<name>.json`` as it lands;
+    jobs already written are not run again. Returns every job's result by name, in ``jobs`` order.
+
+    ``$LATENTCOMM_HOME`` of this process is passed on as the keyword ``home`` (workers may have started with
+    another). Ray must be initialised (``latentcomm.cluster.init_ray``) when anything is left to run.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = {name: folder / f"{name}.json" for name in jobs}
+    todo = [name for name in jobs if not path[name].is_file()]
+    if todo:
+        remote = ray.remote(num_cpus=num_cpus, max_retries=1)(fn)
+        home = os.environ.get("LATENTCOMM_HOME")
+        pending = {remote.remote(*jobs[name], home=home): name for name in todo}
+        with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="job") as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                name = pending.pop(done[0])
+                result = ray.get(done[0])
+                tmp = path[name].with_name(f".{path[name].name}.tmp")
+                tmp.write_text(json.dumps(result, indent=1) + "\n")
+                os.replace(tmp, path[name])
+                bar.update(1)
+    return {name: json.loads(path[name].read_text()) for name in jobs}
