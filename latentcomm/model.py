@@ -471,10 +471,8 @@ class GenerativeEmbedder(nn.Module):
         Any head on the same backbone can produce the latent; greedy unless ``temperature`` > 0. To read a
         latent inside a prompt instead, ``respond([[instruction, latent, ...]])``.
         """
-        self._check_latent(latent, same_head=False)
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
-        vectors = latent.vectors.to(self.device, self.backbone.dtype)
-        mask = torch.ones(vectors.shape[:2], dtype=torch.long, device=self.device)
+        vectors, mask = self.decode_prompts(latent)
         texts: list[str] = []
         for idx in _batches(list(range(len(latent))), batch_size, show_progress_bar, "decode"):
             texts += self._generate(vectors[idx], mask[idx], max_new_tokens, sampling, seed, use_cache)
@@ -496,18 +494,36 @@ class GenerativeEmbedder(nn.Module):
         order = sorted(range(len(items)), key=lambda i: -_size(items[i]))
         answers: list[str] = [""] * len(items)
         for idx in _batches(order, batch_size, show_progress_bar, "respond"):
-            embeds, mask = self._embed_rows(self._query_rows([items[i] for i in idx], None), "left")
+            embeds, mask = self.respond_prompts([items[i] for i in idx])
             for i, text in zip(idx, self._generate(embeds, mask, max_new_tokens, sampling, seed, use_cache)):
                 answers[i] = text
         return answers
 
+    def decode_prompts(self, latent: Latent) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``decode`` generates after: the latent's vectors (B, n, H) on the backbone, and their mask."""
+        self._check_latent(latent, same_head=False)
+        vectors = latent.vectors.to(self.device, self.backbone.dtype)
+        return vectors, torch.ones(vectors.shape[:2], dtype=torch.long, device=self.device)
+
+    def respond_prompts(self, texts: Item | Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``respond`` generates after: each input in the chat template, embedded (B, T, H), left-padded mask."""
+        return self._embed_rows(self._query_rows(_as_items(texts), None), "left")
+
+    def stop_token_ids(self) -> set[int]:
+        """Tokens that end a generation: the tokenizer's EOS and the backbone's generation-config EOS ids."""
+        eos = self.backbone.model.generation_config.eos_token_id
+        return {self.backbone.tokenizer.eos_token_id} | set(np.atleast_1d(eos or []).tolist())
+
+    def detokenize(self, ids: list[list[int]]) -> list[str]:
+        """Generated token ids -> stripped texts (special tokens dropped)."""
+        return [t.strip() for t in self.backbone.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
     def _generate(self, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, sampling: Sampling,
                   seed: int | None, use_cache: bool) -> list[str]:
-        tok = self.backbone.tokenizer
-        eos = {tok.eos_token_id} | set(np.atleast_1d(self.backbone.model.generation_config.eos_token_id or []).tolist())
-        ids = generate(self.backbone.model, embeds, mask, max_new_tokens=max_new_tokens, eos_token_ids=eos,
-                       pad_token_id=tok.pad_token_id, sampling=sampling, seed=seed, use_cache=use_cache)
-        return [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+        ids = generate(self.backbone.model, embeds, mask, max_new_tokens=max_new_tokens,
+                       eos_token_ids=self.stop_token_ids(), pad_token_id=self.backbone.tokenizer.pad_token_id,
+                       sampling=sampling, seed=seed, use_cache=use_cache)
+        return self.detokenize(ids)
 
     def _check_latent(self, latent: Latent, *, same_head: bool) -> None:
         if not isinstance(latent, Latent):
