@@ -6,11 +6,12 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.cliparser import add_config_arguments, config_from_args
 from latentcomm.config import HeadConfig
 
 Precision = Literal["fp32", "bf16"]
@@ -162,18 +163,11 @@ class TrainConfig:
     @classmethod
     def add_arguments(cls, ap: argparse.ArgumentParser) -> None:
         """``--field-name`` for every field (booleans as ``--flag/--no-flag``), defaults from the dataclass."""
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            doc = _HELP.get(f.name, f.name.replace("_", " "))
-            if f.type in ("bool",):
-                ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=doc)
-            else:
-                ap.add_argument(flag, type=_parser_for(f.type), default=f.default, help=doc,
-                                required=f.name in ("run", "out"))
+        add_config_arguments(ap, cls, help=_HELP, required=("run", "out"))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        return config_from_args(cls, args)
 
 
 _HELP = {
@@ -207,11 +201,3 @@ _HELP = {
     "threads": "torch CPU threads per process",
     "address": "join this Ray cluster (e.g. auto) instead of starting a local one",
 }
-
-
-def _parser_for(annotation: str):
-    if annotation.startswith("int"):
-        return int
-    if annotation.startswith("float"):
-        return float
-    return str
