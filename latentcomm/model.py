@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from latentcomm.config import HeadConfig
 from latentcomm.errors import HeadMismatchError
-from latentcomm.generation import Sampling, generate
+from latentcomm.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
 from latentcomm.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
 from latentcomm.head_file import HEAD_FORMAT, HEAD_FORMAT_VERSION, check_tensors, read_config, read_tensors
 from latentcomm.latent import Latent, LatentError, check_vectors
@@ -495,7 +495,7 @@ class GenerativeEmbedder(nn.Module):
 
     @torch.no_grad()
     def decode(self, latent: Latent, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-               repetition_penalty: float = 1.1, no_repeat_ngram_size: int = 4,
+               repetition_penalty: float = REPETITION_PENALTY, no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE,
                seed: int | None = None, batch_size: int = 16, use_cache: bool = True,
                show_progress_bar: bool | None = None) -> list[str]:
         """Latent -> text: the frozen LLM continues from the latent as a bare soft prompt (batched, KV-cached).
@@ -504,10 +504,8 @@ class GenerativeEmbedder(nn.Module):
         latent inside a prompt instead, ``respond([[instruction, latent, ...]])``. The repetition defaults are
         ``respond``'s, chosen by measurement (``evaluate --sweep-decoding``; figures in the shipped head's TRAINING.md).
         """
-        self._check_latent(latent, same_head=False)
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
-        vectors = latent.vectors.to(self.device, self.backbone.dtype)
-        mask = torch.ones(vectors.shape[:2], dtype=torch.long, device=self.device)
+        vectors, mask = self.decode_prompts(latent)
         texts: list[str] = []
         for idx in _batches(list(range(len(latent))), batch_size, show_progress_bar, "decode"):
             texts += self._generate(vectors[idx], mask[idx], max_new_tokens, sampling, seed, use_cache)
@@ -515,7 +513,7 @@ class GenerativeEmbedder(nn.Module):
 
     @torch.no_grad()
     def respond(self, texts: Item | Sequence[Item], *, max_new_tokens: int = 128, temperature: float = 0.0,
-                top_p: float = 1.0, repetition_penalty: float = 1.1, no_repeat_ngram_size: int = 4,
+                top_p: float = 1.0, repetition_penalty: float = REPETITION_PENALTY, no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE,
                 seed: int | None = None, batch_size: int = 8, use_cache: bool = True,
                 show_progress_bar: bool | None = None) -> list[str]:
         """The backbone's own answer to each input through its chat template (no special tokens involved).
@@ -529,18 +527,36 @@ class GenerativeEmbedder(nn.Module):
         order = sorted(range(len(items)), key=lambda i: -_size(items[i]))
         answers: list[str] = [""] * len(items)
         for idx in _batches(order, batch_size, show_progress_bar, "respond"):
-            embeds, mask = self._embed_rows(self._query_rows([items[i] for i in idx], None), "left")
+            embeds, mask = self.respond_prompts([items[i] for i in idx])
             for i, text in zip(idx, self._generate(embeds, mask, max_new_tokens, sampling, seed, use_cache)):
                 answers[i] = text
         return answers
 
+    def decode_prompts(self, latent: Latent) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``decode`` generates after: the latent's vectors (B, n, H) on the backbone, and their mask."""
+        self._check_latent(latent, same_head=False)
+        vectors = latent.vectors.to(self.device, self.backbone.dtype)
+        return vectors, torch.ones(vectors.shape[:2], dtype=torch.long, device=self.device)
+
+    def respond_prompts(self, texts: Item | Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``respond`` generates after: each input in the chat template, embedded (B, T, H), left-padded mask."""
+        return self._embed_rows(self._query_rows(_as_items(texts), None), "left")
+
+    def stop_token_ids(self) -> set[int]:
+        """Tokens that end a generation: the tokenizer's EOS and the backbone's generation-config EOS ids."""
+        eos = self.backbone.model.generation_config.eos_token_id
+        return {self.backbone.tokenizer.eos_token_id} | set(np.atleast_1d(eos or []).tolist())
+
+    def detokenize(self, ids: list[list[int]]) -> list[str]:
+        """Generated token ids -> stripped texts (special tokens dropped)."""
+        return [t.strip() for t in self.backbone.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
     def _generate(self, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, sampling: Sampling,
                   seed: int | None, use_cache: bool) -> list[str]:
-        tok = self.backbone.tokenizer
-        eos = {tok.eos_token_id} | set(np.atleast_1d(self.backbone.model.generation_config.eos_token_id or []).tolist())
-        ids = generate(self.backbone.model, embeds, mask, max_new_tokens=max_new_tokens, eos_token_ids=eos,
-                       pad_token_id=tok.pad_token_id, sampling=sampling, seed=seed, use_cache=use_cache)
-        return [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+        ids = generate(self.backbone.model, embeds, mask, max_new_tokens=max_new_tokens,
+                       eos_token_ids=self.stop_token_ids(), pad_token_id=self.backbone.tokenizer.pad_token_id,
+                       sampling=sampling, seed=seed, use_cache=use_cache)
+        return self.detokenize(ids)
 
     def _check_latent(self, latent: Latent, *, same_head: bool) -> None:
         if not isinstance(latent, Latent):

@@ -1,25 +1,40 @@
 """A model replica: one frozen backbone + head, spoken to in protocol bytes (no Ray here).
 
-``Replica`` is a plain class (usable in-process); ``latentcomm.pool.ReplicaPool`` runs N of them as Ray actors,
-for the agents (``actors/``) and for the response generation job (``training/``). Only the ``ReplicaConfig``
-is pickled to the actor: the backbone and head are loaded inside it, from a path or the default alias.
-Latents and embeddings leave and enter the actor as packed ``LatentMessage`` bytes, never as pickled tensors.
+``Replica`` is a plain class with async methods (usable in-process from any event loop);
+``latentcomm.pool.ReplicaPool`` runs N of them as Ray actors, for the agents (``actors/``) and for the response
+generation job (``training/``), and ``latentcomm serve`` behind Ray Serve. Only the ``ReplicaConfig`` is pickled
+to the actor: the backbone and head are loaded inside it, from a path or the default alias. Latents and
+embeddings leave and enter the actor as packed ``LatentMessage`` bytes, never as pickled tensors.
+
+Concurrent calls are batched (``ReplicaConfig.batching``): compress and embed requests that arrive together run
+as one forward pass, decode and respond rows join the running generation between steps
+(``latentcomm.continuous``). All model work runs on one thread of the replica, so the event loop keeps
+accepting requests meanwhile. Each call gets its own results, in order; a bad input fails its own call only.
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
 
+import numpy as np
 import torch
 
 from latentcomm.backbone import DEFAULT_BACKBONE, load_backbone
+from latentcomm.batching import BatchConfig, Batcher
 from latentcomm.config import HeadConfig
+from latentcomm.continuous import ContinuousGenerator, left_pad
+from latentcomm.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
 from latentcomm.latent import Latent
 from latentcomm.messaging import embedding_message, latent_message, message_latent
 from latentcomm.model import GenerativeEmbedder, load_embedder
 from latentcomm.protocols import LatentMessage, pack, unpack
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,12 +53,32 @@ class ReplicaConfig:
     num_threads: int | None = None
     """torch CPU threads inside the actor; None keeps torch's default."""
     max_new_tokens: int = 64
+    batching: BatchConfig = field(default_factory=BatchConfig)
 
     def __post_init__(self) -> None:
         if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {self.dtype!r}; use e.g. 'float32' or 'bfloat16'")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class _TextRequest:
+    """Texts to compress (``embed`` False: one latent each) or to embed (one embedding each)."""
+
+    texts: list[str]
+    prompt: str | None
+    embed: bool
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """Prompts of one decode/respond call for the window (or unbatched) generation path."""
+
+    prompts: list[torch.Tensor]
+    max_new_tokens: int
+    sampling: Sampling
+    seed: int | None
 
 
 class Replica:
@@ -61,49 +96,123 @@ class Replica:
         else:
             self.model = load_embedder(config.head, backbone=config.backbone, device=config.device, dtype=dtype)
         self.load_s = time.perf_counter() - start
+        batching = config.batching
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-model")
+        self._texts = Batcher(self._run_texts, self._thread, batching, rows=lambda r: len(r.texts))
+        self._latents = Batcher(self._run_latents, self._thread, batching, rows=len)
+        self._window = Batcher(self._run_generations, self._thread, batching, rows=lambda r: len(r.prompts))
+        self._continuous = ContinuousGenerator(self.model.backbone.model, self._thread,
+                                               max_batch_size=batching.max_batch_size,
+                                               eos_token_ids=self.model.stop_token_ids()) \
+            if batching.batching and batching.generation == "continuous" else None
 
     def info(self) -> dict[str, Any]:
-        """Identity of this replica: process id, backbone, head fingerprint, latent shape, load time."""
+        """Identity of this replica: process id, backbone, head fingerprint, latent shape, load time, batching."""
         return {"pid": os.getpid(), "backbone": self.model.backbone.name, "backbone_id": self.model.backbone.backbone_id,
                 "fingerprint": self.model.fingerprint, "num_compression": self.model.config.num_compression,
                 "hidden_size": self.model.backbone.hidden_size, "device": str(self.model.device),
-                "dtype": str(self.model.backbone.dtype).removeprefix("torch."), "load_s": self.load_s}
+                "dtype": str(self.model.backbone.dtype).removeprefix("torch."), "load_s": self.load_s,
+                "batching": dataclasses.asdict(self.config.batching)}
 
-    def compress(self, texts: list[str], *, dtype: str = "float16", prompt: str | None = None) -> list[bytes]:
-        """Texts -> one packed "latent" message each (one forward pass per batch, no generation)."""
-        latent = self.model.compress(texts, prompt=prompt, show_progress_bar=False)
+    def counters(self) -> dict[str, int]:
+        """Model calls made so far: forward passes of compress/embed, and generation batches or steps."""
+        steps = self._continuous.steps if self._continuous else 0
+        return {"text_batches": self._texts.batches, "latent_batches": self._latents.batches,
+                "generation_batches": self._window.batches, "generation_steps": steps}
+
+    # ---- the API (async: concurrent calls batch) -------------------------------------------------------
+    async def compress(self, texts: list[str], *, dtype: str = "float16", prompt: str | None = None) -> list[bytes]:
+        """Texts -> one packed "latent" message each (one forward pass, shared with concurrent calls)."""
+        latent = await self._texts.submit(_TextRequest(_texts(texts), prompt, embed=False))
         return [pack(latent_message(latent[i], dtype=dtype)) for i in range(len(latent))]
 
-    def embed(self, messages: list[bytes], *, dtype: str = "float32") -> list[bytes]:
+    async def embed(self, messages: list[bytes], *, dtype: str = "float32") -> list[bytes]:
         """Packed "latent" messages (made by this head) -> packed "embedding" messages with the same routing."""
-        out = []
-        for data in messages:
-            msg = unpack(data, expect_fingerprint=self.model.fingerprint)
-            vector = self.model.embed_latent(message_latent(msg))[0]
-            out.append(pack(self._embedding(vector, dtype, msg)))
-        return out
+        parsed = [unpack(data, expect_fingerprint=self.model.fingerprint) for data in messages]
+        if not parsed:
+            return []
+        vectors = await self._latents.submit([message_latent(msg) for msg in parsed])
+        return [pack(self._embedding(v, dtype, msg)) for v, msg in zip(vectors, parsed)]
 
-    def embed_texts(self, texts: list[str], *, dtype: str = "float32", prompt: str | None = None) -> list[bytes]:
+    async def embed_texts(self, texts: list[str], *, dtype: str = "float32", prompt: str | None = None) -> list[bytes]:
         """Texts -> packed "embedding" messages (compress + MLP_align + mean pooling)."""
-        vectors = self.model.encode(texts, prompt=prompt, show_progress_bar=False)
+        vectors = await self._texts.submit(_TextRequest(_texts(texts), prompt, embed=True))
         return [pack(self._embedding(v, dtype)) for v in vectors]
 
-    def decode(self, messages: list[bytes], *, max_new_tokens: int | None = None) -> list[str]:
-        """Packed "latent" messages -> text: the frozen LLM continues from each latent as a soft prompt."""
+    async def decode(self, messages: list[bytes], *, max_new_tokens: int | None = None,
+                     repetition_penalty: float = REPETITION_PENALTY,
+                     no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE) -> list[str]:
+        """Packed "latent" messages -> text: the frozen LLM continues from each latent as a soft prompt (greedy,
+        with ``GenerativeEmbedder.decode``'s repetition controls)."""
         latents = [message_latent(unpack(data)) for data in messages]
         if not latents:
             return []
-        return self.model.decode(Latent.concat(latents, same_head=False),
-                                 max_new_tokens=max_new_tokens or self.config.max_new_tokens, show_progress_bar=False)
+        vectors, _ = await self._on_model_thread(self.model.decode_prompts, Latent.concat(latents, same_head=False))
+        sampling = Sampling(repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        return await self._generate(list(vectors), max_new_tokens, sampling, None)
 
-    def respond(self, texts: list[str], *, max_new_tokens: int | None = None, **generation: Any) -> list[str]:
+    async def respond(self, texts: list[str], *, max_new_tokens: int | None = None, temperature: float = 0.0,
+                      top_p: float = 1.0, repetition_penalty: float = REPETITION_PENALTY, no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE,
+                      seed: int | None = None) -> list[str]:
         """The backbone's own answer to each text (autoregressive generation: the text baseline, the training data).
 
-        ``generation``: further keyword arguments of ``GenerativeEmbedder.respond`` (sampling, ``seed``,
-        ``batch_size``).
+        Sampling follows ``GenerativeEmbedder.respond``; with ``seed`` each row draws from its own generator
+        (seeded from ``seed`` and its index), so a text does not depend on what else runs in the batch.
         """
-        return self.model.respond(texts, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                                  show_progress_bar=False, **generation)
+        sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
+        embeds, mask = await self._on_model_thread(self.model.respond_prompts, _texts(texts))
+        return await self._generate([e[m.bool()] for e, m in zip(embeds, mask)], max_new_tokens, sampling, seed)
+
+    # ---- internals ------------------------------------------------------------------------------------
+    async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _generate(self, prompts: list[torch.Tensor], max_new_tokens: int | None, sampling: Sampling,
+                        seed: int | None) -> list[str]:
+        budget = max_new_tokens or self.config.max_new_tokens
+        if self._continuous is not None:
+            ids = await self._continuous.generate(prompts, max_new_tokens=budget, sampling=sampling, seed=seed)
+        else:
+            ids = await self._window.submit(_Generation(prompts, budget, sampling, seed))
+        return self.model.detokenize(ids)
+
+    def _run_texts(self, requests: list[_TextRequest]) -> list[Latent | np.ndarray]:
+        """One compress pass per distinct prompt over all requests' texts; embeddings where asked."""
+        out: list[Latent | np.ndarray] = [None] * len(requests)  # type: ignore[list-item]
+        for prompt in dict.fromkeys(r.prompt for r in requests):
+            index = [i for i, r in enumerate(requests) if r.prompt == prompt]
+            latent = self.model.compress([t for i in index for t in requests[i].texts], prompt=prompt,
+                                         batch_size=self.config.batching.max_batch_size, show_progress_bar=False)
+            start = 0
+            for i in index:
+                part = latent[start:start + len(requests[i].texts)]
+                start += len(requests[i].texts)
+                out[i] = self.model.embed_latent(part) if requests[i].embed else part
+        return out
+
+    def _run_latents(self, requests: list[list[Latent]]) -> list[np.ndarray]:
+        """MLP_align + mean pooling of every request's latents in one pass."""
+        vectors = self.model.embed_latent(Latent.concat([lat for r in requests for lat in r]))
+        bounds = np.cumsum([0] + [len(r) for r in requests])
+        return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _run_generations(self, requests: list[_Generation]) -> list[list[list[int]]]:
+        """Requests with the same generation settings as one batched generation each (the window path)."""
+        out: list[list[list[int]]] = [[] for _ in requests]
+        model, tok = self.model.backbone.model, self.model.backbone.tokenizer
+        for key in dict.fromkeys((r.max_new_tokens, r.sampling, r.seed) for r in requests):
+            index = [i for i, r in enumerate(requests) if (r.max_new_tokens, r.sampling, r.seed) == key]
+            prompts = [p for i in index for p in requests[i].prompts]
+            ids = []
+            for start in range(0, len(prompts), self.config.batching.max_batch_size):
+                embeds, mask = left_pad(prompts[start:start + self.config.batching.max_batch_size], self.model.device)
+                ids += generate(model, embeds, mask, max_new_tokens=key[0], eos_token_ids=self.model.stop_token_ids(),
+                                pad_token_id=tok.pad_token_id, sampling=key[1], seed=key[2])
+            start = 0
+            for i in index:
+                out[i] = ids[start:start + len(requests[i].prompts)]
+                start += len(requests[i].prompts)
+        return out
 
     def _embedding(self, vector: Any, dtype: str, source: LatentMessage | None = None) -> LatentMessage:
         routing = {} if source is None else {"sender": source.sender, "recipient": source.recipient,
@@ -111,3 +220,15 @@ class Replica:
                                              "metadata": source.metadata}
         return embedding_message(vector, fingerprint=self.model.fingerprint,
                                  backbone_id=self.model.backbone.backbone_id, dtype=dtype, **routing)
+
+
+def _texts(texts: list[str]) -> list[str]:
+    """The texts of one call, checked here so that a bad one fails its own call, not a batch."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    bad = sorted({type(t).__name__ for t in texts if not isinstance(t, str)})
+    if bad:
+        raise TypeError(f"texts must be strings, got {bad}")
+    if not texts:
+        raise ValueError("texts is empty: pass at least one string")
+    return list(texts)

@@ -415,6 +415,19 @@ def test_kv_cached_split_equals_one_pass(tiny_model: GenerativeEmbedder) -> None
     assert split.loss.item() == pytest.approx(reference.loss.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("prompt", [None, "Summarize this text:"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_prefix_cached_compress_equals_uncached(tiny_model: GenerativeEmbedder, prompt, side) -> None:
+    """compress takes the chat template + prompt run from a KV cache made once; the plain one pass agrees."""
+    tiny_model.padding_side = side
+    cached = tiny_model.compress(QUERIES, prompt=prompt, batch_size=3).vectors
+    before, _ = tiny_model._template(prompt)
+    assert [key for key in tiny_model._template_kv if list(key) == before]  # that run came from the cache
+    with torch.no_grad():
+        uncached = tiny_model.latent_vectors(QUERIES, prompt, one_pass=True).float()
+    torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-4)
+
+
 def test_in_context_layout_is_the_one_respond_reads(tiny_model: GenerativeEmbedder) -> None:
     """The first response token predicted in training is the token respond([[before, latent, after]]) writes."""
     from latentcomm.reading import EVALUATION_INSTRUCTION

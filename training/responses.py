@@ -20,10 +20,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.batching import BatchConfig
 from latentcomm.cliparser import backbone_source, count, existing_file, number, output_dir, output_file, parser
 from latentcomm.cluster import init_ray
 from latentcomm.config import HeadConfig
-from latentcomm.generation import Sampling
+from latentcomm.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling
 from latentcomm.pool import PoolConfig, ReplicaPool
 from latentcomm.replica import ReplicaConfig
 from latentcomm.training.queries import QUERIES_FILE, SPLITS, Query, read_queries, write_queries
@@ -44,8 +45,8 @@ class GenerationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
-    repetition_penalty: float = 1.1
-    no_repeat_ngram_size: int = 4
+    repetition_penalty: float = REPETITION_PENALTY
+    no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE
     batch_size: int = 32
     shard_size: int = 128
 
@@ -61,10 +62,11 @@ class GenerationConfig:
         return {k: v for k, v in asdict(self).items() if k != "batch_size"}
 
     def respond_options(self) -> dict[str, Any]:
-        """These settings as keyword arguments of ``GenerativeEmbedder.respond``."""
+        """These settings as keyword arguments of ``Replica.respond`` (``batch_size`` goes to the replica's
+        ``BatchConfig``: the most rows in its running generation)."""
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
                 "seed": self.seed, "repetition_penalty": self.repetition_penalty,
-                "no_repeat_ngram_size": self.no_repeat_ngram_size, "batch_size": self.batch_size}
+                "no_repeat_ngram_size": self.no_repeat_ngram_size}
 
 
 def shard_path(out_dir: Path, index: int) -> Path:
@@ -118,7 +120,8 @@ def generate_responses(queries: list[Query], out_dir: str | os.PathLike, config:
     init_ray(address, num_cpus=None if address else max(1, int(replicas * cpus_per_replica)))
     threads = max(1, int(cpus_per_replica)) if not gpus_per_replica else None
     actors = min(replicas, len(todo))
-    pool = ReplicaPool(ReplicaConfig(config.backbone, head_config=HeadConfig(), num_threads=threads),
+    pool = ReplicaPool(ReplicaConfig(config.backbone, head_config=HeadConfig(), num_threads=threads,
+                                     batching=BatchConfig(max_batch_size=config.batch_size)),
                        PoolConfig(num_replicas=actors, num_cpus=cpus_per_replica, num_gpus=gpus_per_replica,
                                   max_in_flight=actors), name="generate")
     try:
