@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,14 +26,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from latentcomm.cluster import init_ray
-from latentcomm.cliparser import add_config_arguments, config_from_args, parser
+from latentcomm.cliparser import add_config_arguments, config_from_args
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.train import run_training, train_with_ray
 from latentcomm.experiments.chain_eval import CEILING, COT_PROMPT, EvalSettings, chain_method, evaluate_shard
 from latentcomm.experiments.chain_tasks import ChainTask, make_tasks
 from latentcomm.experiments.chain_train import ChainRecipe, write_chain_data
 from latentcomm.experiments.chaining import ANSWER_PROMPT, STEP_PROMPT
-from latentcomm.experiments.jobs import prepare_folder, run_tasks, settings_of
+from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
 from latentcomm.experiments.report import markdown_table, pyplot, write_report
 
 TRAIN_DEFAULTS = {"out": "runs/experiments/chain", "max_steps": 300, "micro_batch": 8, "warmup_steps": 10,
@@ -293,16 +292,9 @@ def plot_cost(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+DESCRIPTION = ("Latent chaining: step latents fed back across forward passes, against direct "
+               "answers and text chain of thought; a Ray job ending in a report.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("experiment chain", "Latent chaining: step latents fed back across forward passes, against direct "
-                                    "answers and text chain of thought; a Ray job ending in a report.")
-    ChainConfig.add_arguments(ap)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = ChainConfig.from_args(ap.parse_args(argv))
-    report = run(cfg, "latentcomm experiment chain " + " ".join(argv))
-    if report is None:
-        print(f"training stopped early; continue with --resume --out {cfg.out}")
-        return 0
-    print(report.read_text())
-    print(f"wrote {report.parent}")
-    return 0
+    return experiment_main("chain", DESCRIPTION, ChainConfig, run, argv)

@@ -18,7 +18,6 @@ LLM as every other head's.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,13 @@ from latentcomm.benchmarks.encoders import EncoderSpec, standard_specs
 from latentcomm.benchmarks.suite import PROFILES, markdown as suite_markdown, plot as plot_suite, run_jobs, \
     suite_results, suite_tasks
 from latentcomm.cluster import init_ray
-from latentcomm.cliparser import add_config_arguments, config_from_args, parser
+from latentcomm.cliparser import add_config_arguments, config_from_args
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.fidelity import FidelityRow, table_markdown
 from latentcomm.training.metrics import MetricsLog
 from latentcomm.training.train import run_training, train_with_ray
 from latentcomm.experiments.jepa_eval import JUDGE, heldout_job
-from latentcomm.experiments.jobs import prepare_folder, run_tasks, settings_of
+from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
 from latentcomm.experiments.report import markdown_table, pyplot, write_report
 
 
@@ -326,16 +325,9 @@ def plot_training(cfg: JepaConfig, names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+DESCRIPTION = ("Full JEPA heads (self teacher, no reconstruction, LLM-JEPA cosine, encoder "
+               "LoRA) against the MiniLM recipe; Ray jobs ending in a report.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("experiment jepa", "Full JEPA heads (self teacher, no reconstruction, LLM-JEPA cosine, encoder "
-                                   "LoRA) against the MiniLM recipe; Ray jobs ending in a report.")
-    JepaConfig.add_arguments(ap)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = JepaConfig.from_args(ap.parse_args(argv))
-    report = run(cfg, "latentcomm experiment jepa " + " ".join(argv))
-    if report is None:
-        print(f"training stopped early; continue with --resume --out {cfg.out}")
-        return 0
-    print(report.read_text())
-    print(f"wrote {report.parent}")
-    return 0
+    return experiment_main("jepa", DESCRIPTION, JepaConfig, run, argv)

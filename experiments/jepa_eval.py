@@ -29,10 +29,10 @@ def heldout_job(run: str, backbone: str, name: str, head: str, heldout: int, fid
     judge = load_teacher(JUDGE)
     settings = generation_settings(max_new_tokens, batch_size, show_progress_bar=False)
     if text_only:
-        data = HeldOut.load(run, fidelity_queries, JUDGE)
+        data = HeldOut.load(run, model.backbone, fidelity_queries, JUDGE)
         rows = text_rows(model, data.queries, data.responses, judge.embed(data.responses), judge, settings=settings)
         return {"name": name, "fidelity": rows_as_dicts(rows)}
-    data = HeldOut.load(run, heldout, model.config.teacher)
+    data = HeldOut.load(run, model.backbone, heldout, model.config.teacher)
     n = min(fidelity_queries, len(data.queries))
     rows = latent_rows(name, model, data.queries[:n], judge.embed(data.responses[:n]), judge, settings=settings)
     return {"name": name, "teacher": model.config.teacher, "fingerprint": model.fingerprint,

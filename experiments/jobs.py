@@ -1,9 +1,11 @@
-"""What both experiments share: their working folder (settings recorded, resume checked) and resumable Ray tasks."""
+"""What both experiments share: their working folder (settings recorded, resume checked), resumable Ray tasks and
+the command line (parse -> run -> print the report)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,3 +66,22 @@ def run_tasks(fn: Callable[..., dict[str, Any]], jobs: dict[str, tuple], folder:
                 os.replace(tmp, path[name])
                 bar.update(1)
     return {name: json.loads(path[name].read_text()) for name in jobs}
+
+
+def experiment_main(name: str, description: str, config_cls: Any, run: Callable[[Any, str], Path | None],
+                    argv: list[str] | None) -> int:
+    """``latentcomm experiment NAME``: flags of ``config_cls``, ``run(config, command)``, then the report (or how
+    to continue a run stopped early)."""
+    from latentcomm.cliparser import parser
+
+    ap = parser(f"experiment {name}", description)
+    config_cls.add_arguments(ap)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = config_cls.from_args(ap.parse_args(argv))
+    report = run(cfg, f"latentcomm experiment {name} " + " ".join(argv))
+    if report is None:
+        print(f"training stopped early; continue with --resume --out {cfg.out}")
+        return 0
+    print(report.read_text())
+    print(f"wrote {report.parent}")
+    return 0

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentcomm.backbone import load_backbone
+from latentcomm.backbone import Backbone, load_backbone
 from latentcomm.losses import alignment_loss, reconstruction_loss
 from latentcomm.cliparser import backbone_source, count, existing_dir, head_folder, output_dir, parser
 from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
@@ -28,7 +28,7 @@ from latentcomm.teachers import load_teacher, mean_pooled_states
 from latentcomm.training.fidelity import (decoding_sweep, fidelity_table, retrieval_scores, rows_as_dicts,
                                           table_markdown)
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
-from latentcomm.training.targets import compute_targets
+from latentcomm.training.targets import compute_targets, load_targets, targets_path
 
 
 @torch.no_grad()
@@ -76,14 +76,21 @@ class HeldOut:
     self_teacher: np.ndarray
 
     @classmethod
-    def load(cls, run: str | os.PathLike, limit: int | None = None, teacher: str = "minilm") -> "HeldOut":
+    def load(cls, run: str | os.PathLike, backbone: Backbone, limit: int | None = None, teacher: str = "minilm"
+             ) -> "HeldOut":
+        """The held-out split of ``run``; the ``self`` embeddings are computed for the held-out responses only
+        (a cached targets file is used when it covers them)."""
         responses_dir = Path(run) / RESPONSES_DIR
         records = [r for r in read_responses(responses_dir) if r["split"] == "heldout"][:limit]
         if len(records) < 2:
             raise ValueError(f"{responses_dir} has {len(records)} held-out responses; need at least 2")
-        ids = [r["id"] for r in records]
-        return cls([r["query"] for r in records], [r["response"] for r in records],
-                   compute_targets(responses_dir, teacher).rows(ids), compute_targets(responses_dir, "self").rows(ids))
+        ids, responses = [r["id"] for r in records], [r["response"] for r in records]
+        if targets_path(responses_dir, "self").is_file():
+            self_teacher = load_targets(responses_dir, "self").rows(ids)
+        else:
+            self_teacher = load_teacher("self", backbone=backbone).embed(responses)
+        return cls([r["query"] for r in records], responses, compute_targets(responses_dir, teacher).rows(ids),
+                   self_teacher)
 
 
 def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR, *, backbone: str | None = None,
@@ -96,7 +103,7 @@ def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR,
     bb = load_backbone(backbone or meta["backbone"])
     trained = GenerativeEmbedder.from_pretrained(head, backbone=bb)
     teacher_name = trained.config.teacher
-    data = HeldOut.load(run, limit, teacher_name)
+    data = HeldOut.load(run, bb, limit, teacher_name)
     untrained = GenerativeEmbedder(bb, trained.config, seed=0).fit_standardization(
         training_queries(run, CALIBRATION_QUERIES), batch_size=batch_size)
     teacher = load_teacher(teacher_name, backbone=bb)

