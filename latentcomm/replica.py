@@ -147,7 +147,7 @@ class Replica:
         latents = [message_latent(unpack(data)) for data in messages]
         if not latents:
             return []
-        vectors, _ = await self._on_model_thread(self.model.decode_prompts, Latent.concat(latents, same_head=False))
+        vectors, _ = self.model.decode_prompts(Latent.concat(latents, same_head=False))  # checks only: no queueing
         sampling = Sampling(repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         return await self._generate(list(vectors), max_new_tokens, sampling, None)
 
@@ -160,6 +160,7 @@ class Replica:
         (seeded from ``seed`` and its index), so a text does not depend on what else runs in the batch.
         """
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
+        # text is tokenised (and the prefix cache used) on the model thread only
         embeds, mask = await self._on_model_thread(self.model.respond_prompts, _texts(texts))
         return await self._generate([e[m.bool()] for e, m in zip(embeds, mask)], max_new_tokens, sampling, seed)
 
