@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 
-from latentcomm.backbone import DEFAULT_BACKBONE, load_backbone
+from latentcomm.backbone import DEFAULT_BACKBONE, load_backbone, quantize_int8
 from latentcomm.batching import BatchConfig, Batcher
 from latentcomm.config import HeadConfig
 from latentcomm.continuous import ContinuousGenerator, left_pad
@@ -53,6 +53,8 @@ class ReplicaConfig:
     num_threads: int | None = None
     """torch CPU threads inside the actor; None keeps torch's default."""
     max_new_tokens: int = 64
+    int8: bool = False
+    """Dynamically quantised int8 linears in the backbone (CPU inference; see ``backbone.quantize_int8``)."""
     batching: BatchConfig = field(default_factory=BatchConfig)
 
     def __post_init__(self) -> None:
@@ -95,6 +97,8 @@ class Replica:
             self.model = GenerativeEmbedder(backbone, config.head_config)
         else:
             self.model = load_embedder(config.head, backbone=config.backbone, device=config.device, dtype=dtype)
+        if config.int8:
+            self.model.backbone = quantize_int8(self.model.backbone)
         self.load_s = time.perf_counter() - start
         batching = config.batching
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-model")

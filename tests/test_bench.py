@@ -300,3 +300,35 @@ def test_bench_serve_measures_every_mode_and_the_http_path(tiny_backbone_dir, ra
     assert "compress: http throughput x actor at 2 agents" in results["ratios"]
     assert results["load_average"]["before"] >= 0 and (out / "serve.png").stat().st_size > 1000
 
+
+def test_bench_encode_side_by_side_says_when_the_official_package_is_missing(tiny_model, monkeypatch) -> None:
+    import argparse
+    import importlib.util
+
+    from latentcomm.benchmarks import encode, official
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm2vec_gen" else
+                        find_spec(name, *a))
+    assert "llm2vec_gen not installed" in official.missing() and "pip install --no-deps" in official.missing()
+    args = argparse.Namespace(side_batch=3, rounds=1, int8=True, peer="official", backbone="unused")
+    side = encode.side_by_side(tiny_model, encode.benchmark_texts(6), args)
+    assert "not installed" in side["peer"] and "official llm2vec-gen" not in side["texts_per_s"]
+    assert set(side["texts_per_s"]) == {"latentcomm", "latentcomm, no prefix cache", "latentcomm int8"}
+    assert side["positions_per_text"]["latentcomm"] < side["positions_per_text"]["latentcomm, no prefix cache"]
+    assert side["int8_drift"]["embedding_cosine_mean"] > 0.9
+    texts = encode.benchmark_texts(6)  # the in-run baseline computes the same latents, only without the cache
+    np.testing.assert_allclose(encode.variant(tiny_model, prefix_cache=False).compress(texts).numpy(),
+                               tiny_model.compress(texts).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(__import__("latentcomm.benchmarks.official", fromlist=["missing"]).missing() is not None,
+                    reason="the official llm2vec-gen package is not installed (optional)")
+def test_official_peer_runs_on_our_backbone(tiny_backbone_dir, tiny_model) -> None:
+    from latentcomm.benchmarks.official import OfficialEncoder
+
+    peer = OfficialEncoder(str(tiny_backbone_dir), tiny_model.config, tiny_model.config.embed_dim,
+                           tiny_model.backbone.dtype)
+    texts = ["a short one", "a somewhat longer text to encode", "x"]
+    assert tuple(peer.encode(texts, batch_size=2).shape) == (3, tiny_model.config.embed_dim)
+    assert peer.tokens(texts, 2) >= 3 * (tiny_model.config.num_special + 1)
