@@ -187,8 +187,9 @@ def http_levels(args: argparse.Namespace, workloads: dict[str, Workload]) -> lis
 def ratios(rows: list[Level], args: argparse.Namespace) -> dict[str, Any]:
     """Throughput and latency ratios against the unbatched replica and against the actor path."""
     def find(kind: str, mode: str, path: str, agents: int) -> Level | None:
+        """The first such level: for actor calls, the batching part's (the HTTP part measures its own after)."""
         found = [r for r in rows if (r.kind, r.mode, r.path, r.agents) == (kind, mode, path, agents)]
-        return found[-1] if found else None
+        return found[0] if found else None
 
     out: dict[str, Any] = {}
     many = 16 if 16 in args.agents else max(args.agents)
@@ -226,7 +227,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         for mode in MODES:
             mine = [r for r in rows if (r.kind, r.mode, r.path) == (kind, mode, "actor") and r.agents in
                     results["config"]["agents"]]
-            mine = sorted({r.agents: r for r in mine}.values(), key=lambda r: r.agents)
+            mine = sorted({r.agents: r for r in reversed(mine)}.values(), key=lambda r: r.agents)  # the first
             if not mine:
                 continue
             axes[0, col].plot([r.agents for r in mine], [r.requests_per_s for r in mine], "o-", label=mode)
