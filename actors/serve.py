@@ -143,7 +143,7 @@ class LatentcommServer:
         route = request.url.path.rstrip("/").rsplit("/", 1)[-1]
         try:
             if route == "info" and request.method == "GET":
-                return JSONResponse(self.replica.info())
+                return JSONResponse(self.replica.info() | {"counters": self.replica.counters()})
             if route not in ROUTES:
                 raise HTTPError(404, f"no route /{route}; POST to one of {['/' + r for r in ROUTES]} or GET /info")
             if request.method != "POST":

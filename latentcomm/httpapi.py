@@ -2,7 +2,7 @@
 
     POST /compress   text  -> latent message        POST /decode    latent -> text
     POST /embed      text or latent -> embedding    POST /respond   text   -> text
-    GET  /info       the replica's identity (JSON)
+    GET  /info       the replica's identity and its batch counters (JSON)
 
 A request body is one packed protocol message (``application/x-latentcomm``, ``protocols/SPEC.md``: a "text"
 message for text, a "latent" message for a latent) or JSON text, ``{"text": "...", <options>}``. Options go
