@@ -1,6 +1,7 @@
 """Loading the frozen causal LM: any Hugging Face folder or id, GGUF files, and the embedded default."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
@@ -223,6 +224,26 @@ def wrap_backbone(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, na
     if head is not None:
         head.register_forward_pre_hook(_contiguous_input)
     return Backbone(freeze(model), prepare_tokenizer(tokenizer), name, backbone_fingerprint(model))
+
+
+def quantize_int8(backbone: Backbone) -> Backbone:
+    """A copy of ``backbone`` with every linear layer of its decoder dynamically quantised to int8 (CPU inference).
+
+    Weights are stored in int8 with a scale per output channel, activations are quantised on the fly; the
+    embeddings and the output projection stay as they are, and so does ``backbone_id`` (latents stay
+    exchangeable with full-precision peers). Results drift from the float path: ``bench encode --int8``
+    measures by how much, and how much faster it is. Inference only (no gradients through int8 weights).
+    """
+    import warnings
+
+    model = copy.deepcopy(backbone.model)
+    output = model.get_output_embeddings()
+    linears = {name for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) and module is not output}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao (not installed)
+        model = torch.ao.quantization.quantize_dynamic(model, linears, dtype=torch.qint8)
+    return Backbone(model, backbone.tokenizer, f"{backbone.name}+int8", backbone.backbone_id)
 
 
 def load_backbone(name_or_path: str | os.PathLike = DEFAULT_BACKBONE, *, device: torch.device | str | None = None,

@@ -43,6 +43,8 @@ BENCHMARKS: dict[str, Command] = {
     "mteb": Command("latentcomm.benchmarks.mteb", "the real MTEB (needs the hub) or the offline mini-MTEB, one model"),
     "suite": Command("latentcomm.benchmarks.suite", "mini-MTEB, reasoning and safety retrieval as Ray jobs"),
     "train": Command("latentcomm.benchmarks.train", "training samples/s: the one-pass step vs the KV-cached split"),
+    "serve": Command("latentcomm.benchmarks.serve",
+                     "requests/s and p50/p99 vs concurrent agents: batching on/off, HTTP vs actor calls"),
 }
 
 EXPERIMENTS: dict[str, Command] = {
@@ -53,6 +55,7 @@ EXPERIMENTS: dict[str, Command] = {
 
 COMMANDS: dict[str, Command] = {
     "run": Command("latentcomm.actors.main_job", "the main job: agents talk in latents and in text, side by side"),
+    "serve": Command("latentcomm.actors.serve", "the replicas behind an HTTP front door (Ray Serve, protocol bytes)"),
     "demo": Command("latentcomm.demo", "compress, embed and decode a few queries on one process"),
     "convert": Command("latentcomm.demo", "convert a GGUF backbone once into the cache (prints the folder)",
                        ("--convert-only",)),

@@ -8,7 +8,7 @@ only on msgpack and numpy.
 from __future__ import annotations
 
 __all__ = ["ConflictingMessageError", "HeadMismatchError", "LatentError", "LatentcommError", "NoReplicaError",
-           "OrderingError", "UsageError"]
+           "OrderingError", "RequestError", "UsageError"]
 
 
 class LatentcommError(Exception):
@@ -37,3 +37,15 @@ class ConflictingMessageError(LatentcommError, ValueError):
 
 class UsageError(LatentcommError, ValueError):
     """A command-line flag or input file a command refuses; ``latentcomm`` reports it in one line."""
+
+
+class RequestError(LatentcommError, RuntimeError):
+    """A ``latentcomm serve`` server refused a request (``status``: the HTTP code; the message: its reason)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.reason = message
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status}: {self.reason}"

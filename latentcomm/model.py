@@ -151,6 +151,9 @@ class GenerativeEmbedder(nn.Module):
                                    prompt_scale=prompt_scale, lora_targets=_lora_targets(backbone, self.config))
         self.head = head.to(backbone.device)
         self.padding_side = "left"
+        self.prefix_cache = True
+        """Take the token run every row starts with (chat template + prompt) from a KV cache made once per run;
+        False recomputes it for every row (what ``bench encode`` compares against)."""
         self._template_ids: dict[str | None, tuple[list[int], list[int]]] = {}
         self._template_kv: dict[tuple[int, ...], Any] = {}
         self._fingerprint: tuple[tuple[int, ...], str] | None = None
@@ -301,7 +304,7 @@ class GenerativeEmbedder(nn.Module):
         bb = self.backbone
         single = one_pass if one_pass is not None else not torch.is_grad_enabled()
         cache, masks, start = None, [], torch.zeros(len(prefix), 1, dtype=torch.long, device=bb.device)
-        head = _common_head(prefix) if one_pass is not True else []
+        head = _common_head(prefix) if one_pass is not True and self.prefix_cache else []
         if len(head) >= MIN_TEMPLATE_CACHE:
             present = torch.tensor([[bool(row)] for row in prefix], dtype=torch.long, device=bb.device)
             cache = self._template_cache(head, len(prefix))

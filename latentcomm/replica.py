@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 
-from latentcomm.backbone import DEFAULT_BACKBONE, load_backbone
+from latentcomm.backbone import DEFAULT_BACKBONE, load_backbone, quantize_int8
 from latentcomm.batching import BatchConfig, Batcher
 from latentcomm.config import HeadConfig
 from latentcomm.continuous import ContinuousGenerator, left_pad
@@ -53,6 +53,8 @@ class ReplicaConfig:
     num_threads: int | None = None
     """torch CPU threads inside the actor; None keeps torch's default."""
     max_new_tokens: int = 64
+    int8: bool = False
+    """Dynamically quantised int8 linears in the backbone (CPU inference; see ``backbone.quantize_int8``)."""
     batching: BatchConfig = field(default_factory=BatchConfig)
 
     def __post_init__(self) -> None:
@@ -95,6 +97,8 @@ class Replica:
             self.model = GenerativeEmbedder(backbone, config.head_config)
         else:
             self.model = load_embedder(config.head, backbone=config.backbone, device=config.device, dtype=dtype)
+        if config.int8:
+            self.model.backbone = quantize_int8(self.model.backbone)
         self.load_s = time.perf_counter() - start
         batching = config.batching
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-model")
@@ -147,7 +151,7 @@ class Replica:
         latents = [message_latent(unpack(data)) for data in messages]
         if not latents:
             return []
-        vectors, _ = await self._on_model_thread(self.model.decode_prompts, Latent.concat(latents, same_head=False))
+        vectors, _ = self.model.decode_prompts(Latent.concat(latents, same_head=False))  # checks only: no queueing
         sampling = Sampling(repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         return await self._generate(list(vectors), max_new_tokens, sampling, None)
 
@@ -160,6 +164,7 @@ class Replica:
         (seeded from ``seed`` and its index), so a text does not depend on what else runs in the batch.
         """
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
+        # text is tokenised (and the prefix cache used) on the model thread only
         embeds, mask = await self._on_model_thread(self.model.respond_prompts, _texts(texts))
         return await self._generate([e[m.bool()] for e, m in zip(embeds, mask)], max_new_tokens, sampling, seed)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 
 import pytest
@@ -17,6 +18,13 @@ from latentcomm import GenerativeEmbedder, HeadConfig  # noqa: E402
 from latentcomm.testing import save_tiny_backbone, tiny_backbone  # noqa: E402
 
 TINY_HEAD = HeadConfig(num_thought=2, num_compression=3, embed_dim=16, max_query_tokens=64, max_response_tokens=32)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,6 +18,7 @@ from latentcomm.benchmarks.safety import (BENIGN, HARMFUL, REFUSAL, build_corpus
                                           harmful_rates)
 from latentcomm.benchmarks.suite import PROFILES, suite_tasks
 from latentcomm.benchmarks.tasks import classification_task, email_body, multiemo, retrieval_task
+from conftest import free_port
 
 TOPICS = ["jazz", "rain", "chess", "bread", "tides", "volcano", "orbit", "tea", "python", "violin", "desert", "glacier"]
 LABELS = ["positive", "negative", "neutral", "ambivalent"]
@@ -276,3 +277,58 @@ def test_suite_runs_as_ray_jobs_and_resumes(bench_home, tiny_backbone_dir, ray_l
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").glob("*.json")}
     assert suite.main([*argv[:-2], "--resume", str(out)]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "jobs").glob("*.json")} == stamps
+
+
+# ---- speed benchmarks on the tiny model (the numbers mean nothing here; the plumbing is what is tested) --------
+def test_bench_serve_measures_every_mode_and_the_http_path(tiny_backbone_dir, ray_local, tmp_path) -> None:
+    from latentcomm.benchmarks import serve
+
+    out = tmp_path / "serve"
+    port = free_port()
+    argv = ["--backbone", str(tiny_backbone_dir), "--dtype", "float32", "--threads", "1", "--agents", "1", "4",
+            "--http-agents", "2", "--level-seconds", "0.3", "--min-requests", "4", "--max-new-tokens", "4",
+            "--port", str(port), "--out", str(out)]
+    assert serve.main(argv) == 0
+    results = json.loads((out / "serve.json").read_text())
+    measured = {(r["kind"], r["mode"], r["path"], r["agents"]) for r in results["levels"]}
+    for kind in ("compress", "decode"):
+        assert {(kind, m, "actor", n) for m in ("unbatched", "continuous") for n in (1, 4)} <= measured
+        assert {(kind, "continuous", p, 2) for p in ("actor", "http")} <= measured
+    assert ("decode", "window", "actor", 4) in measured and ("compress", "window", "actor", 4) not in measured
+    assert all(r["requests"] >= 4 and r["p99_ms"] >= r["p50_ms"] > 0 for r in results["levels"])
+    assert "decode/continuous: throughput x unbatched at 4 agents" in results["ratios"]
+    assert "compress: http throughput x actor at 2 agents" in results["ratios"]
+    assert results["load_average"]["before"] >= 0 and (out / "serve.png").stat().st_size > 1000
+
+
+def test_bench_encode_side_by_side_says_when_the_official_package_is_missing(tiny_model, monkeypatch) -> None:
+    import argparse
+    import importlib.util
+
+    from latentcomm.benchmarks import encode, official
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm2vec_gen" else
+                        find_spec(name, *a))
+    assert "llm2vec_gen not installed" in official.missing() and "pip install --no-deps" in official.missing()
+    args = argparse.Namespace(side_batch=3, rounds=1, int8=True, peer="official", backbone="unused")
+    side = encode.side_by_side(tiny_model, encode.benchmark_texts(6), args)
+    assert "not installed" in side["peer"] and "official llm2vec-gen" not in side["texts_per_s"]
+    assert set(side["texts_per_s"]) == {"latentcomm", "latentcomm, no prefix cache", "latentcomm int8"}
+    assert side["positions_per_text"]["latentcomm"] < side["positions_per_text"]["latentcomm, no prefix cache"]
+    assert side["int8_drift"]["embedding_cosine_mean"] > 0.9
+    texts = encode.benchmark_texts(6)  # the in-run baseline computes the same latents, only without the cache
+    np.testing.assert_allclose(encode.variant(tiny_model, prefix_cache=False).compress(texts).numpy(),
+                               tiny_model.compress(texts).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(__import__("latentcomm.benchmarks.official", fromlist=["missing"]).missing() is not None,
+                    reason="the official llm2vec-gen package is not installed (optional)")
+def test_official_peer_runs_on_our_backbone(tiny_backbone_dir, tiny_model) -> None:
+    from latentcomm.benchmarks.official import OfficialEncoder
+
+    peer = OfficialEncoder(str(tiny_backbone_dir), tiny_model.config, tiny_model.config.embed_dim,
+                           tiny_model.backbone.dtype)
+    texts = ["a short one", "a somewhat longer text to encode", "x"]
+    assert tuple(peer.encode(texts, batch_size=2).shape) == (3, tiny_model.config.embed_dim)
+    assert peer.tokens(texts, 2) >= 3 * (tiny_model.config.num_special + 1)

@@ -286,6 +286,7 @@ def test_minilm_teacher_from_its_package() -> None:
 def test_core_imports_neither_ray_nor_deepspeed() -> None:
     code = ("import sys, latentcomm, latentcomm.model, latentcomm.teachers, latentcomm.cli, latentcomm.demo;"
             "import latentcomm.protocols, latentcomm.cluster, latentcomm.pool, latentcomm.replica, latentcomm.gsm8k;"
+            "import latentcomm.batching, latentcomm.continuous, latentcomm.client, latentcomm.httpapi;"
             "bad = [m for m in ('ray', 'deepspeed') if m in sys.modules]; assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
