@@ -20,7 +20,6 @@ and ``run.png`` under ``runs/run-<timestamp>/``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from latentcomm.cluster import init_ray
 from latentcomm.model import DEFAULT_HEAD_DIR
 from latentcomm.pool import PoolConfig, ReplicaPool
 from latentcomm.replica import ReplicaConfig
-from latentcomm.teachers import load_teacher, unit_rows
+from latentcomm.teachers import Teacher, load_teacher, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +176,12 @@ async def decode_held(pool: ReplicaPool, held: dict[str, bytes], trace: Trace, m
     trace.annotate({i: t for chunk, out in zip(chunks, texts) for i, t in zip(chunk, out)})
 
 
-def agreement(answers: dict[str, list[Answer]], teacher_name: str) -> dict[str, dict[str, float] | None]:
+def agreement(answers: dict[str, list[Answer]], teacher: Teacher | None) -> dict[str, dict[str, float] | None]:
     """Per mode (and floor): mean teacher cosine of each final answer with text mode's answer to the same question,
     and R@1 — the share whose nearest text-mode answer (among all questions') is the same question's. Fills
     ``Answer.agreement``."""
-    if teacher_name == "none":
+    if teacher is None:
         return {mode: None for mode in answers}
-    teacher = load_teacher(teacher_name)
     reference = unit_rows(teacher.embed([a.final for a in answers["text"]]))
     out = {}
     for mode, rows in answers.items():
@@ -209,7 +207,8 @@ def summarize(mode: str, k: int, answers: list[Answer], wall_s: float, trace: Tr
     every = hop_stats(hops)
     return {"mode": mode, "agents": k, "questions": len(answers),
             "task_score": statistics.fmean(a.correct for a in answers),
-            "agreement_cosine": agree["cosine"] if agree else None, "agreement_r_at_1": agree["r_at_1"] if agree else None,
+            "agreement_cosine": agree["cosine"] if agree else None,
+            "agreement_r_at_1": agree["r_at_1"] if agree else None,
             "wall_s": wall_s, "mean_question_s": statistics.fmean(a.seconds for a in answers),
             "hop_s": every.mean_latency_s, "answer_s": statistics.fmean(a.answer_s for a in answers),
             "bytes_per_message": every.mean_bytes, "generations": generations, "hops": per_hop}
@@ -236,8 +235,9 @@ def table(run: dict[str, Any]) -> str:
 
     def row(name: str, key: str, spec: str, floor_value: Any = "", ratio: bool = True) -> None:
         cells = [fmt(s[m][key], spec) for m in MODES]
+        ratio_cells = [fmt(q[m][key], ".2f") if ratio else "" for m in ("latent", "latent-decode")]
         rows.append((name, *cells, floor_value if isinstance(floor_value, str) else fmt(floor_value, spec),
-                     fmt(q["latent"][key], ".2f") if ratio else "", fmt(q["latent-decode"][key], ".2f") if ratio else ""))
+                     *ratio_cells))
 
     row("task score", "task_score", ".3f", floor["task_score"])
     row("agreement with text: cosine", "agreement_cosine", ".3f", floor["agreement_cosine"], ratio=False)
@@ -281,7 +281,7 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
         for ax, key in zip(axes, ("wall_s", "task_score", "agreement_cosine")):
             values = [run["summaries"][mode][key] for run in runs]
             ax.plot(ks, [np.nan if v is None else v for v in values], "o-", color=colors[mode], label=mode)
-    axes[1].plot(ks, [run["floor"]["task_score"] for run in runs], "k--", label="floor (no message)")
+    axes[1].plot(ks, [run["floor"]["task_score"] for run in runs], "kx--", label="floor (no message)")
     axes[0].set(xlabel="agents in the chain (K)", ylabel="wall time of all questions (s)", xticks=ks)
     axes[1].set(xlabel="agents in the chain (K)", ylabel="task score", ylim=(-0.02, 1.02), xticks=ks)
     axes[2].set(xlabel="agents in the chain (K)", ylabel="MiniLM cosine with text mode's answer", xticks=ks)
@@ -329,9 +329,10 @@ async def run_job(config: JobConfig) -> dict[str, Any]:
     finally:
         pool.shutdown()
     runs, everything = [], list(floor)
+    teacher = None if config.teacher == "none" else load_teacher(config.teacher)
     for k, out in by_k.items():
         answers = {mode: out[mode] for mode in MODES} | {"floor": floor}
-        agree = agreement(answers, config.teacher)
+        agree = agreement(answers, teacher)
         summaries = {mode: summarize(mode, k, out[mode], out[f"{mode} wall_s"], trace, out[f"{mode} generations"],
                                      agree[mode]) for mode in MODES}
         floor_summary = {"task_score": task.score([a.final for a in floor], items),
@@ -339,7 +340,7 @@ async def run_job(config: JobConfig) -> dict[str, Any]:
                          "agreement_r_at_1": agree["floor"]["r_at_1"] if agree["floor"] else None}
         runs.append({"agents": k, "summaries": summaries, "floor": floor_summary,
                      "over_text": {m: ratios(summaries[m], summaries["text"]) for m in ("latent", "latent-decode")}})
-        everything += [dataclasses.replace(a) for mode in MODES for a in out[mode]]
+        everything += [a for mode in MODES for a in out[mode]]
     return {"config": asdict(config), "task": task.name, "metric": task.metric, "replicas": infos,
             "head": head_description(config, infos[0]), "pool": calls,
             "host": {"python": platform.python_version(), "cpus": os.cpu_count()}, "runs": runs,
@@ -356,7 +357,8 @@ def head_description(config: JobConfig, info: dict[str, Any]) -> str:
 HELPS = {"task": f"what the chain answers: {', '.join(TASKS)}", "questions": "how many questions",
          "offset": "skip this many questions first", "agents": f"agents in the chain (2..{MAX_AGENTS})",
          "sweep": "run these chain lengths (e.g. 2 3 4 5) instead of --agents", "concurrency": "questions in flight",
-         "wire_dtype": "dtype of the latents on the wire", "weights_dtype": "backbone dtype (default: the device's fast one)",
+         "wire_dtype": "dtype of the latents on the wire",
+         "weights_dtype": "backbone dtype (default: the device's fast one)",
          "teacher": "'minilm', a sentence-transformers folder, or 'none' (no agreement metrics)",
          "sign": "HMAC-sign every message with a random key", "backbone": "alias, HF folder or .gguf",
          "head": "a saved head folder (default: the shipped head)", "max_new_tokens": "generation budget per message",
