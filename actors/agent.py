@@ -6,12 +6,18 @@ drops re-sent message ids (the first result is returned again; an id reused with
 ``ConflictingMessageError``, which the sender hears), runs each conversation's messages from
 one sender in the order they were sent, and calls the handler for the message's kind. The default
 handlers decode a latent to text (soft prompt to the receiver's frozen LLM), and return an embedding's
-vector or a text as is. Model work goes to replica actors as protocol bytes; a replica killed mid-call is
-retried on its restarted actor by the pool, and a failed delivery is re-sent with the same message id.
-Agents here live in the caller's process; ``agent_host.start_agent`` puts one in its own actor process.
+vector or a text as is; ``keep_latent`` instead keeps a latent to read in context (no model work on receipt).
+Model work goes to replica actors as protocol bytes; a replica killed mid-call is retried on its restarted
+actor by the pool, and a failed delivery is re-sent with the same message id. Agents here live in the caller's
+process; ``agent_host.start_agent`` puts one in its own actor process.
 
-    solver, critic = Agent("solver", pool), Agent("critic", pool)
-    draft = await solver.send_latent(critic, "What is 7 * 6?")   # the critic decoded the solver's latent
+What an agent says is made of parts: strings and received messages (``Incoming``); a received latent enters
+the model's input as soft tokens. A latent is packed once, by the replica that makes it, already addressed;
+the sender only appends the HMAC trailer (``protocols.sign``), and the receiver verifies it once.
+
+    solver, critic = Agent("solver", pool), Agent("critic", pool).on("latent", keep_latent)
+    draft = await solver.send_latent(critic, "What is 7 * 6?")   # the critic keeps the solver's latent
+    answer = await critic.respond(["Check this answer:", draft])   # and reads it in its own prompt
 """
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 import numpy as np
 from ray.exceptions import RayActorError
@@ -32,7 +39,7 @@ from latentcomm.actors.trace import Hop, Trace
 from latentcomm.errors import OrderingError, ConflictingMessageError
 from latentcomm.messaging import address, message_embedding
 from latentcomm.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
-from latentcomm.protocols import KINDS, LatentMessage, ProtocolError, pack, unpack
+from latentcomm.protocols import KINDS, LatentMessage, MetaValue, ProtocolError, pack, sign, unpack
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +48,10 @@ SEQ_KEY = "seq"
 ACKED_KEY = "acked"
 """Metadata key: every message of the stream before this position was acknowledged (lets a restarted
 receiver, which lost its inbox state, resume the order instead of waiting for messages it already handled)."""
-PRODUCE_KEY = "produce_s"
-"""Metadata key: seconds the sender spent producing the message (compress, embed or generate)."""
+STARTED_KEY = "started_ns"
+"""Metadata key: when the sender started producing the message (Unix ns; it was packed at ``created_ns``)."""
+AGENT_KEYS = frozenset({SEQ_KEY, ACKED_KEY, STARTED_KEY})
+"""Metadata the agents manage; the rest (e.g. a job's mode and question id) is the caller's and reaches the trace."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,8 @@ class Incoming:
 
 
 Handler = Callable[["Agent", Incoming], Awaitable[Any]]
+Said = Union[str, Incoming, Sequence[Union[str, Incoming]]]
+"""What an agent reads or answers on: a text, a received message, or parts of both (its role prompt goes first)."""
 
 
 class Recipient(Protocol):
@@ -72,6 +83,11 @@ class Recipient(Protocol):
 async def decode_latent(agent: "Agent", incoming: Incoming) -> str:
     """Default for latents: the receiver's frozen LLM continues from the latent; returns the text."""
     return await agent.decode(incoming)
+
+
+async def keep_latent(agent: "Agent", incoming: Incoming) -> Incoming:
+    """For latents read in context: no model work on receipt; the receiver passes the message on as a part."""
+    return incoming
 
 
 async def embed_latent(agent: "Agent", incoming: Incoming) -> np.ndarray:
@@ -117,7 +133,6 @@ class Agent:
         self.handlers: dict[str, Handler] = dict(DEFAULT_HANDLERS)
         self.duplicates = 0
         self.rejected = 0
-        self.label = ""
         self._remember = remember
         self._results: collections.OrderedDict[str, tuple[bytes, Any]] = collections.OrderedDict()
         self._pending: dict[str, tuple[bytes, asyncio.Future]] = {}
@@ -143,45 +158,80 @@ class Agent:
         """``text`` under this agent's role prompt (the input its model sees)."""
         return f"{self.role}\n\n{text}" if self.role else text
 
+    def parts(self, said: Said) -> list[str | bytes]:
+        """``said`` under the role prompt as the parts a replica reads: strings, and received latents as their bytes
+        (a received text is read as its text)."""
+        items = [said] if isinstance(said, (str, Incoming)) else list(said)
+        parts: list[str | bytes] = [f"{self.role}\n\n"] if self.role else []
+        for part in items:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, Incoming) and part.kind in ("latent", "text"):
+                parts.append(part.data if part.kind == "latent" else part.message.text())
+            else:
+                raise TypeError(f"{self.name} can read strings, latents and texts, got {type(part).__name__}"
+                                + (f" of kind {part.kind!r}" if isinstance(part, Incoming) else ""))
+        return parts
+
     # ---- sending ----------------------------------------------------------------------------------
-    async def send_latent(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
-        """Compress ``text`` (under the role prompt) into a latent — one forward pass — and send it."""
-        start = time.perf_counter()
-        [data] = await self.pool.call("compress", [self.prompt(text)], dtype=self.dtype)
-        return await self.send(to, unpack(data), conversation_id=conversation_id,
-                               produce_s=time.perf_counter() - start)
+    async def send_latent(self, to: Recipient, said: Said, *, conversation_id: str = "default",
+                          metadata: Mapping[str, MetaValue] | None = None) -> Any:
+        """Compress ``said`` (under the role prompt; received latents read in context) into a latent — one forward
+        pass, no generation — and send it. The replica packs it addressed; here it is only signed."""
+        stream, routing = self._routing(to, conversation_id, metadata)
+        [data] = await self.pool.call("compress", [self.parts(said)], dtype=self.dtype, routing=[routing])
+        return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
 
-    async def send_embedding(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
+    async def send_embedding(self, to: Recipient, text: str, *, conversation_id: str = "default",
+                             metadata: Mapping[str, MetaValue] | None = None) -> Any:
         """Embed ``text`` (under the role prompt) and send the (D,) vector."""
-        start = time.perf_counter()
+        stream, routing = self._routing(to, conversation_id, metadata)
         [data] = await self.pool.call("embed_texts", [self.prompt(text)], dtype=self.dtype)
-        return await self.send(to, unpack(data), conversation_id=conversation_id,
-                               produce_s=time.perf_counter() - start)
+        return await self._deliver(to, pack(address(unpack(data), **routing)), stream, routing["metadata"][SEQ_KEY])
 
-    async def send_text(self, to: Recipient, text: str, *, conversation_id: str = "default",
-                        generate: bool = False) -> Any:
-        """Send ``text`` as is, or with ``generate`` the backbone's full answer to it (the text baseline)."""
-        start = time.perf_counter()
+    async def send_text(self, to: Recipient, said: Said, *, conversation_id: str = "default", generate: bool = False,
+                        metadata: Mapping[str, MetaValue] | None = None) -> Any:
+        """Send ``said`` (a string) as is, or with ``generate`` the backbone's full answer to it (the text
+        baseline; ``said`` may then hold received messages)."""
+        stream, routing = self._routing(to, conversation_id, metadata)
         if generate:
-            [text] = await self.pool.call("respond", [self.prompt(text)], max_new_tokens=self.max_new_tokens)
-        return await self.send(to, LatentMessage.from_text(text), conversation_id=conversation_id,
-                               produce_s=time.perf_counter() - start)
+            text = await self.respond(said)
+        elif isinstance(said, str):
+            text = said
+        else:
+            raise TypeError("send_text without generate sends one string")
+        data = pack(LatentMessage.from_text(text, **routing))
+        return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
 
-    async def send(self, to: Recipient, message: LatentMessage, *, conversation_id: str = "default",
-                   produce_s: float = 0.0) -> Any:
-        """Address, sign and deliver ``message``; returns the receiver's handler result.
+    async def respond(self, said: Said) -> str:
+        """This agent's own text answer to ``said`` (under the role prompt; latents read in context)."""
+        [text] = await self.pool.call("respond", [self.parts(said)], max_new_tokens=self.max_new_tokens)
+        return text
+
+    async def send(self, to: Recipient, message: LatentMessage, *, conversation_id: str = "default") -> Any:
+        """Address, sign and deliver an already built ``message``; returns the receiver's handler result."""
+        stream, routing = self._routing(to, conversation_id, message.metadata)
+        return await self._deliver(to, pack(address(message, created_ns=time.time_ns(), **routing)), stream,
+                                   routing["metadata"][SEQ_KEY])
+
+    def _routing(self, to: Recipient, conversation_id: str, metadata: Mapping[str, MetaValue] | None
+                 ) -> tuple[tuple[str, str], dict[str, Any]]:
+        """The stream of the next message to ``to`` and its routing fields (sequence number, ack, start time)."""
+        stream = (conversation_id, to.name)
+        seq = self._next_seq[stream]
+        self._next_seq[stream] += 1
+        meta = dict(metadata or {}) | {SEQ_KEY: seq, ACKED_KEY: self._acked_below[stream], STARTED_KEY: time.time_ns()}
+        return stream, {"sender": self.name, "recipient": to.name, "conversation_id": conversation_id,
+                        "metadata": meta}
+
+    async def _deliver(self, to: Recipient, data: bytes, stream: tuple[str, str], seq: int) -> Any:
+        """Sign ``data`` (packed, addressed) and deliver it; returns the receiver's handler result.
 
         Delivery is at-least-once: if the receiver's process or its replicas die, the same bytes (same
         message id) are sent again; the receiver's de-duplication makes the handler run once.
         """
-        stream = (conversation_id, to.name)
-        seq = self._next_seq[stream]
-        self._next_seq[stream] += 1
-        metadata = dict(message.metadata) | {SEQ_KEY: seq, ACKED_KEY: self._acked_below[stream],
-                                             PRODUCE_KEY: float(produce_s)}
-        message = address(message, sender=self.name, recipient=to.name, conversation_id=conversation_id,
-                          metadata=metadata, created_ns=time.time_ns())
-        data = pack(message, key=self.key)
+        if self.key is not None:
+            data = sign(data, self.key)
         delays = retry_delays(self.redeliver_for_s)
         while True:
             try:
@@ -190,7 +240,8 @@ class Agent:
                 delay = next(delays, None)
                 if delay is None:
                     raise
-                log.warning("%s -> %s: delivery of %s failed; re-sending", self.name, to.name, message.message_id)
+                log.warning("%s -> %s: delivery of message %d of %s failed; re-sending", self.name, to.name, seq,
+                            stream[0])
                 await asyncio.sleep(delay)
             else:
                 self._acknowledge(stream, seq)
@@ -273,15 +324,21 @@ class Agent:
         start_ns = time.time_ns()
         result = await handler(self, incoming)
         done_ns = time.time_ns()
-        produce_s = float(message.metadata.get(PRODUCE_KEY, 0.0))
-        text = message.text() if message.kind == "text" else result if isinstance(result, str) else None
+        started = message.metadata.get(STARTED_KEY)
+        started_ns = started if isinstance(started, int) and started <= message.created_ns else message.created_ns
+        if message.kind == "text":
+            text, text_from = message.text(), "message"
+        elif isinstance(result, str):
+            text, text_from = result, "receiver"
+        else:
+            text, text_from = None, ""
         self.trace.record(Hop(conversation_id=message.conversation_id, message_id=message.message_id,
                               sender=message.sender, receiver=self.name, kind=message.kind,
-                              bytes=len(incoming.data), produce_s=produce_s,
+                              bytes=len(incoming.data), produce_s=(message.created_ns - started_ns) / 1e9,
                               deliver_s=max(start_ns - message.created_ns, 0) / 1e9,
                               handle_s=(done_ns - start_ns) / 1e9,
-                              latency_s=produce_s + max(done_ns - message.created_ns, 0) / 1e9,
-                              text=text, label=self.label))
+                              latency_s=max(done_ns - started_ns, 0) / 1e9, text=text, text_from=text_from,
+                              metadata={k: v for k, v in message.metadata.items() if k not in AGENT_KEYS}))
         return result
 
     def _turn(self) -> asyncio.Condition:
@@ -302,15 +359,15 @@ class Agent:
         return message_embedding(unpack(data))
 
     # ---- synchronous twins ----------------------------------------------------------------------------
-    def send_latent_sync(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
-        return run_sync(self.send_latent(to, text, conversation_id=conversation_id))
+    def send_latent_sync(self, to: Recipient, said: Said, *, conversation_id: str = "default") -> Any:
+        return run_sync(self.send_latent(to, said, conversation_id=conversation_id))
 
     def send_embedding_sync(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
         return run_sync(self.send_embedding(to, text, conversation_id=conversation_id))
 
-    def send_text_sync(self, to: Recipient, text: str, *, conversation_id: str = "default",
+    def send_text_sync(self, to: Recipient, said: Said, *, conversation_id: str = "default",
                        generate: bool = False) -> Any:
-        return run_sync(self.send_text(to, text, conversation_id=conversation_id, generate=generate))
+        return run_sync(self.send_text(to, said, conversation_id=conversation_id, generate=generate))
 
     def receive_sync(self, data: bytes) -> Any:
         return run_sync(self.receive(data))

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from latentcomm.actors.agent import Agent, Handler
+from latentcomm.actors.agent import Agent, Handler, Said
 from latentcomm.actors.trace import Hop
 from latentcomm.pool import ReplicaPool
 
@@ -32,15 +32,17 @@ class AgentHost:
     async def receive(self, data: bytes) -> Any:
         return await self.agent.receive(data)
 
-    async def send_latent(self, to: "RemoteAgent", text: str, conversation_id: str = "default") -> Any:
-        return await self.agent.send_latent(to, text, conversation_id=conversation_id)
+    async def send_latent(self, to: "RemoteAgent", said: Said, conversation_id: str = "default",
+                          metadata: dict[str, Any] | None = None) -> Any:
+        return await self.agent.send_latent(to, said, conversation_id=conversation_id, metadata=metadata)
 
     async def send_embedding(self, to: "RemoteAgent", text: str, conversation_id: str = "default") -> Any:
         return await self.agent.send_embedding(to, text, conversation_id=conversation_id)
 
-    async def send_text(self, to: "RemoteAgent", text: str, conversation_id: str = "default",
-                        generate: bool = False) -> Any:
-        return await self.agent.send_text(to, text, conversation_id=conversation_id, generate=generate)
+    async def send_text(self, to: "RemoteAgent", said: Said, conversation_id: str = "default",
+                        generate: bool = False, metadata: dict[str, Any] | None = None) -> Any:
+        return await self.agent.send_text(to, said, conversation_id=conversation_id, generate=generate,
+                                          metadata=metadata)
 
     def hops(self) -> list[Hop]:
         return self.agent.trace.hops
@@ -59,15 +61,16 @@ class RemoteAgent:
     async def receive(self, data: bytes) -> Any:
         return await self.handle.receive.remote(data)
 
-    async def send_latent(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default") -> Any:
-        return await self.handle.send_latent.remote(to, text, conversation_id)
+    async def send_latent(self, to: "RemoteAgent", said: Said, *, conversation_id: str = "default",
+                          metadata: dict[str, Any] | None = None) -> Any:
+        return await self.handle.send_latent.remote(to, said, conversation_id, metadata)
 
     async def send_embedding(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default") -> Any:
         return await self.handle.send_embedding.remote(to, text, conversation_id)
 
-    async def send_text(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default",
-                        generate: bool = False) -> Any:
-        return await self.handle.send_text.remote(to, text, conversation_id, generate)
+    async def send_text(self, to: "RemoteAgent", said: Said, *, conversation_id: str = "default",
+                        generate: bool = False, metadata: dict[str, Any] | None = None) -> Any:
+        return await self.handle.send_text.remote(to, said, conversation_id, generate, metadata)
 
     async def hops(self) -> list[Hop]:
         return await self.handle.hops.remote()

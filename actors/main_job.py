@@ -1,16 +1,21 @@
-"""``latentcomm run``: three agents (solver -> critic -> answerer) answer GSM8K questions, in latents and in text.
+"""``latentcomm run``: a chain of K agents answers questions in three modes, side by side, on the same replicas.
 
-The same pipeline runs twice in one invocation on the same replicas:
+The first agent holds what answers the question (``actors.tasks``: a note by default, a GSM8K problem with
+``--task gsm8k``); each later agent reads the message of the one before it; the last one answers in text.
 
-* latent mode — the solver compresses the question into a latent (one forward pass) and sends it; the
-  critic decodes it (soft prompt to its frozen LLM) to read the draft, then compresses its review
-  prompt (question + draft) into a latent for the answerer, who decodes it: that is the final answer.
-* text mode (the baseline) — each sender generates its full answer as text and sends the text.
+* ``latent`` — every agent but the last turns its role, its inputs and the latent it received into its own latent
+  with one forward pass (``compress`` on parts, the received latent read in context); the last agent ``respond``s
+  on its parts. One generation per question, whatever K.
+* ``latent-decode`` — as ``latent``, but each receiver first decodes the latent to text (a generation per hop) and
+  reads that text.
+* ``text`` (the baseline) — every agent generates its answer and sends the text.
 
-Quality is measured two ways on the answerer's final text: exact match of the last number with GSM8K's
-answer, and the teacher (all-MiniLM-L6-v2) cosine between the final text and the reference solution.
-Writes ``results.json``, ``trace.jsonl`` (every hop, with what was said) and ``run.png`` under
-``runs/run-<timestamp>/``.
+Quality: the task's metric, the agreement of each mode's final answer with text mode's (MiniLM cosine, and R@1 of
+the same question's text answer among all of text mode's answers) and the floor (the last agent with no message).
+Time: the wall time of each mode, the mean hop (sender starts producing -> receiver has read it) and the last
+agent's answer. ``--sweep 2 3 4 5`` runs every K on the same replicas. Writes ``results.json``, ``trace.jsonl``
+(every hop with what was said; a latent read in context is decoded after the run, off the clock, and labelled so)
+and ``run.png`` under ``runs/run-<timestamp>/``.
 """
 from __future__ import annotations
 
@@ -21,278 +26,367 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from latentcomm.actors.agent import Agent
+from latentcomm.actors.agent import Agent, Incoming, decode_latent, keep_latent
+from latentcomm.actors.tasks import TASKS, Item, Task, TaskName, get_task
 from latentcomm.actors.trace import Trace, hop_stats
 from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import backbone_source, count, head_folder, number, output_dir, parser, teacher_source
+from latentcomm.cliparser import (add_config_arguments, backbone_source, config_from_args, count, head_folder,
+                                  output_dir, parser, teacher_source)
 from latentcomm.cluster import init_ray
-from latentcomm.gsm8k import Question, last_number, load_gsm8k
 from latentcomm.model import DEFAULT_HEAD_DIR
 from latentcomm.pool import PoolConfig, ReplicaPool
 from latentcomm.replica import ReplicaConfig
-from latentcomm.teachers import load_teacher, paired_cosines
+from latentcomm.teachers import Teacher, load_teacher, unit_rows
 
 log = logging.getLogger(__name__)
 
-MODES = ("latent", "text")
-HOPS = (("solver", "critic"), ("critic", "answerer"))
-SOLVER_ROLE = "Solve this maths problem step by step and end with the final number."
-CRITIC_ROLE = "Check the proposed solution to the problem and give the correct final number."
+Mode = Literal["latent", "latent-decode", "text"]
+MODES: tuple[Mode, ...] = ("latent", "latent-decode", "text")
+MAX_AGENTS = 6
 
 
 @dataclass(frozen=True)
 class JobConfig:
     """Everything one ``latentcomm run`` does; written into results.json."""
 
+    task: TaskName = "facts"
     questions: int = 8
     offset: int = 0
-    max_new_tokens: int = 64
-    replicas: int = 2
-    cpus_per_replica: float = 1.0
-    threads_per_replica: int = 1
-    """torch threads per replica: 1 avoids oversubscription, which on a busy CPU is many times slower."""
-    backbone: str = DEFAULT_BACKBONE
-    head: str | None = None
-    dtype: str | None = None
-    wire_dtype: str = "float16"
+    agents: int = 3
+    """Agents in the chain (2..6): K - 1 hops."""
+    sweep: tuple[int, ...] = ()
+    """Chain lengths to run one after the other (e.g. 2 3 4 5) instead of ``agents``."""
+    concurrency: int = 2
+    """Questions in flight at once, in every mode."""
+    wire_dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float16"
     teacher: str = "minilm"
-    """Sentence-transformers teacher for the cosine metric ('minilm', a folder, or 'none' to skip)."""
+    """Sentence-transformers teacher for the agreement metrics ('minilm', a folder, or 'none' to skip)."""
     sign: bool = False
     """Sign every message with a random HMAC key (and verify it on receipt)."""
     address: str | None = None
     out: str = "runs"
+    replica: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(num_threads=1))
+    pool: PoolConfig = field(default_factory=lambda: PoolConfig(num_replicas=2, max_in_flight=4))
+
+    def __post_init__(self) -> None:
+        for k in (self.agents, *self.sweep):
+            if not 2 <= k <= MAX_AGENTS:
+                raise ValueError(f"agents must be in 2..{MAX_AGENTS}, got {k} (agents or sweep)")
+        if self.questions < 1 or self.offset < 0 or self.concurrency < 1:
+            raise ValueError("questions and concurrency must be >= 1 and offset >= 0")
+
+    @property
+    def chain_lengths(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(self.sweep)) if self.sweep else (self.agents,)
 
 
 @dataclass
 class Answer:
-    """One question's journey in one mode."""
+    """One question's journey through a chain in one mode (or the floor: the last agent with no message)."""
 
     question_id: str
     mode: str
-    draft: str
+    agents: int
     final: str
-    predicted: str | None
     correct: bool
     seconds: float
-    teacher_cosine: float | None = None
+    answer_s: float
+    """The last agent's own answer (respond on its parts)."""
+    agreement: float | None = None
+    """Teacher cosine with text mode's final answer to the same question."""
 
 
-def critic_input(question: str, draft: str) -> str:
-    return f"Problem: {question}\n\nProposed solution: {draft}"
+def agent_names(k: int) -> list[str]:
+    return ["holder", *(f"relay{i}" for i in range(1, k - 1)), "answerer"]
 
 
-def conversation_id(mode: str, question_id: str) -> str:
-    """The conversation of one question in one mode (its hops in the trace)."""
-    return f"{mode}-{question_id}"
+def build_chain(mode: Mode, k: int, task: Task, pool: ReplicaPool, trace: Trace, config: JobConfig,
+                key: bytes | None) -> list[Agent]:
+    """K agents for ``mode``: latent receivers keep the latent (``latent``) or decode it (``latent-decode``)."""
+    names = agent_names(k)
+    roles = [task.first_role, *[task.relay_role] * (k - 2), task.last_role]
+    chain = [Agent(name, pool, role=role, key=key, trace=trace, dtype=config.wire_dtype,
+                   max_new_tokens=config.replica.max_new_tokens) for name, role in zip(names, roles)]
+    for agent in chain[1:]:
+        agent.on("latent", keep_latent if mode == "latent" else decode_latent)
+    return chain
 
 
-async def answer(question: Question, mode: str, agents: dict[str, Agent]) -> Answer:
-    """Run one question through solver -> critic -> answerer in ``mode``."""
-    solver, critic, answerer = agents["solver"], agents["critic"], agents["answerer"]
-    conversation = conversation_id(mode, question.id)
+async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: dict[str, bytes]) -> Answer:
+    """One question through the chain in ``mode``; latents read in context are kept in ``held`` (by message id)
+    to be decoded for the trace after the run."""
+    metadata = {"mode": mode, "question": item.id, "agents": len(chain)}
+    conversation = f"{mode}:{len(chain)}:{item.id}"  # a unique stream name; nothing is parsed back out of it
     start = time.perf_counter()
-    if mode == "latent":
-        draft = await solver.send_latent(critic, question.text, conversation_id=conversation)
-        final = await critic.send_latent(answerer, critic_input(question.text, draft), conversation_id=conversation)
-    else:
-        draft = await solver.send_text(critic, question.text, conversation_id=conversation, generate=True)
-        final = await critic.send_text(answerer, critic_input(question.text, draft), conversation_id=conversation,
-                                       generate=True)
-    predicted = last_number(final)
-    return Answer(question.id, mode, draft, final, predicted, predicted == question.answer,
-                  time.perf_counter() - start)
+    said: Any = task.first_input(item)
+    for hop, (sender, receiver) in enumerate(zip(chain, chain[1:]), 1):
+        if mode == "text":
+            received = await sender.send_text(receiver, said, conversation_id=conversation, generate=True,
+                                              metadata=metadata)
+        else:
+            received = await sender.send_latent(receiver, said, conversation_id=conversation, metadata=metadata)
+        if isinstance(received, Incoming):
+            held[received.message.message_id] = received.data
+        said = task.later_input(item, received, last=hop == len(chain) - 1)
+    answer_start = time.perf_counter()
+    final = await chain[-1].respond(said)
+    done = time.perf_counter()
+    return Answer(item.id, mode, len(chain), final, task.correct(final, item), done - start, done - answer_start)
 
 
-async def run_mode(mode: str, questions: list[Question], agents: dict[str, Agent], concurrency: int
-                   ) -> tuple[list[Answer], float]:
-    """All questions in ``mode``, ``concurrency`` conversations at a time; returns answers and wall seconds."""
-    for agent in agents.values():
-        agent.label = mode
+async def run_mode(mode: Mode, items: list[Item], chain: list[Agent], task: Task, concurrency: int,
+                   held: dict[str, bytes]) -> tuple[list[Answer], float]:
+    """All questions in ``mode``, ``concurrency`` at a time; returns the answers (in item order) and wall seconds."""
     gate = asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(questions), desc=f"{mode} mode", unit="question")
+    bar = tqdm(total=len(items), desc=f"K={len(chain)} {mode}", unit="question")
 
-    async def one(question: Question) -> Answer:
+    async def one(item: Item) -> Answer:
         async with gate:
-            result = await answer(question, mode, agents)
+            result = await answer(item, mode, chain, task, held)
             bar.update()
             return result
 
     start = time.perf_counter()
-    answers = await asyncio.gather(*(one(q) for q in questions))
+    answers = await asyncio.gather(*(one(item) for item in items))
     bar.close()
     return list(answers), time.perf_counter() - start
 
 
-def summarize(mode: str, answers: list[Answer], wall_s: float, trace: Trace) -> dict[str, Any]:
-    """Quality, total and per-hop time, and bytes per message of one mode."""
-    hops = [h for h in trace.hops if h.label == mode]
-    per_hop = {}
-    for sender, receiver in HOPS:
-        stats = hop_stats([h for h in hops if (h.sender, h.receiver) == (sender, receiver)])
-        per_hop[f"{sender}->{receiver}"] = {"latency_s": stats.mean_latency_s, "produce_s": stats.mean_produce_s,
-                                            "handle_s": stats.mean_handle_s, "bytes": stats.mean_bytes}
-    cosines = [a.teacher_cosine for a in answers if a.teacher_cosine is not None]
-    return {"mode": mode, "questions": len(answers), "exact_match": statistics.fmean(a.correct for a in answers),
-            "teacher_cosine": statistics.fmean(cosines) if cosines else None, "wall_s": wall_s,
-            "mean_question_s": statistics.fmean(a.seconds for a in answers),
-            "bytes_per_message": hop_stats(hops).mean_bytes, "hops": per_hop}
+async def floor_answers(items: list[Item], task: Task, pool: ReplicaPool, config: JobConfig) -> list[Answer]:
+    """The last agent asked the question without any message (not timed against the modes)."""
+    last = Agent("answerer", pool, role=task.last_role, max_new_tokens=config.replica.max_new_tokens)
+    finals = await asyncio.gather(*(last.respond(task.floor_input(item)) for item in items))
+    return [Answer(item.id, "floor", 1, final, task.correct(final, item), 0.0, 0.0)
+            for item, final in zip(items, finals)]
 
 
-def ratios(latent: dict[str, Any], text: dict[str, Any]) -> dict[str, float | None]:
-    """latent / text for time and bytes (below 1: latent is cheaper)."""
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return None if a is None or not b else a / b
+async def decode_held(pool: ReplicaPool, held: dict[str, bytes], trace: Trace, max_new_tokens: int) -> None:
+    """What the latents read in context decode to, for the trace only (after the timed runs), labelled so."""
+    ids = list(held)
+    chunks = [ids[i:i + 8] for i in range(0, len(ids), 8)]
+    texts = await asyncio.gather(*(pool.call("decode", [held[i] for i in chunk], max_new_tokens=max_new_tokens)
+                                   for chunk in chunks))
+    trace.annotate({i: t for chunk, out in zip(chunks, texts) for i, t in zip(chunk, out)})
 
-    out = {"wall_s": ratio(latent["wall_s"], text["wall_s"]),
-           "bytes_per_message": ratio(latent["bytes_per_message"], text["bytes_per_message"])}
-    for hop in latent["hops"]:
-        out[f"{hop} latency_s"] = ratio(latent["hops"][hop]["latency_s"], text["hops"][hop]["latency_s"])
+
+def agreement(answers: dict[str, list[Answer]], teacher: Teacher | None) -> dict[str, dict[str, float] | None]:
+    """Per mode (and floor): mean teacher cosine of each final answer with text mode's answer to the same question,
+    and R@1 — the share whose nearest text-mode answer (among all questions') is the same question's. Fills
+    ``Answer.agreement``."""
+    if teacher is None:
+        return {mode: None for mode in answers}
+    reference = unit_rows(teacher.embed([a.final for a in answers["text"]]))
+    out = {}
+    for mode, rows in answers.items():
+        vectors = unit_rows(teacher.embed([a.final for a in rows]))
+        sims = vectors @ reference.T
+        for a, cosine in zip(rows, np.diag(sims)):
+            a.agreement = float(cosine)
+        out[mode] = {"cosine": float(np.mean(np.diag(sims))),
+                     "r_at_1": float(np.mean(np.argmax(sims, axis=1) == np.arange(len(rows))))}
     return out
 
 
-def table(latent: dict[str, Any], text: dict[str, Any], quotient: dict[str, float | None]) -> str:
-    """The side-by-side table printed at the end of a run."""
-    def fmt(value: float | None, spec: str) -> str:
-        return "n/a" if value is None else format(value, spec)
+def summarize(mode: str, k: int, answers: list[Answer], wall_s: float, trace: Trace, generations: int,
+              agree: dict[str, float] | None) -> dict[str, Any]:
+    """Quality, total, per-hop and answer time, bytes per message and generations of one mode at one K."""
+    hops = [h for h in trace.hops if h.metadata.get("mode") == mode and h.metadata.get("agents") == k]
+    names = agent_names(k)
+    per_hop = {}
+    for sender, receiver in zip(names, names[1:]):
+        stats = hop_stats([h for h in hops if (h.sender, h.receiver) == (sender, receiver)])
+        per_hop[f"{sender}->{receiver}"] = {"latency_s": stats.mean_latency_s, "produce_s": stats.mean_produce_s,
+                                            "handle_s": stats.mean_handle_s, "bytes": stats.mean_bytes}
+    every = hop_stats(hops)
+    return {"mode": mode, "agents": k, "questions": len(answers),
+            "task_score": statistics.fmean(a.correct for a in answers),
+            "agreement_cosine": agree["cosine"] if agree else None,
+            "agreement_r_at_1": agree["r_at_1"] if agree else None,
+            "wall_s": wall_s, "mean_question_s": statistics.fmean(a.seconds for a in answers),
+            "hop_s": every.mean_latency_s, "answer_s": statistics.fmean(a.answer_s for a in answers),
+            "bytes_per_message": every.mean_bytes, "generations": generations, "hops": per_hop}
 
-    rows = [("", "latent", "text", "latent/text"),
-            ("exact match (last number)", fmt(latent["exact_match"], ".3f"), fmt(text["exact_match"], ".3f"), ""),
-            ("teacher cosine to reference", fmt(latent["teacher_cosine"], ".3f"), fmt(text["teacher_cosine"], ".3f"),
-             ""),
-            ("total wall time (s)", fmt(latent["wall_s"], ".1f"), fmt(text["wall_s"], ".1f"),
-             fmt(quotient["wall_s"], ".2f"))]
-    for hop in latent["hops"]:
-        rows.append((f"{hop} hop (s)", fmt(latent["hops"][hop]["latency_s"], ".2f"),
-                     fmt(text["hops"][hop]["latency_s"], ".2f"), fmt(quotient[f"{hop} latency_s"], ".2f")))
-        rows.append(("  of which sender produces (s)", fmt(latent["hops"][hop]["produce_s"], ".2f"),
-                     fmt(text["hops"][hop]["produce_s"], ".2f"), ""))
-    rows.append(("bytes per message", fmt(latent["bytes_per_message"], ".0f"), fmt(text["bytes_per_message"], ".0f"),
-                 fmt(quotient["bytes_per_message"], ".2f")))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+
+def ratios(mode: dict[str, Any], text: dict[str, Any]) -> dict[str, float | None]:
+    """``mode`` / text for time, bytes and task score (time and bytes below 1: cheaper than text)."""
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    return {key: ratio(mode[key], text[key]) for key in ("wall_s", "hop_s", "answer_s", "bytes_per_message",
+                                                          "task_score")}
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table(run: dict[str, Any]) -> str:
+    """The side-by-side table of one chain length: the three modes, the floor, and the ratios to text."""
+    s, floor, q = run["summaries"], run["floor"], run["over_text"]
+    cols = ["latent", "latent-decode", "text", "floor"]
+    rows = [("", *cols, "latent/text", "decode/text")]
+
+    def row(name: str, key: str, spec: str, floor_value: Any = "", ratio: bool = True) -> None:
+        cells = [fmt(s[m][key], spec) for m in MODES]
+        ratio_cells = [fmt(q[m][key], ".2f") if ratio else "" for m in ("latent", "latent-decode")]
+        rows.append((name, *cells, floor_value if isinstance(floor_value, str) else fmt(floor_value, spec),
+                     *ratio_cells))
+
+    row("task score", "task_score", ".3f", floor["task_score"])
+    row("agreement with text: cosine", "agreement_cosine", ".3f", floor["agreement_cosine"], ratio=False)
+    row("agreement with text: R@1", "agreement_r_at_1", ".3f", floor["agreement_r_at_1"], ratio=False)
+    row("total wall time (s)", "wall_s", ".1f")
+    row("mean hop (s)", "hop_s", ".2f")
+    row("last agent's answer (s)", "answer_s", ".2f")
+    row("bytes per message", "bytes_per_message", ".0f")
+    row("generations", "generations", "d", ratio=False)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [r[0].ljust(widths[0]) + "  " + "  ".join(c.rjust(w) for c, w in zip(r[1:], widths[1:])) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
 
-def plot(latent: dict[str, Any], text: dict[str, Any], path: Path) -> None:
+def sweep_table(runs: list[dict[str, Any]]) -> str:
+    """Wall time and task score per K and mode, with latent/text."""
+    rows = [("K", *(f"{m} s" for m in MODES), "latent/text time", *(f"{m} score" for m in MODES), "floor")]
+    for run in runs:
+        s = run["summaries"]
+        rows.append((str(run["agents"]), *(fmt(s[m]["wall_s"], ".1f") for m in MODES),
+                     fmt(run["over_text"]["latent"]["wall_s"], ".2f"), *(fmt(s[m]["task_score"], ".3f") for m in MODES),
+                     fmt(run["floor"]["task_score"], ".3f")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Wall time, task score and agreement with text against K, one line per mode (the floor dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = ["tab:blue", "tab:gray"]
+    colors = {"latent": "tab:blue", "latent-decode": "tab:orange", "text": "tab:gray"}
+    ks = [run["agents"] for run in runs]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    metrics = ["exact_match", "teacher_cosine"]
-    x = np.arange(len(metrics))
-    for k, summary in enumerate((latent, text)):
-        axes[0].bar(x + 0.38 * k, [summary[m] or 0 for m in metrics], 0.38, color=colors[k], label=summary["mode"])
-    axes[0].set_xticks(x + 0.19, ["exact match", "teacher cosine"])
-    axes[0].set_title("quality of the final answer")
-    axes[0].legend()
-    hops = list(latent["hops"])
-    x = np.arange(len(hops))
-    for k, summary in enumerate((latent, text)):
-        produce = [summary["hops"][h]["produce_s"] for h in hops]
-        rest = [summary["hops"][h]["latency_s"] - p for h, p in zip(hops, produce)]
-        axes[1].bar(x + 0.38 * k, produce, 0.38, color=colors[k], label=f"{summary['mode']}: sender produces")
-        axes[1].bar(x + 0.38 * k, rest, 0.38, bottom=produce, color=colors[k], alpha=0.45,
-                    label=f"{summary['mode']}: wire + receiver")
-    axes[1].set_xticks(x + 0.19, hops)
-    axes[1].set_ylabel("seconds per hop (mean)")
-    axes[1].legend(fontsize=7)
-    axes[2].bar(["latent", "text"], [latent["bytes_per_message"], text["bytes_per_message"]], color=colors)
-    axes[2].set_ylabel("bytes per message (mean)")
-    fig.suptitle(f"latentcomm run: solver -> critic -> answerer, {latent['questions']} GSM8K questions")
+    for mode in MODES:
+        for ax, key in zip(axes, ("wall_s", "task_score", "agreement_cosine")):
+            values = [run["summaries"][mode][key] for run in runs]
+            ax.plot(ks, [np.nan if v is None else v for v in values], "o-", color=colors[mode], label=mode)
+    axes[1].plot(ks, [run["floor"]["task_score"] for run in runs], "kx--", label="floor (no message)")
+    axes[0].set(xlabel="agents in the chain (K)", ylabel="wall time of all questions (s)", xticks=ks)
+    axes[1].set(xlabel="agents in the chain (K)", ylabel="task score", ylim=(-0.02, 1.02), xticks=ks)
+    axes[2].set(xlabel="agents in the chain (K)", ylabel="MiniLM cosine with text mode's answer", xticks=ks)
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def score_with_teacher(answers: list[Answer], questions: list[Question], teacher_name: str) -> None:
-    """Fill ``teacher_cosine``: cosine of each final answer with its reference solution in the teacher's space."""
-    if teacher_name == "none":
-        return
-    reference = {q.id: q.solution for q in questions}
-    cosines = paired_cosines(load_teacher(teacher_name), [a.final for a in answers],
-                             [reference[a.question_id] for a in answers])
-    for a, cosine in zip(answers, cosines):
-        a.teacher_cosine = float(cosine)
+async def run_chain(k: int, items: list[Item], task: Task, pool: ReplicaPool, trace: Trace, config: JobConfig,
+                    key: bytes | None, held: dict[str, bytes]) -> dict[str, list[Answer] | float | int]:
+    """The three modes at one chain length: answers, wall seconds and generations (respond + decode calls)."""
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        chain = build_chain(mode, k, task, pool, trace, config, key)
+        before = pool.method_calls["respond"] + pool.method_calls["decode"]
+        out[mode], out[f"{mode} wall_s"] = await run_mode(mode, items, chain, task, config.concurrency, held)
+        out[f"{mode} generations"] = pool.method_calls["respond"] + pool.method_calls["decode"] - before
+    return out
+
+
+async def warm_up(pool: ReplicaPool, replicas: int) -> None:
+    """One compress and one short generation per replica before anything is timed."""
+    await asyncio.gather(*(pool.call("compress", ["warm up"]) for _ in range(replicas)))
+    await asyncio.gather(*(pool.call("respond", ["warm up"], max_new_tokens=2) for _ in range(replicas)))
 
 
 async def run_job(config: JobConfig) -> dict[str, Any]:
-    """Start replicas and agents, run both modes, score them; returns the results (nothing written)."""
-    questions = load_gsm8k(config.questions, offset=config.offset)
-    pool = ReplicaPool(ReplicaConfig(backbone=config.backbone, head=config.head, dtype=config.dtype,
-                                     num_threads=config.threads_per_replica, max_new_tokens=config.max_new_tokens),
-                       PoolConfig(num_replicas=config.replicas, num_cpus=config.cpus_per_replica,
-                                  max_in_flight=2 * config.replicas), name="main")
+    """Start replicas, run the three modes at every chain length, score them; returns the results (nothing
+    written; the trace under "trace")."""
+    task = get_task(config.task)
+    items = task.load(config.questions, config.offset)
+    pool = ReplicaPool(config.replica, config.pool, name="main")
+    trace, held = Trace(), {}
+    key = os.urandom(32) if config.sign else None
     try:
         infos = await pool.ready()
-        trace = Trace()
-        key = os.urandom(32) if config.sign else None
-        roles = {"solver": SOLVER_ROLE, "critic": CRITIC_ROLE, "answerer": ""}
-        agents = {name: Agent(name, pool, role=role, key=key, trace=trace, dtype=config.wire_dtype,
-                              max_new_tokens=config.max_new_tokens) for name, role in roles.items()}
-        answers, walls = {}, {}
-        for mode in MODES:
-            answers[mode], walls[mode] = await run_mode(mode, questions, agents, concurrency=config.replicas)
+        await warm_up(pool, config.pool.num_replicas)
+        by_k = {k: await run_chain(k, items, task, pool, trace, config, key, held) for k in config.chain_lengths}
+        floor = await floor_answers(items, task, pool, config)
+        await decode_held(pool, held, trace, config.replica.max_new_tokens)
+        calls = pool.stats()
     finally:
         pool.shutdown()
-    everything = answers["latent"] + answers["text"]
-    score_with_teacher(everything, questions, config.teacher)
-    summaries = {mode: summarize(mode, answers[mode], walls[mode], trace) for mode in MODES}
-    return {"config": asdict(config), "replicas": infos, "head": head_description(config, infos[0]),
-            "host": {"python": platform.python_version(), "cpus": os.cpu_count()},
-            "summaries": summaries, "latent_over_text": ratios(summaries["latent"], summaries["text"]),
-            "answers": [asdict(a) for a in everything], "trace": trace,
-            "metric": "exact match: last number in the answerer's final text == GSM8K answer; teacher cosine: "
-                      "all-MiniLM-L6-v2 cosine between that final text and GSM8K's reference solution"}
+    runs, everything = [], list(floor)
+    teacher = None if config.teacher == "none" else load_teacher(config.teacher)
+    for k, out in by_k.items():
+        answers = {mode: out[mode] for mode in MODES} | {"floor": floor}
+        agree = agreement(answers, teacher)
+        summaries = {mode: summarize(mode, k, out[mode], out[f"{mode} wall_s"], trace, out[f"{mode} generations"],
+                                     agree[mode]) for mode in MODES}
+        floor_summary = {"task_score": task.score([a.final for a in floor], items),
+                         "agreement_cosine": agree["floor"]["cosine"] if agree["floor"] else None,
+                         "agreement_r_at_1": agree["floor"]["r_at_1"] if agree["floor"] else None}
+        runs.append({"agents": k, "summaries": summaries, "floor": floor_summary,
+                     "over_text": {m: ratios(summaries[m], summaries["text"]) for m in ("latent", "latent-decode")}})
+        everything += [a for mode in MODES for a in out[mode]]
+    return {"config": asdict(config), "task": task.name, "metric": task.metric, "replicas": infos,
+            "head": head_description(config, infos[0]), "pool": calls,
+            "host": {"python": platform.python_version(), "cpus": os.cpu_count()}, "runs": runs,
+            "answers": [asdict(a) for a in everything], "trace": trace}
 
 
 def head_description(config: JobConfig, info: dict[str, Any]) -> str:
-    if config.head:
-        return f"{config.head} ({info['fingerprint']})"
-    shipped = config.backbone == DEFAULT_BACKBONE and (DEFAULT_HEAD_DIR / "config.json").is_file()
+    if config.replica.head:
+        return f"{config.replica.head} ({info['fingerprint']})"
+    shipped = config.replica.backbone == DEFAULT_BACKBONE and (DEFAULT_HEAD_DIR / "config.json").is_file()
     return f"{'shipped' if shipped else 'UNTRAINED'} head {info['fingerprint']} on {info['backbone']}"
 
 
+HELPS = {"task": f"what the chain answers: {', '.join(TASKS)}", "questions": "how many questions",
+         "offset": "skip this many questions first", "agents": f"agents in the chain (2..{MAX_AGENTS})",
+         "sweep": "run these chain lengths (e.g. 2 3 4 5) instead of --agents", "concurrency": "questions in flight",
+         "wire_dtype": "dtype of the latents on the wire",
+         "weights_dtype": "backbone dtype (default: the device's fast one)",
+         "teacher": "'minilm', a sentence-transformers folder, or 'none' (no agreement metrics)",
+         "sign": "HMAC-sign every message with a random key", "backbone": "alias, HF folder or .gguf",
+         "head": "a saved head folder (default: the shipped head)", "max_new_tokens": "generation budget per message",
+         "num_replicas": "replica actors (one model each)", "num_threads": "torch threads per replica",
+         "address": "join an existing Ray cluster (e.g. 'auto' or ray://host:10001)",
+         "out": "parent folder of run-<timestamp>/"}
+
+
 def parse_config(argv: list[str] | None) -> JobConfig:
-    """The ``latentcomm run`` flags as a checked ``JobConfig``."""
+    """The ``latentcomm run`` flags (one per field of JobConfig, its ReplicaConfig and PoolConfig) as a checked
+    ``JobConfig``."""
     p = parser("run", __doc__.split("\n")[0])
-    d = JobConfig()
-    p.add_argument("--questions", type=count(1), default=d.questions, help="how many GSM8K test questions")
-    p.add_argument("--offset", type=count(0), default=d.offset, help="skip this many questions first")
-    p.add_argument("--max-new-tokens", type=count(1), default=d.max_new_tokens, help="generation budget per message")
-    p.add_argument("--replicas", type=count(1), default=d.replicas, help="replica actors (one model each)")
-    p.add_argument("--cpus-per-replica", type=number(0), default=d.cpus_per_replica)
-    p.add_argument("--threads-per-replica", type=count(1), default=d.threads_per_replica)
-    p.add_argument("--backbone", type=backbone_source, default=d.backbone, help="alias, HF folder or .gguf")
-    p.add_argument("--head", type=head_folder, default=None, help="a saved head folder (default: the shipped head)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="backbone dtype (default: the device's fast one)")
-    p.add_argument("--wire-dtype", default=d.wire_dtype, choices=["float32", "float16", "bfloat16", "int8"])
-    p.add_argument("--teacher", type=teacher_source("minilm", "none"), default=d.teacher,
-                   help="'minilm', a sentence-transformers folder, or 'none'")
-    p.add_argument("--sign", action="store_true", help="HMAC-sign every message with a random key")
-    p.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto' or ray://host:10001)")
-    p.add_argument("--out", type=output_dir, default=d.out, help="parent folder of run-<timestamp>/")
+    add_config_arguments(p, JobConfig, helps=HELPS, exclude=("head_config",),
+                         flag_types={"questions": count(1), "offset": count(0), "agents": count(2),
+                                     "sweep": count(2), "concurrency": count(1), "backbone": backbone_source,
+                                     "head": head_folder, "teacher": teacher_source("minilm", "none"),
+                                     "out": output_dir, "num_threads": count(1), "max_new_tokens": count(1),
+                                     "num_replicas": count(1)})
     args = p.parse_args(argv)
-    if not args.address and args.replicas * args.cpus_per_replica > (os.cpu_count() or 1):
-        p.error(f"{args.replicas} replicas x {args.cpus_per_replica} CPUs do not fit on {os.cpu_count()} local CPUs; "
-                "lower --replicas or --cpus-per-replica, or join a cluster with --address")
+    config = config_from_args(JobConfig, args)
+    if not config.address and config.pool.num_replicas * config.pool.num_cpus > (os.cpu_count() or 1):
+        p.error(f"{config.pool.num_replicas} replicas x {config.pool.num_cpus} CPUs do not fit on {os.cpu_count()} "
+                "local CPUs; lower --num-replicas or --num-cpus, or join a cluster with --address")
     try:
-        load_gsm8k(args.questions, offset=args.offset)  # before Ray starts: an offset past the last question
+        get_task(config.task).load(config.questions, config.offset)  # before Ray starts: e.g. an offset past the end
     except ValueError as err:
         p.error(f"argument --offset: {err}")
-    args.out = str(args.out)
-    return JobConfig(**vars(args))
+    return config
 
 
 def write_results(results: dict[str, Any], trace: Trace, out: str) -> Path:
@@ -301,19 +395,31 @@ def write_results(results: dict[str, Any], trace: Trace, out: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     trace.to_jsonl(folder / "trace.jsonl")
-    plot(results["summaries"]["latent"], results["summaries"]["text"], folder / "run.png")
+    plot(results["runs"], folder / "run.png",
+         f"latentcomm run: {results['task']}, {results['config']['questions']} questions, three modes")
     return folder
 
 
 def report(results: dict[str, Any], trace: Trace, config: JobConfig, folder: Path) -> None:
-    """Print one conversation in both modes, the side-by-side table and where the files are."""
-    first_id = results["answers"][0]["question_id"]
-    first = [hop for mode in MODES for hop in trace.conversation(conversation_id(mode, first_id))]
-    print(f"\n{results['head']}; {config.questions} questions; {config.replicas} replicas\n")
-    print("one conversation in both modes (what each receiver read):")
+    """Print one conversation in every mode (the longest chain), the table of each K and where the files are."""
+    first_id, k = results["answers"][0]["question_id"], config.chain_lengths[-1]
+    first = [h for h in trace.hops if h.metadata.get("question") == first_id and h.metadata.get("agents") == k]
+    print(f"\n{results['head']}; task {results['task']}; {config.questions} questions; "
+          f"{config.pool.num_replicas} replicas; wire {config.wire_dtype}\n")
+    print(f"one question in every mode, K={k} (what each receiver read; [decoded off the clock]: the receiver read "
+          "the latent in context, the text is for you):")
     print(Trace(first).table(width=90))
-    print(f"\n{table(results['summaries']['latent'], results['summaries']['text'], results['latent_over_text'])}")
-    print(f"\nquality: {results['metric']}")
+    final = {a["mode"]: a["final"] for a in results["answers"] if a["question_id"] == first_id
+             and a["agents"] in (k, 1)}
+    for mode, text in final.items():
+        print(f"  final ({mode}): {' '.join(text.split())[:110]}")
+    for run in results["runs"]:
+        print(f"\nK = {run['agents']} agents ({run['agents'] - 1} hops):")
+        print(table(run))
+    if len(results["runs"]) > 1:
+        print(f"\nsweep:\n{sweep_table(results['runs'])}")
+    print(f"\ntask score: {results['metric']}; agreement: all-MiniLM-L6-v2 cosine with text mode's final answer, "
+          "R@1 among all of text mode's answers; floor: the last agent without any message")
     print(f"wrote {folder}/results.json, trace.jsonl, run.png")
 
 

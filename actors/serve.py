@@ -261,7 +261,7 @@ _HELP = {
     "num_cpus": "CPUs Ray reserves per replica",
     "num_gpus": "GPUs Ray reserves per replica",
     "int8": "dynamically quantised int8 linears in the backbone (CPU)",
-    "dtype": "backbone dtype (float32, bfloat16, ...; default: the device's fast one)",
+    "weights_dtype": "backbone weights dtype (float32, bfloat16, ...; default: the device's fast one)",
     "device": "torch device of each replica (default: cuda if visible, else cpu)",
     "max_new_tokens": "default decode/respond budget per request",
     "min_replicas": "model replicas at least (autoscaling lower bound)",

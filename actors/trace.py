@@ -1,7 +1,8 @@
 """A conversation trace: every hop between agents (who, what kind, bytes, latency, what was said).
 
-For latents the trace keeps the text the receiver decoded, so a person can read what was "said";
-export with ``to_jsonl`` and read with ``table()``.
+For latents the trace keeps the text the receiver decoded — or, for a latent read in context, what it decodes
+to, computed afterwards and labelled as such (``annotate``) — so a person can read what was "said"; export with
+``to_jsonl`` and read with ``table()``.
 """
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+TEXT_FROM = {"message": "a text message", "receiver": "decoded by the receiver",
+             "off the clock": "decoded after the run, for the trace only (the receiver read the latent in context)"}
+"""Where a hop's ``text`` came from."""
+
 
 @dataclass(frozen=True)
 class Hop:
     """One delivered message. Times are seconds; ``latency_s`` runs from the sender starting to produce the
-    message to the receiver's handler finishing with it."""
+    message to the receiver's handler finishing with it (``produce_s`` + ``deliver_s`` + ``handle_s``)."""
 
     conversation_id: str
     message_id: str
@@ -28,16 +33,18 @@ class Hop:
     kind: str
     bytes: int
     produce_s: float
-    """Sender side: text -> message (compress, embed or generate the text)."""
+    """Sender side: inputs -> packed message (compress, embed or generate the text)."""
     deliver_s: float
     """Wire: pack, hand over, unpack and verify."""
     handle_s: float
     """Receiver side: the handler (e.g. decode the latent)."""
     latency_s: float
     text: str | None = None
-    """What was said: the decoded text of a latent, the text of a text message, None for embeddings."""
-    label: str = ""
-    """Free tag, e.g. the mode of a run ("latent" or "text")."""
+    """What was said: the text of a text message, the decoded text of a latent, None for embeddings."""
+    text_from: str = ""
+    """Where ``text`` came from: a key of ``TEXT_FROM`` ("" when there is none)."""
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The message's own metadata (e.g. a job's mode and question id), without the agents' routing keys."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,14 @@ class Trace:
     def __len__(self) -> int:
         return len(self._hops)
 
+    def annotate(self, texts: dict[str, str], text_from: str = "off the clock") -> None:
+        """Give the hops of these message ids (id -> text) the text their latent decodes to, labelled ``text_from``."""
+        if text_from not in TEXT_FROM:
+            raise ValueError(f"text_from must be one of {sorted(TEXT_FROM)}, got {text_from!r}")
+        with self._lock:
+            self._hops = [dataclasses.replace(h, text=texts[h.message_id], text_from=text_from)
+                          if h.message_id in texts else h for h in self._hops]
+
     def conversation(self, conversation_id: str) -> list[Hop]:
         """The hops of one conversation, oldest first."""
         return [h for h in self.hops if h.conversation_id == conversation_id]
@@ -101,10 +116,12 @@ class Trace:
             return cls([Hop(**json.loads(line)) for line in f if line.strip()])
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Per (label, sender -> receiver, kind): the ``HopStats`` fields (count, mean bytes, mean/p50 latency, ...)."""
+        """Per (mode, sender -> receiver, kind): the ``HopStats`` fields (count, mean bytes, mean/p50 latency, ...);
+        the mode is the messages' ``mode`` metadata, where they have one."""
         groups: dict[str, list[Hop]] = {}
         for hop in self.hops:
-            key = f"{hop.label + ' ' if hop.label else ''}{hop.sender}->{hop.receiver} {hop.kind}"
+            mode = hop.metadata.get("mode")
+            key = f"{str(mode) + ' ' if mode else ''}{hop.sender}->{hop.receiver} {hop.kind}"
             groups.setdefault(key, []).append(hop)
         return {key: dataclasses.asdict(hop_stats(hops)) for key, hops in groups.items()}
 
@@ -115,6 +132,7 @@ class Trace:
         for hop in hops:
             said = "" if hop.text is None else " ".join(hop.text.split())
             said = said if len(said) <= width else said[:width - 1] + "…"
+            said = f"[decoded off the clock] {said}" if hop.text_from == "off the clock" else said
             rows.append((hop.conversation_id[:24], hop.sender, hop.receiver, hop.kind, str(hop.bytes),
                          f"{hop.latency_s * 1000:.0f} ms", said))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

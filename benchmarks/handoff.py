@@ -81,16 +81,14 @@ async def handoff(questions: list, pool: ReplicaPool, max_new_tokens: int, wire_
     sent_texts: dict[str, str] = {}
     for question in tqdm(questions, desc="hand-off", unit="question"):
         for mode in MODES:
-            for agent in (reader, router):
-                agent.label = mode
-            conversation = f"{mode}:{question.id}"
+            conversation, metadata = f"{mode}:{question.id}", {"mode": mode, "question": question.id}
             if mode == "latent->decode":
-                await sender.send_latent(reader, question.text, conversation_id=conversation)
+                await sender.send_latent(reader, question.text, conversation_id=conversation, metadata=metadata)
             elif mode == "latent->embed":
-                await sender.send_latent(router, question.text, conversation_id=conversation)
+                await sender.send_latent(router, question.text, conversation_id=conversation, metadata=metadata)
             else:
                 sent_texts[question.id] = await sender.send_text(reader, question.text, conversation_id=conversation,
-                                                                 generate=True)
+                                                                 generate=True, metadata=metadata)
     return trace, sent_texts
 
 
@@ -100,8 +98,8 @@ def quality(trace: Trace, questions: list, sent_texts: dict[str, str]) -> dict[s
     reference = {q.id: q.solution for q in questions}
     out = {}
     for mode in ("latent->decode", "text"):
-        hops = [h for h in trace.hops if h.label == mode]
-        ids = [h.conversation_id.split(":", 1)[1] for h in hops]
+        hops = [h for h in trace.hops if h.metadata.get("mode") == mode]
+        ids = [h.metadata["question"] for h in hops]
         held = [h.text or "" for h in hops]
         out[mode] = {
             "cosine_to_reference": float(np.mean(paired_cosines(teacher, held, [reference[i] for i in ids]))),
@@ -113,7 +111,7 @@ def summarize(trace: Trace) -> dict[str, dict[str, float]]:
     """Per mode: messages, bytes, sender and receiver seconds, and the time until the receiver holds the answer."""
     out = {}
     for mode in MODES:
-        stats = hop_stats([h for h in trace.hops if h.label == mode])
+        stats = hop_stats([h for h in trace.hops if h.metadata.get("mode") == mode])
         out[mode] = {"messages": stats.count, "bytes": stats.mean_bytes, "sender_s": stats.mean_produce_s,
                      "receiver_s": stats.mean_handle_s, "until_receiver_holds_s": stats.mean_latency_s,
                      "p50_until_receiver_holds_s": stats.p50_latency_s}

@@ -134,7 +134,7 @@ async def measure(call: Call, kind: str, mode: str, path: str, agents: list[int]
 
 
 def replica_config(args: argparse.Namespace, batching: BatchConfig) -> ReplicaConfig:
-    return ReplicaConfig(backbone=args.backbone, head=args.head, dtype=args.dtype, num_threads=args.threads,
+    return ReplicaConfig(backbone=args.backbone, head=args.head, weights_dtype=args.dtype, num_threads=args.threads,
                          max_new_tokens=args.max_new_tokens, batching=replace(batching, max_batch_size=args.max_batch))
 
 

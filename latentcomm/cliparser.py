@@ -152,8 +152,9 @@ def add_config_arguments(ap: argparse.ArgumentParser, cls: type, *, helps: Mappi
     Booleans become ``--flag/--no-flag``, ``Literal`` fields take one of their values, floats must be finite,
     ``X | None`` fields parse as X, tuples take one or more values; ``flag_types`` overrides a field's parser.
     A field holding another config dataclass contributes that dataclass's fields (the same flat names;
-    ``config_from_args`` rebuilds it). Defaults come from ``defaults``, else the dataclass; fields of other
-    types keep their default and get no flag.
+    ``config_from_args`` rebuilds it). Defaults come from ``defaults``, else the dataclass (for a nested config,
+    its value in the outer config's default, e.g. a ``default_factory``); fields of other types keep their
+    default and get no flag.
     """
     for name, kind, default in _flags(cls, exclude):
         flag = "--" + name.replace("_", "-")
@@ -196,21 +197,28 @@ def config_from_args(cls: Callable[..., C], args: argparse.Namespace, **values: 
         raise UsageError(message) from None
 
 
-def _flags(cls: type, exclude: Collection[str] = ()) -> list[tuple[str, Any, Any]]:
+def _flags(cls: type, exclude: Collection[str] = (), instance: Any = None) -> list[tuple[str, Any, Any]]:
     """(name, type, default) of every flag field of ``cls`` but ``exclude``, nested config dataclasses
-    flattened."""
+    flattened; defaults are those of ``instance`` where given (a nested config's value in its outer default)."""
     flags = []
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if field.name in exclude:
             continue
         kind = hints[field.name]
+        if instance is not None:
+            default = getattr(instance, field.name)
+        elif field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = None
         if dataclasses.is_dataclass(kind):
-            flags += _flags(kind, exclude)
+            flags += _flags(kind, exclude, default if dataclasses.is_dataclass(default) else None)
             continue
         scalar = _scalar(kind)
         if scalar is not None:
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             flags.append((field.name, scalar, default))
     names = [name for name, _, _ in flags]
     clash = sorted({n for n in names if names.count(n) > 1})

@@ -2,8 +2,8 @@
 about it. Made by the project (seeded word lists, no external data), so nothing can be known without the note.
 
 The answer is one word of the note (a city, a job, a pet or a colour); a final answer is correct when it contains
-that word (case-insensitive). On SmolLM2-135M-Instruct, reading the note in its own prompt answers about 60% of
-the questions; passed on as generated text, about 40%; with no note, none.
+that word (case-insensitive). On SmolLM2-135M-Instruct (``latentcomm run``, 8 questions, holder -> relay ->
+answerer): passed on as generated text, 7 of 8 final answers are right; asked without the note, none.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ use it, so it lives in the core, which loads without Ray; Ray is imported when a
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import weakref
@@ -71,6 +72,8 @@ class ReplicaPool:
         self.actors = [actor_class.remote(self.replica) for _ in range(self.config.num_replicas)]
         self.in_flight = [0] * len(self.actors)
         self.calls = [0] * len(self.actors)
+        self.method_calls: collections.Counter[str] = collections.Counter()
+        """Calls made through this pool by replica method (the call log: e.g. how many generations a job ran)."""
         self.retries = 0
         self._suspect_until = [0.0] * len(self.actors)
         self._shut_down = False
@@ -85,6 +88,7 @@ class ReplicaPool:
 
         if not callable(getattr(Replica, method, None)) or method.startswith("_"):
             raise AttributeError(f"Replica has no method {method!r}")
+        self.method_calls[method] += 1
         async with self._slot():
             delays = retry_delays(self.config.retry_for_s, self.config.retry_backoff_s)
             while True:
@@ -115,7 +119,8 @@ class ReplicaPool:
         return list(infos)
 
     def stats(self) -> dict[str, Any]:
-        return {"name": self.name, "replicas": len(self.actors), "calls": list(self.calls), "retries": self.retries}
+        return {"name": self.name, "replicas": len(self.actors), "calls": list(self.calls),
+                "method_calls": dict(self.method_calls), "retries": self.retries}
 
     def shutdown(self) -> None:
         """Kill every replica for good."""

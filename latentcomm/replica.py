@@ -19,7 +19,8 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Literal, TypeVar, Union
 
 import numpy as np
 import torch
@@ -31,10 +32,15 @@ from latentcomm.continuous import ContinuousGenerator, left_pad
 from latentcomm.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
 from latentcomm.latent import Latent
 from latentcomm.messaging import embedding_message, latent_message, message_latent
-from latentcomm.model import GenerativeEmbedder, load_embedder
+from latentcomm.model import GenerativeEmbedder, Part, load_embedder
 from latentcomm.protocols import LatentMessage, pack, unpack
 
 T = TypeVar("T")
+WireItem = Union[str, Sequence[Union[str, bytes]]]
+"""One input sent to a replica: a string, or parts in the user turn — strings and packed "latent" messages (read
+in context as soft tokens, the way ``GenerativeEmbedder.compress`` reads ``Latent`` parts)."""
+Routing = Mapping[str, Any]
+"""Fields of the message a replica packs: sender, recipient, conversation_id, metadata (``messaging.address``)."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,9 @@ class ReplicaConfig:
     """An untrained head of this shape instead of the shipped one (tests; response generation, which uses the
     backbone alone); ignored when ``head`` is given."""
     device: str | None = None
-    dtype: str | None = None
-    """Backbone dtype name (``float32``, ``bfloat16``, ...); None picks the device's fast one."""
+    weights_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """The backbone's weights and compute dtype; None picks the device's fast one (messages have their own
+    wire dtype, chosen per call)."""
     num_threads: int | None = None
     """torch CPU threads inside the actor; None keeps torch's default."""
     max_new_tokens: int = 64
@@ -58,8 +65,8 @@ class ReplicaConfig:
     batching: BatchConfig = field(default_factory=BatchConfig)
 
     def __post_init__(self) -> None:
-        if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
-            raise ValueError(f"unknown dtype {self.dtype!r}; use e.g. 'float32' or 'bfloat16'")
+        if self.weights_dtype is not None and not isinstance(getattr(torch, self.weights_dtype, None), torch.dtype):
+            raise ValueError(f"unknown weights_dtype {self.weights_dtype!r}; use e.g. 'float32' or 'bfloat16'")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
@@ -68,7 +75,7 @@ class ReplicaConfig:
 class _TextRequest:
     """Texts to compress (``embed`` False: one latent each) or to embed (one embedding each)."""
 
-    texts: list[str]
+    texts: list[str | list[Part]]
     prompt: str | None
     embed: bool
 
@@ -90,7 +97,7 @@ class Replica:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         start = time.perf_counter()
-        dtype = getattr(torch, config.dtype) if config.dtype else None
+        dtype = getattr(torch, config.weights_dtype) if config.weights_dtype else None
         self.config = config
         if config.head is None and config.head_config is not None:
             backbone = load_backbone(config.backbone, device=config.device, dtype=dtype)
@@ -125,10 +132,20 @@ class Replica:
                 "generation_batches": self._window.batches, "generation_steps": steps}
 
     # ---- the API (async: concurrent calls batch) -------------------------------------------------------
-    async def compress(self, texts: list[str], *, dtype: str = "float16", prompt: str | None = None) -> list[bytes]:
-        """Texts -> one packed "latent" message each (one forward pass, shared with concurrent calls)."""
-        latent = await self._texts.submit(_TextRequest(_texts(texts), prompt, embed=False))
-        return [pack(latent_message(latent[i], dtype=dtype)) for i in range(len(latent))]
+    async def compress(self, texts: list[WireItem], *, dtype: str = "float16", prompt: str | None = None,
+                       routing: Sequence[Routing] | None = None) -> list[bytes]:
+        """Inputs -> one packed "latent" message each (one forward pass, shared with concurrent calls).
+
+        An input may hold received latents among its parts (an agent answering in a latent). ``routing`` (one
+        per input) addresses each message, so it is packed once here, ready to send (unsigned: the sender
+        appends its HMAC trailer with ``protocols.sign``).
+        """
+        items = _items(texts)
+        if routing is not None and len(routing) != len(items):
+            raise ValueError(f"routing has {len(routing)} entries for {len(items)} inputs")
+        latent = await self._texts.submit(_TextRequest(items, prompt, embed=False))
+        return [pack(latent_message(latent[i], dtype=dtype, **(routing[i] if routing else {})))
+                for i in range(len(latent))]
 
     async def embed(self, messages: list[bytes], *, dtype: str = "float32") -> list[bytes]:
         """Packed "latent" messages (made by this head) -> packed "embedding" messages with the same routing."""
@@ -140,7 +157,7 @@ class Replica:
 
     async def embed_texts(self, texts: list[str], *, dtype: str = "float32", prompt: str | None = None) -> list[bytes]:
         """Texts -> packed "embedding" messages (compress + MLP_align + mean pooling)."""
-        vectors = await self._texts.submit(_TextRequest(_texts(texts), prompt, embed=True))
+        vectors = await self._texts.submit(_TextRequest(_items(texts), prompt, embed=True))
         return [pack(self._embedding(v, dtype)) for v in vectors]
 
     async def decode(self, messages: list[bytes], *, max_new_tokens: int | None = None,
@@ -155,17 +172,18 @@ class Replica:
         sampling = Sampling(repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         return await self._generate(list(vectors), max_new_tokens, sampling, None)
 
-    async def respond(self, texts: list[str], *, max_new_tokens: int | None = None, temperature: float = 0.0,
+    async def respond(self, texts: list[WireItem], *, max_new_tokens: int | None = None, temperature: float = 0.0,
                       top_p: float = 1.0, repetition_penalty: float = REPETITION_PENALTY, no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE,
                       seed: int | None = None) -> list[str]:
         """The backbone's own answer to each text (autoregressive generation: the text baseline, the training data).
 
-        Sampling follows ``GenerativeEmbedder.respond``; with ``seed`` each row draws from its own generator
+        Inputs may hold packed latents among their parts (read in context). Sampling follows
+        ``GenerativeEmbedder.respond``; with ``seed`` each row draws from its own generator
         (seeded from ``seed`` and its index), so a text does not depend on what else runs in the batch.
         """
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
-        # text is tokenised (and the prefix cache used) on the model thread only
-        embeds, mask = await self._on_model_thread(self.model.respond_prompts, _texts(texts))
+        # the prompts are built (and the prefix cache used) on the model thread only
+        embeds, mask = await self._on_model_thread(self.model.respond_prompts, _items(texts))
         return await self._generate([e[m.bool()] for e, m in zip(embeds, mask)], max_new_tokens, sampling, seed)
 
     # ---- internals ------------------------------------------------------------------------------------
@@ -227,13 +245,22 @@ class Replica:
                                  backbone_id=self.model.backbone.backbone_id, dtype=dtype, **routing)
 
 
-def _texts(texts: list[str]) -> list[str]:
-    """The texts of one call, checked here so that a bad one fails its own call, not a batch."""
+def _items(texts: list[WireItem]) -> list[str | list[Part]]:
+    """The inputs of one call as lists of parts (packed latents unpacked), checked here so that a bad one fails its
+    own call, not a batch."""
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
-    bad = sorted({type(t).__name__ for t in texts if not isinstance(t, str)})
-    if bad:
-        raise TypeError(f"texts must be strings, got {bad}")
+        raise TypeError(f"texts must be a list of strings or of lists of parts, got {type(texts).__name__}")
     if not texts:
         raise ValueError("texts is empty: pass at least one string")
-    return list(texts)
+    items = []
+    for item in texts:
+        if isinstance(item, str):
+            items.append(item)
+            continue
+        if not isinstance(item, (list, tuple)):
+            raise TypeError(f"texts must be strings or lists of parts, got {type(item).__name__}")
+        bad = sorted({type(p).__name__ for p in item if not isinstance(p, (str, bytes))})
+        if bad:
+            raise TypeError(f"parts must be strings or packed latent messages (bytes), got {bad}")
+        items.append([p if isinstance(p, str) else message_latent(unpack(p)) for p in item])
+    return items

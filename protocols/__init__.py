@@ -29,7 +29,7 @@ from .quantize import (
     to_bfloat16_bits,
 )
 from .stream import read_frames, read_messages, write_frame, write_message
-from .wire import DEFAULT_LIMITS, MAGIC, Limits, pack, unpack
+from .wire import DEFAULT_LIMITS, MAGIC, Limits, pack, sign, unpack
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -57,6 +57,7 @@ __all__ = [
     "read_messages",
     "roundtrip",
     "roundtrip_cosine",
+    "sign",
     "to_bfloat16_bits",
     "to_torch",
     "unpack",

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .message import FORMAT_VERSION, LatentMessage, check_kind_dtype, check_shape
 
-__all__ = ["DEFAULT_LIMITS", "MAGIC", "PREFIX_SIZE", "SIGNATURE_SIZE", "Limits", "pack", "unpack"]
+__all__ = ["DEFAULT_LIMITS", "MAGIC", "PREFIX_SIZE", "SIGNATURE_SIZE", "Limits", "pack", "sign", "unpack"]
 
 MAGIC = b"\x89LCM"
 _PREFIX = struct.Struct("<4sBBBBI")  # magic, major, minor, flags, reserved, header_len
@@ -146,6 +146,19 @@ def pack(msg: LatentMessage, *, key: bytes | None = None, limits: Limits = DEFAU
     if key is None:
         return body
     return body + hmac.new(_check_key(key), body, hashlib.sha256).digest()
+
+
+def sign(data: bytes, key: bytes) -> bytes:
+    """The unsigned packed message ``data`` with its HMAC-SHA256 trailer: the signed flag set and the trailer
+    appended, without parsing or repacking (only the prefix is checked), so ``unpack(sign(pack(m), k), key=k)``
+    equals ``unpack(pack(m, key=k), key=k)``."""
+    key = _check_key(key)
+    if not isinstance(data, bytes) or len(data) < PREFIX_SIZE or data[:4] != MAGIC:
+        raise MalformedMessage("sign expects the bytes of one packed message")
+    if data[6] & _FLAG_SIGNED:
+        raise MalformedMessage("message is already signed")
+    body = b"".join((data[:6], bytes([data[6] | _FLAG_SIGNED]), data[7:]))
+    return body + hmac.new(key, body, hashlib.sha256).digest()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ QUESTION = "What is the capital of France?"
 
 @pytest.fixture(scope="module")
 def replica_config(tiny_backbone_dir) -> ReplicaConfig:
-    return ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, dtype="float32", num_threads=1,
+    return ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, weights_dtype="float32", num_threads=1,
                          max_new_tokens=8)
 
 
@@ -198,8 +198,8 @@ def test_bad_pool_and_replica_configs_are_refused():
     with pytest.raises(ValueError, match="strategy"):
         PoolConfig(strategy="random")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dtype"):
-        ReplicaConfig(dtype="float33")
-    assert torch.float32 is getattr(torch, ReplicaConfig(dtype="float32").dtype)
+        ReplicaConfig(weights_dtype="float33")  # type: ignore[arg-type]
+    assert torch.float32 is getattr(torch, ReplicaConfig(weights_dtype="float32").weights_dtype)
 
 
 async def test_agents_in_their_own_processes_exchange_bytes(pool, tiny_model):

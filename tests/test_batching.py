@@ -21,7 +21,7 @@ TEXTS = ["What is the capital of France?", "hi", "Explain how a transformer lang
 
 
 def _config(tiny_backbone_dir, **batching) -> ReplicaConfig:
-    return ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, dtype="float32", max_new_tokens=12,
+    return ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, weights_dtype="float32", max_new_tokens=12,
                          batching=BatchConfig(**batching))
 
 

@@ -623,3 +623,16 @@ def test_spec_examples_are_valid_canonical_messages() -> None:
         msg = unpack(data, key=key)
         assert msg.message_id == "00112233445566778899aabbccddeeff"
         assert pack(msg, key=key) == data
+
+
+def test_sign_appends_the_trailer_without_repacking():
+    from latentcomm.protocols import MalformedMessage, sign
+
+    msg = LatentMessage.from_array(np.ones((3, 4), dtype=np.float32), sender="a", recipient="b")
+    key = b"k" * 32
+    assert sign(pack(msg), key) == pack(msg, key=key)
+    assert unpack(sign(pack(msg), key), key=key).signature is not None
+    with pytest.raises(MalformedMessage):
+        sign(pack(msg, key=key), key)
+    with pytest.raises(MalformedMessage):
+        sign(b"not a message", key)

@@ -34,7 +34,7 @@ def urls(ray_local, tiny_backbone_dir, tmp_path_factory):
 
     from latentcomm.actors.serve import ServeConfig, start
 
-    replica = ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, dtype="float32", num_threads=1,
+    replica = ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, weights_dtype="float32", num_threads=1,
                             max_new_tokens=8)
     key_file = tmp_path_factory.mktemp("keys") / "keys.hex"
     key_file.write_text(f"{os.urandom(32).hex()}\n{KEY.hex()}\n")
@@ -50,7 +50,7 @@ def local(tiny_backbone_dir):
     """The same model in this process: what the server must answer."""
     from latentcomm.replica import Replica
 
-    return Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, dtype="float32",
+    return Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, weights_dtype="float32",
                                  max_new_tokens=8)).model
 
 
