@@ -253,7 +253,7 @@ def test_evaluate_reports_every_method(uninterrupted, tiny_run, tiny_backbone_di
     card = (dest / "TRAINING.md").read_text()
     trained = result["retrieval"]["trained head"]
     assert commands in card and f"| trained head | {trained['r@1']:.3f} | {trained['mrr']:.3f} |" in card
-    assert "8 held out, 32 used for training" in card
+    assert "8 held out; 32 used for training" in card
 
 
 def test_train_config_rejects_bad_values():
