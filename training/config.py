@@ -14,6 +14,9 @@ from latentcomm.backbone import DEFAULT_BACKBONE
 from latentcomm.cliparser import add_config_arguments, config_from_args, existing_dir, output_dir
 from latentcomm.config import HeadConfig
 
+DEFAULT_ALIGN_FIT = 4096
+"""Rows of the closed-form align fit when ``TrainConfig.align_fit`` is None and the fit applies."""
+
 Precision = Literal["fp32", "bf16"]
 BackboneDtype = Literal["auto", "fp32", "bf16"]
 
@@ -61,9 +64,10 @@ class TrainConfig:
     in_context_share: float = 0.0
     """Share of samples whose latent is reconstructed from inside a user turn with a reading instruction
     (``latentcomm.reading``); the rest read it as a bare soft prompt."""
-    align_fit: int = 4096
-    """After training, solve the linear MLP_align in closed form on up to this many training queries (0: keep
-    the align head SGD left)."""
+    align_fit: int | None = None
+    """After training, solve MLP_align in closed form on up to this many training queries (0: keep the align
+    head SGD left). The closed form minimises the squared error, so it applies to a linear align head trained
+    with the ``mse`` loss only; None: ``DEFAULT_ALIGN_FIT`` rows there, else 0 (see ``align_fit_rows``)."""
     seed: int = 0
     # speed
     split_prefix: bool = True
@@ -105,8 +109,9 @@ class TrainConfig:
             raise ValueError("recon_weight and align_weight are both 0: nothing would train")
         if not 0 <= self.in_context_share <= 1:
             raise ValueError(f"in_context_share must be in [0, 1], got {self.in_context_share}")
-        if self.align_fit < 0 or (self.align_fit and self.align_head != "linear"):
-            raise ValueError(f"align_fit must be >= 0, and 0 unless align_head is 'linear' (got {self.align_fit})")
+        if self.align_fit is not None and (self.align_fit < 0 or (self.align_fit and not self._align_fit_applies)):
+            raise ValueError(f"align_fit must be >= 0, and 0 unless align_head is 'linear' and align_loss 'mse' "
+                             f"(got {self.align_fit})")
         if self.train_limit is not None and self.train_limit < 1:
             raise ValueError(f"train_limit must be >= 1, got {self.train_limit}")
         if self.workers < 0:
@@ -146,6 +151,17 @@ class TrainConfig:
         if self.backbone_dtype == "auto":
             return default_dtype(device)
         return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.backbone_dtype]
+
+    @property
+    def _align_fit_applies(self) -> bool:
+        return self.align_head == "linear" and self.align_loss == "mse"
+
+    @property
+    def align_fit_rows(self) -> int:
+        """Training queries the closed-form align fit uses (``align_fit``, or its default where it applies)."""
+        if self.align_fit is not None:
+            return self.align_fit
+        return DEFAULT_ALIGN_FIT if self._align_fit_applies else 0
 
     @property
     def world_size(self) -> int:
@@ -216,7 +232,8 @@ _HELP = {
     "max_steps": "stop after this many optimizer steps (the schedule spans them)",
     "align_loss": "mse (the paper) or cosine",
     "state_layer": "compression states from the last layer (-1, the paper) or after decoder layer k",
-    "align_fit": "after training, solve the linear MLP_align in closed form on up to N training queries (0: off)",
+    "align_fit": "after training, solve MLP_align in closed form on up to N training queries (0: off; default: "
+                 "4096 for a linear align head trained with the mse loss, else off)",
     "encoder_lora_rank": "rank of encoder-side LoRA adapters on the backbone's q/v projections, on only while "
                          "compressing (0 = none)",
     "in_context_share": "share of samples reconstructed from the latent inside a user turn with a reading instruction",

@@ -259,7 +259,7 @@ class TrainRecipe:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Solve MLP_align in closed form (``align_fit``), save the head (gathered from ZeRO-3 partitions) and the
+        """Solve MLP_align in closed form (``align_fit_rows``), save the head (gathered from ZeRO-3 partitions) and the
         loss curve; rank 0 does the work and writes."""
         import deepspeed
 
@@ -271,8 +271,8 @@ class TrainRecipe:
         with gather:
             if self.rank == 0:
                 self.model.eval()
-                if cfg.align_fit:
-                    rows = slice(0, cfg.align_fit)
+                if cfg.align_fit_rows:
+                    rows = slice(0, cfg.align_fit_rows)
                     summary["align_fit"] = self.model.fit_alignment(self.data.queries[rows], self.data.targets[rows],
                                                                     show_progress_bar=True)
                 self.model.save_pretrained(self.out / "head")
