@@ -34,7 +34,7 @@ from latentcomm.experiments.chain_tasks import ChainTask, make_tasks
 from latentcomm.experiments.chain_train import ChainRecipe, write_chain_data
 from latentcomm.experiments.chaining import ANSWER_PROMPT, STEP_PROMPT
 from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
-from latentcomm.experiments.report import markdown_table, pyplot, write_report
+from latentcomm.experiments.report import markdown_table, pyplot, save_figure, write_report
 
 TRAIN_DEFAULTS = {"out": "runs/experiments/chain", "max_steps": 300, "micro_batch": 8, "warmup_steps": 10,
                   "in_context_share": 0.5, "max_query_tokens": 256, "max_response_tokens": 32, "workers": 1,
@@ -268,9 +268,7 @@ def plot_accuracy_by_hops(results: dict[str, Any], path: Path) -> None:
     ax.set(xlabel="steps the task needs", ylabel="accuracy", ylim=(0, 1.05), xticks=hops,
            title=f"accuracy by task depth ({results['questions']} test questions)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_cost(results: dict[str, Any], path: Path) -> None:
@@ -287,9 +285,7 @@ def plot_cost(results: dict[str, Any], path: Path) -> None:
     ax.set(xscale="log", xlabel="forward passes per question (log)", ylabel="accuracy", ylim=(-0.02, 1.05),
            title="accuracy against compute (gray: text, blue: latent → answer, orange: latent → decode)")
     ax.title.set_fontsize(8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 DESCRIPTION = ("Latent chaining: step latents fed back across forward passes, against direct "

@@ -35,7 +35,7 @@ from latentcomm.training.metrics import MetricsLog
 from latentcomm.training.train import run_training, train_with_ray
 from latentcomm.experiments.jepa_eval import JUDGE, heldout_job
 from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
-from latentcomm.experiments.report import markdown_table, pyplot, write_report
+from latentcomm.experiments.report import markdown_table, pyplot, save_figure, write_report
 
 
 @dataclass(frozen=True)
@@ -301,9 +301,7 @@ def plot_fidelity(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set(ylabel=f"{results['judge']} cosine to the own response", title="fidelity: does the latent carry the response?")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_training(cfg: JepaConfig, names: list[str], path: Path) -> None:
@@ -320,9 +318,7 @@ def plot_training(cfg: JepaConfig, names: list[str], path: Path) -> None:
     ax_align.set(xlabel="step", ylabel="alignment loss", yscale="log", title="alignment loss (own teacher and form)")
     ax_recon.legend(fontsize=7)
     ax_align.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 DESCRIPTION = ("Full JEPA heads (self teacher, no reconstruction, LLM-JEPA cosine, encoder "
