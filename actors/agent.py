@@ -112,12 +112,12 @@ class Agent:
     """A named participant with a role prompt, a replica pool, handlers per message kind and an inbox state.
 
     ``key`` (bytes) signs every message it sends and makes it reject unsigned or forged messages.
-    ``dtype`` is the wire dtype of latents and embeddings it sends (``float16`` halves the bytes with
+    ``wire_dtype`` is the dtype of latents and embeddings it sends (``float16`` halves the bytes with
     a cosine above 0.9999). Every handled message is recorded in ``trace``.
     """
 
     def __init__(self, name: str, pool: ReplicaPool, *, role: str = "", key: bytes | None = None,
-                 trace: Trace | None = None, dtype: str = "float16", max_new_tokens: int | None = None,
+                 trace: Trace | None = None, wire_dtype: str = "float16", max_new_tokens: int | None = None,
                  redeliver_for_s: float = 120.0, order_timeout_s: float = 120.0, remember: int = 100_000) -> None:
         if not name:
             raise ValueError("an agent needs a non-empty name")
@@ -126,7 +126,7 @@ class Agent:
         self.role = role
         self.key = key
         self.trace = trace if trace is not None else Trace()
-        self.dtype = dtype
+        self.wire_dtype = wire_dtype
         self.max_new_tokens = max_new_tokens
         self.redeliver_for_s = redeliver_for_s
         self.order_timeout_s = order_timeout_s
@@ -179,15 +179,15 @@ class Agent:
         """Compress ``said`` (under the role prompt; received latents read in context) into a latent — one forward
         pass, no generation — and send it. The replica packs it addressed; here it is only signed."""
         stream, routing = self._routing(to, conversation_id, metadata)
-        [data] = await self.pool.call("compress", [self.parts(said)], dtype=self.dtype, routing=[routing])
+        [data] = await self.pool.call("compress", [self.parts(said)], dtype=self.wire_dtype, routing=[routing])
         return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
 
     async def send_embedding(self, to: Recipient, text: str, *, conversation_id: str = "default",
                              metadata: Mapping[str, MetaValue] | None = None) -> Any:
-        """Embed ``text`` (under the role prompt) and send the (D,) vector."""
+        """Embed ``text`` (under the role prompt) and send the (D,) vector. The replica packs it addressed."""
         stream, routing = self._routing(to, conversation_id, metadata)
-        [data] = await self.pool.call("embed_texts", [self.prompt(text)], dtype=self.dtype)
-        return await self._deliver(to, pack(address(unpack(data), **routing)), stream, routing["metadata"][SEQ_KEY])
+        [data] = await self.pool.call("embed_texts", [self.prompt(text)], dtype=self.wire_dtype, routing=[routing])
+        return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
 
     async def send_text(self, to: Recipient, said: Said, *, conversation_id: str = "default", generate: bool = False,
                         metadata: Mapping[str, MetaValue] | None = None) -> Any:

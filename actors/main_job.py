@@ -112,7 +112,7 @@ def build_chain(mode: Mode, k: int, task: Task, pool: ReplicaPool, trace: Trace,
     """K agents for ``mode``: latent receivers keep the latent (``latent``) or decode it (``latent-decode``)."""
     names = agent_names(k)
     roles = [task.first_role, *[task.relay_role] * (k - 2), task.last_role]
-    chain = [Agent(name, pool, role=role, key=key, trace=trace, dtype=config.wire_dtype,
+    chain = [Agent(name, pool, role=role, key=key, trace=trace, wire_dtype=config.wire_dtype,
                    max_new_tokens=config.replica.max_new_tokens) for name, role in zip(names, roles)]
     for agent in chain[1:]:
         agent.on("latent", keep_latent if mode == "latent" else decode_latent)

@@ -75,7 +75,7 @@ def percentile(values: list[float], q: float) -> float:
 async def handoff(questions: list, pool: ReplicaPool, max_new_tokens: int, wire_dtype: str) -> tuple[Trace, dict]:
     """Every question once per mode, one at a time (so times are service times, not queueing)."""
     trace = Trace()
-    sender = Agent("sender", pool, trace=trace, dtype=wire_dtype, max_new_tokens=max_new_tokens)
+    sender = Agent("sender", pool, trace=trace, wire_dtype=wire_dtype, max_new_tokens=max_new_tokens)
     reader = Agent("reader", pool, trace=trace, max_new_tokens=max_new_tokens)
     router = Agent("router", pool, trace=trace).on("latent", embed_latent)
     sent_texts: dict[str, str] = {}

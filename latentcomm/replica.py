@@ -141,11 +141,9 @@ class Replica:
         appends its HMAC trailer with ``protocols.sign``).
         """
         items = _items(texts)
-        if routing is not None and len(routing) != len(items):
-            raise ValueError(f"routing has {len(routing)} entries for {len(items)} inputs")
+        routing = _routing_per_input(routing, len(items))
         latent = await self._texts.submit(_TextRequest(items, prompt, embed=False))
-        return [pack(latent_message(latent[i], dtype=dtype, **(routing[i] if routing else {})))
-                for i in range(len(latent))]
+        return [pack(latent_message(latent[i], dtype=dtype, **routing[i])) for i in range(len(latent))]
 
     async def embed(self, messages: list[bytes], *, dtype: str = "float32") -> list[bytes]:
         """Packed "latent" messages (made by this head) -> packed "embedding" messages with the same routing."""
@@ -153,12 +151,18 @@ class Replica:
         if not parsed:
             return []
         vectors = await self._latents.submit([message_latent(msg) for msg in parsed])
-        return [pack(self._embedding(v, dtype, msg)) for v, msg in zip(vectors, parsed)]
+        return [pack(self._embedding(v, dtype, {"sender": msg.sender, "recipient": msg.recipient,
+                                                "conversation_id": msg.conversation_id, "metadata": msg.metadata}))
+                for v, msg in zip(vectors, parsed)]
 
-    async def embed_texts(self, texts: list[str], *, dtype: str = "float32", prompt: str | None = None) -> list[bytes]:
-        """Texts -> packed "embedding" messages (compress + MLP_align + mean pooling)."""
-        vectors = await self._texts.submit(_TextRequest(_items(texts), prompt, embed=True))
-        return [pack(self._embedding(v, dtype)) for v in vectors]
+    async def embed_texts(self, texts: list[str], *, dtype: str = "float32", prompt: str | None = None,
+                          routing: Sequence[Routing] | None = None) -> list[bytes]:
+        """Texts -> packed "embedding" messages (compress + MLP_align + mean pooling); ``routing`` as in
+        ``compress`` (packed once here, ready to send)."""
+        items = _items(texts)
+        routing = _routing_per_input(routing, len(items))
+        vectors = await self._texts.submit(_TextRequest(items, prompt, embed=True))
+        return [pack(self._embedding(v, dtype, r)) for v, r in zip(vectors, routing)]
 
     async def decode(self, messages: list[bytes], *, max_new_tokens: int | None = None,
                      repetition_penalty: float = REPETITION_PENALTY,
@@ -237,12 +241,18 @@ class Replica:
                 start += len(requests[i].prompts)
         return out
 
-    def _embedding(self, vector: Any, dtype: str, source: LatentMessage | None = None) -> LatentMessage:
-        routing = {} if source is None else {"sender": source.sender, "recipient": source.recipient,
-                                             "conversation_id": source.conversation_id,
-                                             "metadata": source.metadata}
+    def _embedding(self, vector: Any, dtype: str, routing: Routing) -> LatentMessage:
         return embedding_message(vector, fingerprint=self.model.fingerprint,
                                  backbone_id=self.model.backbone.backbone_id, dtype=dtype, **routing)
+
+
+def _routing_per_input(routing: Sequence[Routing] | None, count: int) -> Sequence[Routing]:
+    """One routing mapping per input (empty ones without ``routing``)."""
+    if routing is None:
+        return [{}] * count
+    if len(routing) != count:
+        raise ValueError(f"routing has {len(routing)} entries for {count} inputs")
+    return routing
 
 
 def _items(texts: list[WireItem]) -> list[str | list[Part]]:

@@ -35,7 +35,7 @@ def pool(ray_local, replica_config):
 @pytest.fixture()
 def pair(pool):
     trace = Trace()
-    return Agent("solver", pool, trace=trace, dtype="float32"), Agent("critic", pool, trace=trace, dtype="float32")
+    return Agent("solver", pool, trace=trace, wire_dtype="float32"), Agent("critic", pool, trace=trace, wire_dtype="float32")
 
 
 async def test_replicas_load_one_head_in_separate_processes(pool, tiny_model):
@@ -204,7 +204,7 @@ def test_bad_pool_and_replica_configs_are_refused():
 
 async def test_agents_in_their_own_processes_exchange_bytes(pool, tiny_model):
     critic, answerer = start_agent("critic", pool), start_agent("answerer", pool)
-    solver = Agent("solver", pool, dtype="float32")
+    solver = Agent("solver", pool, wire_dtype="float32")
     draft = await solver.send_latent(critic, QUESTION, conversation_id="r")
     assert draft == tiny_model.decode(tiny_model.compress(QUESTION), max_new_tokens=8)[0]
     assert await critic.send_text(answerer, "relayed", conversation_id="r") == "relayed"

@@ -10,13 +10,13 @@ import pytest
 
 import latentcomm.actors.agent as agent_module
 import latentcomm.replica as replica_module
-from latentcomm.actors.agent import Agent
+from latentcomm.actors.agent import Agent, keep_latent
 from latentcomm.actors.main_job import JobConfig, answer, build_chain, main, parse_config
 from latentcomm.actors.tasks import FACTS, GSM8K, get_task
 from latentcomm.actors.trace import Trace
 from latentcomm.errors import UsageError
 from latentcomm.gsm8k import last_number, load_gsm8k, normalize_number
-from latentcomm.protocols import SignatureError, unpack
+from latentcomm.protocols import SignatureError, pack, unpack
 from latentcomm.replica import Replica, ReplicaConfig
 from conftest import TINY_HEAD
 
@@ -116,6 +116,19 @@ async def test_one_pack_per_hop_and_one_verification_at_the_receiver(replica, mo
     chain, _, trace = chain_of(mode, 4, replica, key=b"k" * 32)
     await answer(item, mode, chain, FACTS, {})
     assert len(trace.hops) == 3 and counts == {"pack": 3, "unpack": 3}
+
+
+async def test_an_embedding_hop_is_packed_once_addressed_and_signed(replica, monkeypatch):
+    packs = []
+    monkeypatch.setattr(replica_module, "pack", lambda *a, **kw: packs.append(1) or pack(*a, **kw))
+    monkeypatch.setattr(agent_module, "pack", lambda *a, **kw: packs.append(1) or pack(*a, **kw))
+    holder, answerer = chain_of("latent", 2, replica, key=b"k" * 32)[0]
+    answerer.on("embedding", keep_latent)
+    incoming = await holder.send_embedding(answerer, "a note", conversation_id="c", metadata={"question": "q1"})
+    message = unpack(incoming.data, key=b"k" * 32)
+    assert len(packs) == 1 and message.kind == "embedding"
+    assert (message.sender, message.recipient, message.conversation_id) == ("holder", "answerer", "c")
+    assert message.metadata["question"] == "q1"
 
 
 async def test_signed_latents_verify_and_tampered_ones_are_refused(replica):
