@@ -35,6 +35,7 @@ from latentcomm.experiments.chain_train import ChainRecipe, write_chain_data
 from latentcomm.experiments.chaining import ANSWER_PROMPT, STEP_PROMPT
 from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
 from latentcomm.experiments.report import markdown_table, pyplot, save_figure, write_report
+from latentcomm.experiments.stats import paired_sign_test, wilson_interval
 
 TRAIN_DEFAULTS = {"out": "runs/experiments/chain", "max_steps": 300, "micro_batch": 8, "warmup_steps": 10,
                   "in_context_share": 0.5, "max_query_tokens": 256, "max_response_tokens": 32, "workers": 1,
@@ -160,11 +161,16 @@ def summarize(cfg: ChainConfig, shards: dict[str, dict[str, Any]]) -> dict[str, 
         rows = by_method[method]
         methods[method] = {
             "n": len(rows), "accuracy": accuracy(rows),
+            "interval": list(wilson_interval(sum(r["correct"] for r in rows), len(rows))) if rows else None,
             "by_family": {f: accuracy([r for r in rows if r["family"] == f]) for f in families},
             "by_hops": {str(h): accuracy([r for r in rows if r["hops"] == h]) for h in hops},
             "passes_per_question": float(np.mean([r["passes"] for r in rows])) if rows else None,
             "seconds_per_question": seconds[method] / questions if method in seconds else None,
         }
+    correct = {m: {r["task"]: r["correct"] for r in rows} for m, rows in by_method.items()}
+    paired = {m: {base: paired_sign_test([correct[m][t] for t in correct[base]], list(correct[base].values()))
+                  for base in TEXT_BASELINES}
+              for m in methods if m.startswith("latent chain") and correct.get(m)}
     step_fidelity = {str(k): {f: accuracy([r for r in by_method[chain_method(k, "decode")]
                                            if r["family"] == f and r["hops"] >= k], "step_correct")
                               for f in families} for k in range(1, cfg.max_hops + 1)}
@@ -172,7 +178,7 @@ def summarize(cfg: ChainConfig, shards: dict[str, dict[str, Any]]) -> dict[str, 
     shown = {*TEXT_BASELINES, chain_method("hops", "answer"), chain_method("hops", "decode")}
     examples = [{"method": r["method"], "task": r["task"], "hops": r["hops"], "output": r["output"],
                  "correct": r["correct"]} for r in records if r["task"] in deepest.values() and r["method"] in shown]
-    return {"questions": questions, "families": families, "hops": hops, "methods": methods,
+    return {"questions": questions, "families": families, "hops": hops, "methods": methods, "paired": paired,
             "step_fidelity": step_fidelity, "examples": examples}
 
 
@@ -223,9 +229,11 @@ def markdown(results: dict[str, Any]) -> str:
         "`×hops` rows use, per question, a chain of exactly as many steps as it needs (an oracle count). "
         "The ceiling row is given the gold steps as text.", "",
         "## Accuracy, forward passes and wall time", "",
-        markdown_table(["method", "accuracy", *families, "forward passes / question", "seconds / question"],
-                       [[m, v["accuracy"], *[v["by_family"].get(f) for f in families], v["passes_per_question"],
-                         v["seconds_per_question"]] for m, v in methods.items()]), "",
+        markdown_table(["method", "accuracy", "95% interval", *families, "forward passes / question",
+                        "seconds / question"],
+                       [[m, v["accuracy"], _interval(v["interval"]), *[v["by_family"].get(f) for f in families],
+                         v["passes_per_question"], v["seconds_per_question"]] for m, v in methods.items()]), "",
+        "The interval is the Wilson 95% score interval of the accuracy on these questions.", "",
         "## Accuracy by the number of steps a task needs", "",
         markdown_table(["method", *[f"{h} step{'s' if h > 1 else ''}" for h in hops]],
                        [[m, *[v["by_hops"].get(str(h)) for h in hops]] for m, v in methods.items()]), "",
@@ -240,18 +248,31 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def findings(results: dict[str, Any]) -> list[str]:
-    """Plain statements computed from the table: the best latent row against the text baselines."""
-    methods = results["methods"]
-    latent = {m: v for m, v in methods.items() if m.startswith("latent chain") and v["accuracy"] is not None}
+def _interval(bounds: list[float] | None) -> str | None:
+    return None if bounds is None else f"{bounds[0]:.2f}–{bounds[1]:.2f}"
+
+
+def findings(results: dict[str, Any], alpha: float = 0.05) -> list[str]:
+    """Plain statements computed from the table: the best latent row against the text baselines, paired on the same
+    questions (exact McNemar test), and which latent rows differ from a baseline at ``alpha`` at all."""
+    methods, paired = results["methods"], results["paired"]
+    latent = {m: v for m, v in methods.items() if m in paired and v["accuracy"] is not None}
     best = max(latent, key=lambda m: latent[m]["accuracy"])
-    lines = [f"- best latent row: {best}, accuracy {latent[best]['accuracy']:.3f} with "
-             f"{latent[best]['passes_per_question']:.1f} forward passes per question."]
+    lines = [f"- best latent row: {best}, accuracy {latent[best]['accuracy']:.3f} "
+             f"({_interval(latent[best]['interval'])}) with {latent[best]['passes_per_question']:.1f} forward passes "
+             "per question (picked as the best of the latent rows after the fact)."]
     for name in TEXT_BASELINES:
-        v = methods[name]
+        v, test = methods[name], paired[best][name]
         diff = latent[best]["accuracy"] - v["accuracy"]
-        lines.append(f"- {name}: accuracy {v['accuracy']:.3f} with {v['passes_per_question']:.1f} forward passes; "
-                     f"the best latent row is {'above' if diff > 0 else 'not above'} it by {diff:+.3f}.")
+        lines.append(f"- {name}: accuracy {v['accuracy']:.3f} ({_interval(v['interval'])}) with "
+                     f"{v['passes_per_question']:.1f} forward passes; the best latent row is "
+                     f"{'above' if diff > 0 else 'not above'} it by {diff:+.3f} ({test['only_a']} questions right "
+                     f"only in the latent row, {test['only_b']} only in {name}; McNemar p = {test['p_value']:.2f}).")
+    for name in TEXT_BASELINES:
+        apart = [f"{m} ({methods[m]['accuracy'] - methods[name]['accuracy']:+.3f}, p = {t[name]['p_value']:.3f})"
+                 for m, t in paired.items() if t[name]["p_value"] < alpha]
+        lines.append(f"- latent rows that differ from {name} at p < {alpha}: " + (", ".join(apart) if apart else
+                     f"none — on {results['questions']} questions the latent chains cannot be told apart from it."))
     return lines
 
 

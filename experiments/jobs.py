@@ -10,17 +10,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 SETTINGS = "experiment.json"
-LAUNCH_FIELDS = frozenset({"resume", "address", "threads", "stop_after", "num_cpus", "cpus_per_worker"})
-"""Config fields that say how a run is launched, not what it computes: they may change on resume."""
+LAUNCH_FIELDS = frozenset({"resume", "address", "threads", "stop_after", "num_cpus", "cpus_per_worker", "report"})
+"""Config fields that say how a run is launched or where its report goes, not what it computes: they may change
+on resume."""
 
 
 def settings_of(config: Any) -> dict[str, Any]:
     """A (nested) config dataclass as JSON-ready values, without ``LAUNCH_FIELDS``."""
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in LAUNCH_FIELDS}
-        return list(value) if isinstance(value, tuple) else value
-    return strip(dataclasses.asdict(config))
+    return _without_launch_fields(dataclasses.asdict(config))
+
+
+def _without_launch_fields(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_launch_fields(v) for k, v in value.items() if k not in LAUNCH_FIELDS}
+    return list(value) if isinstance(value, tuple) else value
 
 
 def prepare_folder(out: Path, settings: dict[str, Any], *, resume: bool) -> None:
@@ -29,7 +32,7 @@ def prepare_folder(out: Path, settings: dict[str, Any], *, resume: bool) -> None
     if path.is_file():
         if not resume:
             raise FileExistsError(f"{out} holds an experiment already: pass --resume to continue it, or another --out")
-        old = json.loads(path.read_text())
+        old = _without_launch_fields(json.loads(path.read_text()))  # a folder recorded before a field became one
         if old != settings:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ValueError(f"{out} was started with other settings ({changed}); use another --out")

@@ -72,6 +72,20 @@ def test_chain_samples_follow_the_curriculum_and_the_seed():
     assert len(data) == sum(min(t.hops + 1, 3) for t in train)
 
 
+def test_small_sample_statistics():
+    from latentcomm.experiments.stats import paired_sign_test, wilson_interval
+
+    lo, hi = wilson_interval(8, 80)
+    assert 0.05 < lo < 0.1 < hi < 0.19  # 8 of 80: the textbook Wilson interval 0.052-0.185
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    same = paired_sign_test([True, False, True], [True, False, True])
+    assert same == {"only_a": 0, "only_b": 0, "p_value": 1.0}
+    apart = paired_sign_test([True] * 10, [False] * 10)  # 10 discordant questions, all one way: p = 2 / 2**10
+    assert apart["only_a"] == 10 and abs(apart["p_value"] - 2 / 1024) < 1e-12
+    with pytest.raises(ValueError):
+        paired_sign_test([True], [True, False])
+
+
 # ---- latent chaining end to end --------------------------------------------------------------------------------
 def test_two_step_chain_runs_end_to_end_and_resumes(tiny_backbone_dir, ray_local, tmp_path):
     from latentcomm.experiments import chain
@@ -98,6 +112,9 @@ def test_two_step_chain_runs_end_to_end_and_resumes(tiny_backbone_dir, ray_local
     assert all(methods[m]["seconds_per_question"] > 0 for m in ("direct", "text CoT", "latent chain ×2 → answer"))
     text = (report / "report.md").read_text()
     assert "| text CoT |" in text and "| direct |" in text and "latent chain ×2 → answer" in text
+    lo, hi = methods["direct"]["interval"]
+    assert lo <= methods["direct"]["accuracy"] <= hi and "McNemar p =" in text
+    assert set(results["paired"]["latent chain ×2 → answer"]) == {"direct", "text CoT"}
     assert {p.name for p in report.glob("*.png")} == {"accuracy_by_hops.png", "cost_accuracy.png",
                                                       "step_head_loss.png"}
     shards = sorted((out / "eval").glob("shard-*.json"))
