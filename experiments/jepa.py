@@ -36,6 +36,7 @@ from latentcomm.training.train import run_training, train_with_ray
 from latentcomm.experiments.jepa_eval import JUDGE, heldout_job
 from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
 from latentcomm.experiments.report import markdown_table, pyplot, save_figure, write_report
+from latentcomm.experiments.stats import wilson_interval
 
 
 @dataclass(frozen=True)
@@ -212,13 +213,15 @@ def run(cfg: JepaConfig, command: str) -> Path | None:
 
 # ---- the report ------------------------------------------------------------------------------------------
 def decodability(results: dict[str, Any], name: str) -> dict[str, Any]:
-    """The decode row's R@1 against chance, and how much better the own latent reconstructs than another's."""
+    """The decode row's R@1 against chance, and how much better the own latent reconstructs than another's.
+    Decodable: the Wilson 95% interval of R@1 lies above chance and the own latent reconstructs better."""
     row = next(r for r in results["fidelity"] if r["source"] == name and r["row"] == "decode")
     recon = results["heldout"][name]["reconstruction"]
     gap = recon["recon_other_query"] - recon["recon"]
     chance = 1 / row["n"]
-    return {"decode_cosine": row["cosine"], "decode_r_at_1": row["r_at_1"], "chance": chance, "recon_gap": gap,
-            "decodable": row["r_at_1"] > chance and gap > 0}
+    low, _ = wilson_interval(round(row["r_at_1"] * row["n"]), row["n"])
+    return {"decode_cosine": row["cosine"], "decode_r_at_1": row["r_at_1"], "r_at_1_low": low, "chance": chance,
+            "recon_gap": gap, "decodable": low > chance and gap > 0}
 
 
 def findings(results: dict[str, Any]) -> list[str]:
@@ -237,16 +240,23 @@ def findings(results: dict[str, Any]) -> list[str]:
         lines.append(f"- suite {category}{' (lower is better)' if category == 'Safety' else ''}: best head "
                      f"**{best}** {100 * heads[best]:.1f}" + (f" (baselines: {versus})" if versus else ""))
     for row in ("decode", "in context"):
-        scored = {r["source"]: r["cosine"] for r in results["fidelity"] if r["row"] == row and r["source"] in names}
-        best = max(scored, key=scored.get)
-        lines.append(f"- fidelity {row}: best **{best}** (MiniLM cosine {scored[best]:.3f})")
+        scored = {r["source"]: r for r in results["fidelity"] if r["row"] == row and r["source"] in names}
+        best, *rest = sorted(scored, key=lambda name: -scored[name]["cosine"])
+        top = scored[best]
+        lo, hi = wilson_interval(round(top["r_at_1"] * top["n"]), top["n"])
+        line = (f"- fidelity {row}: best **{best}** (MiniLM cosine {top['cosine']:.3f}, R@1 {top['r_at_1']:.3f}, "
+                f"95% interval {lo:.2f}–{hi:.2f} on {top['n']} queries)")
+        if rest:
+            line += f"; next {rest[0]} (cosine {scored[rest[0]]['cosine']:.3f}, R@1 {scored[rest[0]]['r_at_1']:.3f})"
+        lines.append(line)
     ceiling = next(r for r in results["fidelity"] if r["row"] == "ceiling: response text")
     lines.append(f"- text ceiling (the receiver reads the response itself): cosine {ceiling['cosine']:.3f}, "
                  f"R@1 {ceiling['r_at_1']:.3f}")
     for name in names:
         d = decodability(results, name)
         verdict = "decodable" if d["decodable"] else "not shown decodable"
-        lines.append(f"- {name}: {verdict} — decode R@1 {d['decode_r_at_1']:.3f} (chance {d['chance']:.3f}), "
+        lines.append(f"- {name}: {verdict} — decode R@1 {d['decode_r_at_1']:.3f} (95% lower bound "
+                     f"{d['r_at_1_low']:.3f}, chance {d['chance']:.3f}), "
                      f"own latent reconstructs its response {d['recon_gap']:+.3f} nats/token better than another "
                      "query's latent")
     return lines
