@@ -266,7 +266,8 @@ def findings(results: dict[str, Any], alpha: float = 0.05) -> list[str]:
         diff = latent[best]["accuracy"] - v["accuracy"]
         lines.append(f"- {name}: accuracy {v['accuracy']:.3f} ({_interval(v['interval'])}) with "
                      f"{v['passes_per_question']:.1f} forward passes; the best latent row is "
-                     f"{'above' if diff > 0 else 'not above'} it by {diff:+.3f} ({test['only_a']} questions right "
+                     f"{'above' if diff > 0 else 'below' if diff < 0 else 'level with'} it ({diff:+.3f}; "
+                     f"{test['only_a']} questions right "
                      f"only in the latent row, {test['only_b']} only in {name}; McNemar p = {test['p_value']:.2f}).")
     for name in TEXT_BASELINES:
         apart = [f"{m} ({methods[m]['accuracy'] - methods[name]['accuracy']:+.3f}, p = {t[name]['p_value']:.3f})"
