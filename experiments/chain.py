@@ -35,7 +35,7 @@ from latentcomm.experiments.chain_train import ChainRecipe, write_chain_data
 from latentcomm.experiments.chaining import ANSWER_PROMPT, STEP_PROMPT
 from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
 from latentcomm.experiments.report import markdown_table, pyplot, save_figure, write_report
-from latentcomm.experiments.stats import paired_sign_test, wilson_interval
+from latentcomm.experiments.stats import format_interval, paired_sign_test, wilson_interval
 
 TRAIN_DEFAULTS = {"out": "runs/experiments/chain", "max_steps": 300, "micro_batch": 8, "warmup_steps": 10,
                   "in_context_share": 0.5, "max_query_tokens": 256, "max_response_tokens": 32, "workers": 1,
@@ -249,7 +249,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def _interval(bounds: list[float] | None) -> str | None:
-    return None if bounds is None else f"{bounds[0]:.2f}–{bounds[1]:.2f}"
+    return None if bounds is None else format_interval(bounds)
 
 
 def findings(results: dict[str, Any], alpha: float = 0.05) -> list[str]:

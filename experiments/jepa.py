@@ -36,7 +36,7 @@ from latentcomm.training.train import run_training, train_with_ray
 from latentcomm.experiments.jepa_eval import JUDGE, heldout_job
 from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
 from latentcomm.experiments.report import markdown_table, pyplot, save_figure, write_report
-from latentcomm.experiments.stats import wilson_interval
+from latentcomm.experiments.stats import format_interval, wilson_interval
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,11 @@ def run(cfg: JepaConfig, command: str) -> Path | None:
 
 
 # ---- the report ------------------------------------------------------------------------------------------
+def r_at_1_interval(row: dict[str, Any]) -> tuple[float, float]:
+    """The Wilson 95% interval of a fidelity row's R@1 (a share of its ``n`` queries)."""
+    return wilson_interval(round(row["r_at_1"] * row["n"]), row["n"])
+
+
 def decodability(results: dict[str, Any], name: str) -> dict[str, Any]:
     """The decode row's R@1 against chance, and how much better the own latent reconstructs than another's.
     Decodable: the Wilson 95% interval of R@1 lies above chance and the own latent reconstructs better."""
@@ -219,7 +224,7 @@ def decodability(results: dict[str, Any], name: str) -> dict[str, Any]:
     recon = results["heldout"][name]["reconstruction"]
     gap = recon["recon_other_query"] - recon["recon"]
     chance = 1 / row["n"]
-    low, _ = wilson_interval(round(row["r_at_1"] * row["n"]), row["n"])
+    low, _ = r_at_1_interval(row)
     return {"decode_cosine": row["cosine"], "decode_r_at_1": row["r_at_1"], "r_at_1_low": low, "chance": chance,
             "recon_gap": gap, "decodable": low > chance and gap > 0}
 
@@ -243,9 +248,8 @@ def findings(results: dict[str, Any]) -> list[str]:
         scored = {r["source"]: r for r in results["fidelity"] if r["row"] == row and r["source"] in names}
         best, *rest = sorted(scored, key=lambda name: -scored[name]["cosine"])
         top = scored[best]
-        lo, hi = wilson_interval(round(top["r_at_1"] * top["n"]), top["n"])
         line = (f"- fidelity {row}: best **{best}** (MiniLM cosine {top['cosine']:.3f}, R@1 {top['r_at_1']:.3f}, "
-                f"95% interval {lo:.2f}–{hi:.2f} on {top['n']} queries)")
+                f"95% interval {format_interval(r_at_1_interval(top))} on {top['n']} queries)")
         if rest:
             line += f"; next {rest[0]} (cosine {scored[rest[0]]['cosine']:.3f}, R@1 {scored[rest[0]]['r_at_1']:.3f})"
         lines.append(line)

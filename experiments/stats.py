@@ -15,6 +15,12 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def format_interval(bounds: Sequence[float]) -> str:
+    """An interval as the reports write it: ``0.05–0.19``."""
+    low, high = bounds
+    return f"{low:.2f}–{high:.2f}"
+
+
 def paired_sign_test(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | int]:
     """Two methods on the same questions: the questions only ``a`` / only ``b`` gets right and the exact two-sided
     McNemar p-value (a binomial test on those discordant questions; 1.0 when there are none)."""
