@@ -36,8 +36,9 @@ class AgentHost:
                           metadata: dict[str, Any] | None = None) -> Any:
         return await self.agent.send_latent(to, said, conversation_id=conversation_id, metadata=metadata)
 
-    async def send_embedding(self, to: "RemoteAgent", text: str, conversation_id: str = "default") -> Any:
-        return await self.agent.send_embedding(to, text, conversation_id=conversation_id)
+    async def send_embedding(self, to: "RemoteAgent", text: str, conversation_id: str = "default",
+                             metadata: dict[str, Any] | None = None) -> Any:
+        return await self.agent.send_embedding(to, text, conversation_id=conversation_id, metadata=metadata)
 
     async def send_text(self, to: "RemoteAgent", said: Said, conversation_id: str = "default",
                         generate: bool = False, metadata: dict[str, Any] | None = None) -> Any:
@@ -65,8 +66,9 @@ class RemoteAgent:
                           metadata: dict[str, Any] | None = None) -> Any:
         return await self.handle.send_latent.remote(to, said, conversation_id, metadata)
 
-    async def send_embedding(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default") -> Any:
-        return await self.handle.send_embedding.remote(to, text, conversation_id)
+    async def send_embedding(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default",
+                             metadata: dict[str, Any] | None = None) -> Any:
+        return await self.handle.send_embedding.remote(to, text, conversation_id, metadata)
 
     async def send_text(self, to: "RemoteAgent", said: Said, *, conversation_id: str = "default",
                         generate: bool = False, metadata: dict[str, Any] | None = None) -> Any:

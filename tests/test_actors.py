@@ -210,7 +210,11 @@ async def test_agents_in_their_own_processes_exchange_bytes(pool, tiny_model):
     assert await critic.send_text(answerer, "relayed", conversation_id="r") == "relayed"
     [hop] = await critic.hops()
     assert (hop.sender, hop.receiver, hop.kind, hop.text) == ("solver", "critic", "latent", draft)
-    assert (await answerer.counters())["handled"] == 1
+    vector = await critic.send_embedding(answerer, QUESTION, conversation_id="r", metadata={"question": "q1"})
+    assert vector.shape == tiny_model.encode(QUESTION).shape
+    embedded = (await answerer.hops())[-1]
+    assert (embedded.sender, embedded.kind, embedded.metadata) == ("critic", "embedding", {"question": "q1"})
+    assert (await answerer.counters())["handled"] == 2
 
 
 async def test_killed_agent_process_gets_the_message_again(ray_local, pool):
