@@ -5,6 +5,7 @@ import inspect
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -94,19 +95,25 @@ def max_new_tokens_allowed(model: PreTrainedModel, prompt_length: int) -> int:
 @torch.no_grad()
 def generate(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, *,
              max_new_tokens: int, eos_token_ids: set[int], pad_token_id: int, sampling: Sampling = Sampling(),
-             seed: int | None = None, use_cache: bool = True) -> list[list[int]]:
+             seed: int | None = None, use_cache: bool = True, prefix: Any = None) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` per row after left-padded ``inputs_embeds`` (B, T, H).
 
     With ``use_cache`` each step feeds one token and reuses the KV cache; without it every step re-runs
-    the whole sequence (the slow reference the cache must agree with). Returns each row's new token ids,
-    cut before the first EOS. ``max_new_tokens`` may not run past the model's position range.
+    the whole sequence (the slow reference the cache must agree with). ``prefix`` is a KV cache of P positions
+    (batch B) every row attends to before its prompt, which then takes positions P.. (the cache is extended in
+    place: pass a copy). Returns each row's new token ids, cut before the first EOS. ``max_new_tokens`` may not
+    run past the model's position range.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    allowed = max_new_tokens_allowed(model, inputs_embeds.shape[1])
+    if prefix is not None and not use_cache:
+        raise ValueError("a KV prefix needs use_cache=True")
+    held = prefix.get_seq_length() if prefix is not None else 0
+    allowed = max_new_tokens_allowed(model, held + inputs_embeds.shape[1])
     if max_new_tokens > allowed:
-        raise ValueError(f"max_new_tokens={max_new_tokens} runs past the backbone's {allowed + inputs_embeds.shape[1]} "
-                         f"positions after a {inputs_embeds.shape[1]}-position prompt (at most {allowed})")
+        raise ValueError(f"max_new_tokens={max_new_tokens} runs past the backbone's "
+                         f"{allowed + held + inputs_embeds.shape[1]} positions after a "
+                         f"{held + inputs_embeds.shape[1]}-position prompt (at most {allowed})")
     batch = inputs_embeds.shape[0]
     device = inputs_embeds.device
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -115,9 +122,9 @@ def generate(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask
     cache_kw = cache_keyword(model)
     eos = torch.tensor(sorted(eos_token_ids), device=device)
 
-    mask = attention_mask.to(device).long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    embeds, step_positions, past = inputs_embeds, positions, None
+    mask = torch.cat([torch.ones(batch, held, dtype=torch.long, device=device), attention_mask.to(device).long()], 1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, held:]
+    embeds, step_positions, past = inputs_embeds, positions, prefix
     tokens = torch.empty(batch, 0, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):

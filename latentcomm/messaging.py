@@ -1,4 +1,4 @@
-"""Conversions between the core's objects (Latent, embedding vectors, text) and protocol LatentMessages.
+"""Conversions between the core's objects (Latent, embedding vectors, KV prefixes, text) and protocol LatentMessages.
 
 No Ray here: these are the only places where a ``Latent`` becomes a wire message and back, so every
 process (driver, replica actor, another service) agrees on how latents travel.
@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
+from latentcomm.kv import KVPrefix
 from latentcomm.latent import Latent
 from latentcomm.protocols import LatentMessage, MalformedMessage, MetaValue
 
@@ -49,6 +51,23 @@ def embedding_message(vector: np.ndarray, *, fingerprint: str, backbone_id: str,
     return LatentMessage.from_array(vector, kind="embedding", dtype=dtype, sender=sender, recipient=recipient,
                                     conversation_id=conversation_id, fingerprint=fingerprint,
                                     backbone_id=backbone_id, metadata=metadata, message_id=message_id)
+
+
+def kv_message(prefix: KVPrefix, *, dtype: str = "float16", sender: str = "", recipient: str = "",
+               conversation_id: str = "", metadata: Mapping[str, MetaValue] | None = None,
+               message_id: str | None = None) -> LatentMessage:
+    """A KV prefix as a "kv" message (2 x layers, kv_heads, T, head_dim), tagged with its backbone."""
+    if not isinstance(prefix, KVPrefix):
+        raise TypeError(f"expected a KVPrefix, got {type(prefix).__name__}")
+    return LatentMessage.from_array(prefix.tensor.numpy(), kind="kv", dtype=dtype, sender=sender,
+                                    recipient=recipient, conversation_id=conversation_id,
+                                    backbone_id=prefix.backbone_id, metadata=metadata, message_id=message_id)
+
+
+def message_kv(msg: LatentMessage) -> KVPrefix:
+    """A "kv" message back as a KVPrefix (float32, dequantised)."""
+    _expect_kind(msg, "kv")
+    return KVPrefix(torch.from_numpy(np.array(msg.array())), msg.backbone_id)
 
 
 def message_latent(msg: LatentMessage) -> Latent:

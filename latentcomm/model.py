@@ -194,6 +194,31 @@ class GenerativeEmbedder(nn.Module):
             self._template_ids[prompt] = ids
         return self._template_ids[prompt]
 
+    def turn_template(self, *, opens: bool = True, answers: bool = True) -> tuple[list[int], list[int]]:
+        """Token ids before and after a user turn's content in the chat template: with the system prompt where the
+        turn opens the conversation, ending in the assistant's generation prompt where the model answers next
+        (both: ``respond``'s turn). KV hand-offs (``latentcomm.kv``) chain turns this way; without a chat
+        template, nothing around the content."""
+        key = f"turn:{opens}:{answers}"
+        if key not in self._template_ids:
+            tok = self.backbone.tokenizer
+            if not (self.config.chat_template and tok.chat_template):
+                self._template_ids[key] = ([], [])
+                return self._template_ids[key]
+            earlier = [] if opens else [{"role": "user", "content": "."}]
+            text = tok.apply_chat_template([*earlier, {"role": "user", "content": _SPLIT}],
+                                           add_generation_prompt=answers, tokenize=False)
+            if earlier:
+                head = tok.apply_chat_template(earlier, add_generation_prompt=False, tokenize=False)
+                if not text.startswith(head):
+                    raise ValueError(f"{self.backbone.name}'s chat template does not extend a conversation by a "
+                                     "user turn: KV hand-offs need one that does")
+                text = text[len(head):]
+            before, after = text.split(_SPLIT)
+            self._template_ids[key] = (tok(before, add_special_tokens=False).input_ids,
+                                       tok(after, add_special_tokens=False).input_ids)
+        return self._template_ids[key]
+
     def _query_budget(self, before: list[int], after: list[int]) -> int:
         budget = self.config.max_query_tokens - len(before) - len(after)
         if budget < 1:
@@ -213,12 +238,14 @@ class GenerativeEmbedder(nn.Module):
         encoded = self.backbone.tokenizer(texts, add_special_tokens=False).input_ids
         return [before + ids[:budget] + after for ids in encoded]
 
-    def _query_rows(self, items: list[list[Part]], prompt: str | None) -> list[list[Segment]]:
-        """Each item as segments inside the user turn: template, then its parts (text as ids, latents as vectors).
+    def _query_rows(self, items: list[list[Part]], prompt: str | None,
+                    template: tuple[list[int], list[int]] | None = None) -> list[list[Segment]]:
+        """Each item as segments inside the user turn: template (``prompt``'s, or ``template``'s ids before and
+        after), then its parts (text as ids, latents as vectors).
 
         Latent parts are never cut; text parts share what ``max_query_tokens`` leaves, first come first served.
         """
-        before, after = self._template(prompt)
+        before, after = template or self._template(prompt)
         budget = self._query_budget(before, after)
         texts = [p for parts in items for p in parts if isinstance(p, str)]
         encoded = iter(self.backbone.tokenizer(texts, add_special_tokens=False).input_ids if texts else [])
@@ -541,9 +568,11 @@ class GenerativeEmbedder(nn.Module):
         vectors = latent.vectors.to(self.device, self.backbone.dtype)
         return vectors, torch.ones(vectors.shape[:2], dtype=torch.long, device=self.device)
 
-    def respond_prompts(self, texts: Item | Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor]:
-        """What ``respond`` generates after: each input in the chat template, embedded (B, T, H), left-padded mask."""
-        return self._embed_rows(self._query_rows(_as_items(texts), None), "left")
+    def respond_prompts(self, texts: Item | Sequence[Item], template: tuple[list[int], list[int]] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``respond`` generates after: each input in the chat template (or inside ``template``'s ids, e.g. a
+        ``turn_template``), embedded (B, T, H), left-padded mask."""
+        return self._embed_rows(self._query_rows(_as_items(texts), None, template), "left")
 
     def stop_token_ids(self) -> set[int]:
         """Tokens that end a generation: the tokenizer's EOS and the backbone's generation-config EOS ids."""

@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 FORMAT_VERSION: tuple[int, int] = (1, 0)
-KINDS: tuple[str, ...] = ("latent", "embedding", "text")
+KINDS: tuple[str, ...] = ("latent", "embedding", "text", "kv")
+SHAPE_DIMS = {"latent": 2, "embedding": 1, "text": 1, "kv": 4}
+"""Dimensions of each kind's shape: latent (n, H), embedding (D,), text (nbytes,), kv (2 x layers, heads, T, d)."""
 DTYPES: tuple[str, ...] = (*quantize.TENSOR_DTYPES, "utf8")
 MetaValue = str | int | float | bool
 
@@ -108,7 +110,8 @@ def _as_payload(payload: object) -> bytes | memoryview:
 
 @dataclass(frozen=True, kw_only=True)
 class LatentMessage:
-    """One message: a latent (n, H), an embedding (D,), or UTF-8 text, plus who/what/when.
+    """One message: a latent (n, H), an embedding (D,), UTF-8 text, or a key/value cache (2 x layers, heads, T, d),
+    plus who/what/when.
 
     ``created_ns`` is integer Unix time in nanoseconds. ``sha256`` is the payload's SHA-256
     (computed when left empty). ``version`` and ``signature`` record what ``unpack`` read;
@@ -179,7 +182,7 @@ class LatentMessage:
         if (self.kind == "text") != (self.dtype == "utf8"):
             raise MalformedMessage(f"kind {self.kind!r} cannot use dtype {self.dtype!r} (utf8 is for text only)")
         shape = check_shape(self.shape)
-        want_dims = 2 if self.kind == "latent" else 1
+        want_dims = SHAPE_DIMS[self.kind]
         if len(shape) != want_dims:
             raise MalformedMessage(f"kind {self.kind!r} needs a {want_dims}-D shape, got {shape}")
         if self.kind != "text" and min(shape) < 1:
@@ -205,11 +208,11 @@ class LatentMessage:
         message_id: str | None = None,
         created_ns: int | None = None,
     ) -> LatentMessage:
-        """Build a message from a float array: (n, H) is a "latent", (D,) an "embedding" by default."""
+        """Build a message from a float array: (n, H) is a "latent", (D,) an "embedding", 4-D a "kv" by default."""
         x = np.asarray(array, dtype=np.float32)
-        kind = kind if kind is not None else ("latent" if x.ndim == 2 else "embedding")
-        if kind not in ("latent", "embedding"):
-            raise MalformedMessage(f"from_array makes 'latent' or 'embedding' messages, not {kind!r}")
+        kind = kind if kind is not None else {2: "latent", 4: "kv"}.get(x.ndim, "embedding")
+        if kind not in ("latent", "embedding", "kv"):
+            raise MalformedMessage(f"from_array makes 'latent', 'embedding' or 'kv' messages, not {kind!r}")
         return cls(
             kind=kind,
             shape=tuple(int(d) for d in x.shape),
