@@ -86,7 +86,8 @@ async def decode_latent(agent: "Agent", incoming: Incoming) -> str:
 
 
 async def keep_latent(agent: "Agent", incoming: Incoming) -> Incoming:
-    """For latents read in context: no model work on receipt; the receiver passes the message on as a part."""
+    """For latents read in context (and the default for KV prefixes): no model work on receipt; the receiver passes
+    the message on as a part."""
     return incoming
 
 
@@ -105,7 +106,8 @@ async def read_text(agent: "Agent", incoming: Incoming) -> str:
     return incoming.message.text()
 
 
-DEFAULT_HANDLERS: dict[str, Handler] = {"latent": decode_latent, "embedding": read_embedding, "text": read_text}
+DEFAULT_HANDLERS: dict[str, Handler] = {"latent": decode_latent, "embedding": read_embedding, "text": read_text,
+                                        "kv": keep_latent}
 
 
 class Agent:
@@ -148,7 +150,7 @@ class Agent:
         return f"Agent({self.name!r}, role={self.role[:30]!r}, pool={self.pool.name!r})"
 
     def on(self, kind: str, handler: Handler) -> "Agent":
-        """Use ``handler`` for messages of ``kind`` ("latent", "embedding" or "text"); returns self."""
+        """Use ``handler`` for messages of ``kind`` ("latent", "embedding", "text" or "kv"); returns self."""
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
         self.handlers[kind] = handler
@@ -159,17 +161,17 @@ class Agent:
         return f"{self.role}\n\n{text}" if self.role else text
 
     def parts(self, said: Said) -> list[str | bytes]:
-        """``said`` under the role prompt as the parts a replica reads: strings, and received latents as their bytes
-        (a received text is read as its text)."""
+        """``said`` under the role prompt as the parts a replica reads: strings, and received latents and KV prefixes
+        as their bytes (a received text is read as its text)."""
         items = [said] if isinstance(said, (str, Incoming)) else list(said)
         parts: list[str | bytes] = [f"{self.role}\n\n"] if self.role else []
         for part in items:
             if isinstance(part, str):
                 parts.append(part)
-            elif isinstance(part, Incoming) and part.kind in ("latent", "text"):
-                parts.append(part.data if part.kind == "latent" else part.message.text())
+            elif isinstance(part, Incoming) and part.kind in ("latent", "kv", "text"):
+                parts.append(part.message.text() if part.kind == "text" else part.data)
             else:
-                raise TypeError(f"{self.name} can read strings, latents and texts, got {type(part).__name__}"
+                raise TypeError(f"{self.name} can read strings, latents, KV prefixes and texts, got {type(part).__name__}"
                                 + (f" of kind {part.kind!r}" if isinstance(part, Incoming) else ""))
         return parts
 
@@ -180,6 +182,14 @@ class Agent:
         pass, no generation — and send it. The replica packs it addressed; here it is only signed."""
         stream, routing = self._routing(to, conversation_id, metadata)
         [data] = await self.pool.call("compress", [self.parts(said)], dtype=self.wire_dtype, routing=[routing])
+        return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
+
+    async def send_kv(self, to: Recipient, said: Said, *, conversation_id: str = "default",
+                      metadata: Mapping[str, MetaValue] | None = None) -> Any:
+        """Send the KV cache of ``said`` (under the role prompt, after a received KV prefix among it): one forward
+        pass, no generation; its size grows with what the agent read (``latentcomm.kv``). Packed by the replica."""
+        stream, routing = self._routing(to, conversation_id, metadata)
+        [data] = await self.pool.call("prefill", [self.parts(said)], dtype=self.wire_dtype, routing=[routing])
         return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
 
     async def send_embedding(self, to: Recipient, text: str, *, conversation_id: str = "default",

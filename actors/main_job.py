@@ -1,4 +1,4 @@
-"""``latentcomm run``: a chain of K agents answers questions in three modes, side by side, on the same replicas.
+"""``latentcomm run``: a chain of K agents answers questions in four modes, side by side, on the same replicas.
 
 The first agent holds what answers the question (``actors.tasks``: a note by default, a GSM8K problem with
 ``--task gsm8k``); each later agent reads the message of the one before it; the last one answers in text.
@@ -8,6 +8,9 @@ The first agent holds what answers the question (``actors.tasks``: a note by def
   on its parts. One generation per question, whatever K.
 * ``latent-decode`` — as ``latent``, but each receiver first decodes the latent to text (a generation per hop) and
   reads that text.
+* ``kv`` — the peers' hand-off (KVComm, LatentMAS): every agent but the last sends the key/value cache of all it
+  read (one forward pass; a relay extends the cache it received), the last one answers after it. Nothing is
+  compressed, so the message grows with the chain (``latentcomm.kv``): the high-capacity reference for ``latent``.
 * ``text`` (the baseline) — every agent generates its answer and sends the text.
 
 Quality: the task's metric, the agreement of each mode's final answer with text mode's (MiniLM cosine, and R@1 of
@@ -47,8 +50,10 @@ from latentcomm.teachers import Teacher, load_teacher, unit_rows
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["latent", "latent-decode", "text"]
-MODES: tuple[Mode, ...] = ("latent", "latent-decode", "text")
+Mode = Literal["latent", "latent-decode", "kv", "text"]
+MODES: tuple[Mode, ...] = ("latent", "latent-decode", "kv", "text")
+COMPARED: tuple[Mode, ...] = ("latent", "latent-decode", "kv")
+"""The modes put beside text (their ratios to it)."""
 MAX_AGENTS = 6
 
 
@@ -130,9 +135,11 @@ async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: d
         if mode == "text":
             received = await sender.send_text(receiver, said, conversation_id=conversation, generate=True,
                                               metadata=metadata)
+        elif mode == "kv":
+            received = await sender.send_kv(receiver, said, conversation_id=conversation, metadata=metadata)
         else:
             received = await sender.send_latent(receiver, said, conversation_id=conversation, metadata=metadata)
-        if isinstance(received, Incoming):
+        if isinstance(received, Incoming) and received.kind == "latent":
             held[received.message.message_id] = received.data
         said = task.later_input(item, received, last=hop == len(chain) - 1)
     answer_start = time.perf_counter()
@@ -228,14 +235,13 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def table(run: dict[str, Any]) -> str:
-    """The side-by-side table of one chain length: the three modes, the floor, and the ratios to text."""
+    """The side-by-side table of one chain length: the modes, the floor, and the ratios to text."""
     s, floor, q = run["summaries"], run["floor"], run["over_text"]
-    cols = ["latent", "latent-decode", "text", "floor"]
-    rows = [("", *cols, "latent/text", "decode/text")]
+    rows = [("", *MODES, "floor", *(f"{m.replace('latent-', '')}/text" for m in COMPARED))]
 
     def row(name: str, key: str, spec: str, floor_value: Any = "", ratio: bool = True) -> None:
         cells = [fmt(s[m][key], spec) for m in MODES]
-        ratio_cells = [fmt(q[m][key], ".2f") if ratio else "" for m in ("latent", "latent-decode")]
+        ratio_cells = [fmt(q[m][key], ".2f") if ratio else "" for m in COMPARED]
         rows.append((name, *cells, floor_value if isinstance(floor_value, str) else fmt(floor_value, spec),
                      *ratio_cells))
 
@@ -255,12 +261,13 @@ def table(run: dict[str, Any]) -> str:
 
 def sweep_table(runs: list[dict[str, Any]]) -> str:
     """Wall time and task score per K and mode, with latent/text."""
-    rows = [("K", *(f"{m} s" for m in MODES), "latent/text time", *(f"{m} score" for m in MODES), "floor")]
+    rows = [("K", *(f"{m} s" for m in MODES), "latent/text time", "kv/text time",
+             *(f"{m} score" for m in MODES), "floor")]
     for run in runs:
         s = run["summaries"]
         rows.append((str(run["agents"]), *(fmt(s[m]["wall_s"], ".1f") for m in MODES),
-                     fmt(run["over_text"]["latent"]["wall_s"], ".2f"), *(fmt(s[m]["task_score"], ".3f") for m in MODES),
-                     fmt(run["floor"]["task_score"], ".3f")))
+                     *(fmt(run["over_text"][m]["wall_s"], ".2f") for m in ("latent", "kv")),
+                     *(fmt(s[m]["task_score"], ".3f") for m in MODES), fmt(run["floor"]["task_score"], ".3f")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -274,7 +281,7 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"latent": "tab:blue", "latent-decode": "tab:orange", "text": "tab:gray"}
+    colors = {"latent": "tab:blue", "latent-decode": "tab:orange", "kv": "tab:green", "text": "tab:gray"}
     ks = [run["agents"] for run in runs]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for mode in MODES:
@@ -295,7 +302,7 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
 
 async def run_chain(k: int, items: list[Item], task: Task, pool: ReplicaPool, trace: Trace, config: JobConfig,
                     key: bytes | None, held: dict[str, bytes]) -> dict[str, list[Answer] | float | int]:
-    """The three modes at one chain length: answers, wall seconds and generations (respond + decode calls)."""
+    """Every mode at one chain length: answers, wall seconds and generations (respond + decode calls)."""
     out: dict[str, Any] = {}
     for mode in MODES:
         chain = build_chain(mode, k, task, pool, trace, config, key)
@@ -312,7 +319,7 @@ async def warm_up(pool: ReplicaPool, replicas: int) -> None:
 
 
 async def run_job(config: JobConfig) -> dict[str, Any]:
-    """Start replicas, run the three modes at every chain length, score them; returns the results (nothing
+    """Start replicas, run every mode at every chain length, score them; returns the results (nothing
     written; the trace under "trace")."""
     task = get_task(config.task)
     items = task.load(config.questions, config.offset)
@@ -339,7 +346,7 @@ async def run_job(config: JobConfig) -> dict[str, Any]:
                          "agreement_cosine": agree["floor"]["cosine"] if agree["floor"] else None,
                          "agreement_r_at_1": agree["floor"]["r_at_1"] if agree["floor"] else None}
         runs.append({"agents": k, "summaries": summaries, "floor": floor_summary,
-                     "over_text": {m: ratios(summaries[m], summaries["text"]) for m in ("latent", "latent-decode")}})
+                     "over_text": {m: ratios(summaries[m], summaries["text"]) for m in COMPARED}})
         everything += [a for mode in MODES for a in out[mode]]
     return {"config": asdict(config), "task": task.name, "metric": task.metric, "replicas": infos,
             "head": head_description(config, infos[0]), "pool": calls,
@@ -396,7 +403,7 @@ def write_results(results: dict[str, Any], trace: Trace, out: str) -> Path:
     (folder / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     trace.to_jsonl(folder / "trace.jsonl")
     plot(results["runs"], folder / "run.png",
-         f"latentcomm run: {results['task']}, {results['config']['questions']} questions, three modes")
+         f"latentcomm run: {results['task']}, {results['config']['questions']} questions, {len(MODES)} modes")
     return folder
 
 

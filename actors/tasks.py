@@ -4,8 +4,8 @@ answer is scored.
 Every agent of a chain is asked the task's question; only the first one holds what answers it (a note, or the
 problem to solve). A later agent reads the message of the agent before it inside its own user turn, after
 ``reading.EVALUATION_INSTRUCTION``'s opening, the same words in every mode: only what stands in the message's
-place changes (a latent read as soft tokens, its decoded text, or generated text). The floor is the last agent
-asked without any message.
+place changes (a latent read as soft tokens, its decoded text, or generated text; a KV prefix stands before the
+whole turn instead, ``latentcomm.kv``). The floor is the last agent asked without any message.
 
 * ``facts`` (default): ``latentcomm.facts`` — a note about a made-up person; the answer is one word of it.
 * ``gsm8k``: GSM8K test problems; the answer is the final number (a 135M backbone scores about 1%: this task is

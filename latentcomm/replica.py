@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,15 +31,17 @@ from latentcomm.batching import BatchConfig, Batcher
 from latentcomm.config import HeadConfig
 from latentcomm.continuous import ContinuousGenerator, left_pad
 from latentcomm.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
+from latentcomm.kv import KVPrefix, prefill, respond_after
 from latentcomm.latent import Latent
-from latentcomm.messaging import embedding_message, latent_message, message_latent
+from latentcomm.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent
 from latentcomm.model import GenerativeEmbedder, Part, load_embedder
 from latentcomm.protocols import LatentMessage, pack, unpack
 
 T = TypeVar("T")
 WireItem = Union[str, Sequence[Union[str, bytes]]]
 """One input sent to a replica: a string, or parts in the user turn — strings and packed "latent" messages (read
-in context as soft tokens, the way ``GenerativeEmbedder.compress`` reads ``Latent`` parts)."""
+in context as soft tokens, the way ``GenerativeEmbedder.compress`` reads ``Latent`` parts), and for ``prefill``
+and ``respond`` at most one packed "kv" message (a KV prefix, attended to before the turn: ``latentcomm.kv``)."""
 Routing = Mapping[str, Any]
 """Fields of the message a replica packs: sender, recipient, conversation_id, metadata (``messaging.address``)."""
 
@@ -112,6 +115,7 @@ class Replica:
         self._texts = Batcher(self._run_texts, self._thread, batching, rows=lambda r: len(r.texts))
         self._latents = Batcher(self._run_latents, self._thread, batching, rows=len)
         self._window = Batcher(self._run_generations, self._thread, batching, rows=lambda r: len(r.prompts))
+        self._kv_calls = {"prefills": 0, "kv_generations": 0}
         self._continuous = ContinuousGenerator(self.model.backbone.model, self._thread,
                                                max_batch_size=batching.max_batch_size,
                                                eos_token_ids=self.model.stop_token_ids()) \
@@ -129,7 +133,7 @@ class Replica:
         """Model calls made so far: forward passes of compress/embed, and generation batches or steps."""
         steps = self._continuous.steps if self._continuous else 0
         return {"text_batches": self._texts.batches, "latent_batches": self._latents.batches,
-                "generation_batches": self._window.batches, "generation_steps": steps}
+                "generation_batches": self._window.batches, "generation_steps": steps, **self._kv_calls}
 
     # ---- the API (async: concurrent calls batch) -------------------------------------------------------
     async def compress(self, texts: list[WireItem], *, dtype: str = "float16", prompt: str | None = None,
@@ -140,7 +144,7 @@ class Replica:
         per input) addresses each message, so it is packed once here, ready to send (unsigned: the sender
         appends its HMAC trailer with ``protocols.sign``).
         """
-        items = _items(texts)
+        items = _items(texts, kv=False)
         routing = _routing_per_input(routing, len(items))
         latent = await self._texts.submit(_TextRequest(items, prompt, embed=False))
         return [pack(latent_message(latent[i], dtype=dtype, **routing[i])) for i in range(len(latent))]
@@ -159,10 +163,23 @@ class Replica:
                           routing: Sequence[Routing] | None = None) -> list[bytes]:
         """Texts -> packed "embedding" messages (compress + MLP_align + mean pooling); ``routing`` as in
         ``compress`` (packed once here, ready to send)."""
-        items = _items(texts)
+        items = _items(texts, kv=False)
         routing = _routing_per_input(routing, len(items))
         vectors = await self._texts.submit(_TextRequest(items, prompt, embed=True))
         return [pack(self._embedding(v, dtype, r)) for v, r in zip(vectors, routing)]
+
+    async def prefill(self, texts: list[WireItem], *, dtype: str = "float16",
+                      routing: Sequence[Routing] | None = None) -> list[bytes]:
+        """Inputs -> one packed "kv" message each: the KV cache of the input's chat turn, after the KV prefix among
+        its parts (one forward pass each, no generation; ``routing`` as in ``compress``)."""
+        items = _items(texts)
+        routing = _routing_per_input(routing, len(items))
+        out = []
+        for item, address in zip(items, routing):
+            prefix = await self._on_model_thread(prefill, self.model, [item] if isinstance(item, str) else item)
+            self._kv_calls["prefills"] += 1
+            out.append(pack(kv_message(prefix, dtype=dtype, **address)))
+        return out
 
     async def decode(self, messages: list[bytes], *, max_new_tokens: int | None = None,
                      repetition_penalty: float = REPETITION_PENALTY,
@@ -186,11 +203,26 @@ class Replica:
         (seeded from ``seed`` and its index), so a text does not depend on what else runs in the batch.
         """
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
+        items = _items(texts)
+        if any(isinstance(p, KVPrefix) for item in items if not isinstance(item, str) for p in item):
+            return await self._respond_after_kv(items, max_new_tokens, sampling, seed)
         # the prompts are built (and the prefix cache used) on the model thread only
-        embeds, mask = await self._on_model_thread(self.model.respond_prompts, _items(texts))
+        embeds, mask = await self._on_model_thread(self.model.respond_prompts, items)
         return await self._generate([e[m.bool()] for e, m in zip(embeds, mask)], max_new_tokens, sampling, seed)
 
     # ---- internals ------------------------------------------------------------------------------------
+    async def _respond_after_kv(self, items: list[str | list[Any]], max_new_tokens: int | None, sampling: Sampling,
+                                seed: int | None) -> list[str]:
+        """Answers to inputs of which some read a KV prefix: one row at a time, not batched (each attends to its
+        own cache)."""
+        budget = max_new_tokens or self.config.max_new_tokens
+        answers = []
+        for item in items:
+            answer = functools.partial(respond_after, max_new_tokens=budget, sampling=sampling, seed=seed)
+            answers.append(await self._on_model_thread(answer, self.model, [item] if isinstance(item, str) else item))
+            self._kv_calls["kv_generations"] += 1
+        return answers
+
     async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
@@ -255,9 +287,9 @@ def _routing_per_input(routing: Sequence[Routing] | None, count: int) -> Sequenc
     return routing
 
 
-def _items(texts: list[WireItem]) -> list[str | list[Part]]:
-    """The inputs of one call as lists of parts (packed latents unpacked), checked here so that a bad one fails its
-    own call, not a batch."""
+def _items(texts: list[WireItem], *, kv: bool = True) -> list[str | list[Any]]:
+    """The inputs of one call as lists of parts (packed latents and, where ``kv``, KV prefixes unpacked), checked
+    here so that a bad one fails its own call, not a batch."""
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TypeError(f"texts must be a list of strings or of lists of parts, got {type(texts).__name__}")
     if not texts:
@@ -272,5 +304,13 @@ def _items(texts: list[WireItem]) -> list[str | list[Part]]:
         bad = sorted({type(p).__name__ for p in item if not isinstance(p, (str, bytes))})
         if bad:
             raise TypeError(f"parts must be strings or packed latent messages (bytes), got {bad}")
-        items.append([p if isinstance(p, str) else message_latent(unpack(p)) for p in item])
+        items.append([p if isinstance(p, str) else _part(unpack(p), kv) for p in item])
     return items
+
+
+def _part(message: LatentMessage, kv: bool) -> Latent | KVPrefix:
+    """A packed part as what the model reads: a "latent" message as a Latent, a "kv" message (where taken) as a
+    KVPrefix."""
+    if message.kind == "kv" and kv:
+        return message_kv(message)
+    return message_latent(message)

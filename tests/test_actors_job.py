@@ -1,4 +1,4 @@
-"""The main job on the tiny model: three modes end to end, what each agent's replica is asked to do, one pack per
+"""The main job on the tiny model: every mode end to end, what each agent's replica is asked to do, one pack per
 hop, signed runs, the sweep over chain lengths."""
 from __future__ import annotations
 
@@ -99,7 +99,23 @@ async def test_latent_decode_and_text_modes(replica):
     assert [h.kind for h in trace.hops] == ["text", "text"] and all(h.text_from == "message" for h in trace.hops)
 
 
-@pytest.mark.parametrize("mode", ["latent", "text"])
+async def test_kv_mode_prefills_at_every_sender_and_the_cache_grows_along_the_chain(replica):
+    [item] = FACTS.load(1, 0)
+    chain, logs, trace = chain_of("kv", 4, replica)
+    before = replica.counters()
+    result = await answer(item, "kv", chain, FACTS, {})
+    assert logs == {"holder": ["prefill"], "relay1": ["prefill"], "relay2": ["prefill"], "answerer": ["respond"]}
+    after = replica.counters()
+    assert after["prefills"] - before["prefills"] == 3 and after["kv_generations"] - before["kv_generations"] == 1
+    assert after["generation_steps"] == before["generation_steps"]  # no batched generation ran for the chain
+    assert after["generation_batches"] == before["generation_batches"]
+    assert [h.kind for h in trace.hops] == ["kv"] * 3 and all(h.text is None for h in trace.hops)
+    sizes = [h.bytes for h in trace.hops]
+    assert sizes[0] < sizes[1] < sizes[2]  # each relay's cache holds what it received plus its own turn
+    assert isinstance(result.final, str) and result.mode == "kv"
+
+
+@pytest.mark.parametrize("mode", ["latent", "kv", "text"])
 async def test_one_pack_per_hop_and_one_verification_at_the_receiver(replica, monkeypatch, mode):
     counts = {"pack": 0, "unpack": 0}
 
@@ -167,7 +183,7 @@ def test_job_config_composes_replica_and_pool_configs():
         parse_config(["--agents", "7"])
 
 
-def test_main_job_runs_three_modes_over_a_sweep(ray_local, tiny_backbone_dir, tmp_path, capsys):
+def test_main_job_runs_every_mode_over_a_sweep(ray_local, tiny_backbone_dir, tmp_path, capsys):
     argv = ["--backbone", str(tiny_backbone_dir), "--questions", "2", "--max-new-tokens", "4", "--num-replicas", "1",
             "--num-cpus", "0", "--teacher", "none", "--sign", "--sweep", "2", "3", "--out", str(tmp_path)]
     assert main(argv) == 0
@@ -176,15 +192,16 @@ def test_main_job_runs_three_modes_over_a_sweep(ray_local, tiny_backbone_dir, tm
     assert [run["agents"] for run in results["runs"]] == [2, 3]
     for run in results["runs"]:
         s, k = run["summaries"], run["agents"]
-        assert set(s) == {"latent", "latent-decode", "text"} and s["latent"]["questions"] == 2
-        assert [s[m]["generations"] for m in ("latent", "latent-decode", "text")] == [2, 2 * k, 2 * k]
+        assert set(s) == {"latent", "latent-decode", "kv", "text"} and s["latent"]["questions"] == 2
+        assert [s[m]["generations"] for m in ("latent", "latent-decode", "kv", "text")] == [2, 2 * k, 2, 2 * k]
         assert len(s["latent"]["hops"]) == k - 1 and 0 <= run["floor"]["task_score"] <= 1
         assert run["over_text"]["latent"]["wall_s"] == s["latent"]["wall_s"] / s["text"]["wall_s"]
     trace = Trace.from_jsonl(folder / "trace.jsonl")
-    assert len(trace.hops) == 2 * 3 * (1 + 2)
+    assert len(trace.hops) == 2 * 4 * (1 + 2)
     assert {h.text_from for h in trace.hops if h.metadata["mode"] == "latent"} == {"off the clock"}
-    assert all(h.text is not None for h in trace.hops)
+    assert all(h.text is not None for h in trace.hops if h.kind != "kv")
     assert (folder / "run.png").stat().st_size > 10_000
     out = capsys.readouterr().out
-    assert "task score" in out and "latent/text" in out and "floor" in out and "UNTRAINED head" in out
+    assert "task score" in out and "latent/text" in out and "kv/text" in out and "floor" in out
+    assert "UNTRAINED head" in out
     assert "[decoded off the clock]" in out and "sweep:" in out
