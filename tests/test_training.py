@@ -256,6 +256,34 @@ def test_evaluate_reports_every_method(uninterrupted, tiny_run, tiny_backbone_di
     assert "8 held out; 32 used for training" in card
 
 
+def test_grounded_samples_hold_their_response_and_are_drawn_deterministically():
+    from latentcomm.training.grounding import grounded_query
+
+    assert grounded_query("k", "Why?", "Because.", 0.0) == "Why?"
+    grounded = [grounded_query(f"0:0:{i}", "Why?", "Because.", 0.5) for i in range(200)]
+    assert all("Because." in g for g in grounded if g != "Why?") and 70 < sum(g != "Why?" for g in grounded) < 130
+    assert grounded == [grounded_query(f"0:0:{i}", "Why?", "Because.", 0.5) for i in range(200)]
+    assert all(grounded_query(f"{i}", "Why?", "Because.", 1.0) != "Why?" for i in range(20))
+    with pytest.raises(ValueError, match="grounding share"):
+        grounded_query("k", "q", "r", 1.5)
+    with pytest.raises(ValueError, match="grounding_share"):
+        TrainConfig(grounding_share=-0.1)
+
+
+def test_a_run_starts_from_a_saved_head_and_refuses_another_shape(uninterrupted, tmp_path):
+    reference, args = uninterrupted
+    out = tmp_path / "warm"
+    _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), "--grounding-share", "0.5",
+            "--align-fit", "0", "--lr", "1e-9", "--warmup-steps", "0", "--out", str(out)])
+    before, after = _head(reference), _head(out)
+    assert before.keys() == after.keys()
+    weights = [k for k in before if "running_" not in k and "num_batches" not in k]  # not the running statistics
+    assert len(weights) >= 3 and all(np.allclose(before[k].numpy(), after[k].numpy(), atol=1e-5) for k in weights)
+    done = _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), "--num-compression", "4",
+                   "--out", str(tmp_path / "other")], status=2)
+    assert "another head shape" in done.stderr and "num_compression" in done.stderr
+
+
 def test_train_config_rejects_bad_values():
     with pytest.raises(ValueError, match="zero_stage"):
         TrainConfig(zero_stage=4)

@@ -64,6 +64,11 @@ class TrainConfig:
     in_context_share: float = 0.0
     """Share of samples whose latent is reconstructed from inside a user turn with a reading instruction
     (``latentcomm.reading``); the rest read it as a bare soft prompt."""
+    grounding_share: float = 0.0
+    """Share of samples whose query holds its own response as context (``training.grounding``), the target
+    unchanged: latents that carry words their input gives them."""
+    init_head: str | None = None
+    """Start the special tokens and heads from this saved head (same backbone and head shape) instead of fresh."""
     align_fit: int | None = None
     """After training, solve MLP_align in closed form on up to this many training queries (0: keep the align
     head SGD left). The closed form minimises the squared error, so it applies to a linear align head trained
@@ -109,6 +114,8 @@ class TrainConfig:
             raise ValueError("recon_weight and align_weight are both 0: nothing would train")
         if not 0 <= self.in_context_share <= 1:
             raise ValueError(f"in_context_share must be in [0, 1], got {self.in_context_share}")
+        if not 0 <= self.grounding_share <= 1:
+            raise ValueError(f"grounding_share must be in [0, 1], got {self.grounding_share}")
         if self.align_fit is not None and (self.align_fit < 0 or (self.align_fit and not self._align_fit_applies)):
             raise ValueError(f"align_fit must be >= 0, and 0 unless align_head is 'linear' and align_loss 'mse' "
                              f"(got {self.align_fit})")
@@ -237,6 +244,8 @@ _HELP = {
     "encoder_lora_rank": "rank of encoder-side LoRA adapters on the backbone's q/v projections, on only while "
                          "compressing (0 = none)",
     "in_context_share": "share of samples reconstructed from the latent inside a user turn with a reading instruction",
+    "grounding_share": "share of samples whose query holds its own response as context (the target unchanged)",
+    "init_head": "start from this saved head (same backbone and head shape) instead of a fresh one",
     "split_prefix": "query without autograd, its KV cache handed to the special tokens (--no-split-prefix: one pass)",
     "bucket_by_length": "batch samples of similar length together (less padding)",
     "checkpoint_every": "save a DeepSpeed checkpoint every K optimizer steps (and at the end)",

@@ -29,6 +29,7 @@ from latentcomm.model import GenerativeEmbedder
 from latentcomm.reading import Instruction, draw_instruction
 from latentcomm.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from latentcomm.training.config import TrainConfig
+from latentcomm.training.grounding import grounded_query
 from latentcomm.training.metrics import MetricsLog, plot_losses
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
 from latentcomm.training.targets import load_targets
@@ -44,7 +45,7 @@ class TrainingData:
     """Training triples (query, own response, teacher embedding) and the deterministic batch order.
 
     The order depends only on (seed, epoch), so a resumed run sees exactly the batches it would have seen;
-    so does each sample's reading instruction (``in_context_share``).
+    so does each sample's reading instruction (``in_context_share``) and grounding (``grounding_share``).
     """
 
     ids: list[str]
@@ -102,9 +103,11 @@ class TrainingData:
             self._order = (key, self.epoch_order(cfg, epoch))
         start = within * cfg.global_batch + (micro * cfg.world_size + rank) * cfg.micro_batch
         idx = self._order[1][start:start + cfg.micro_batch]
-        instructions = [draw_instruction(f"{cfg.seed}:{epoch}:{self.ids[i]}", cfg.in_context_share) for i in idx]
-        return ([self.queries[i] for i in idx], [self.responses[i] for i in idx],
-                torch.from_numpy(self.targets[idx]), instructions)
+        keys = [f"{cfg.seed}:{epoch}:{self.ids[i]}" for i in idx]
+        instructions = [draw_instruction(key, cfg.in_context_share) for key in keys]
+        queries = [grounded_query(key, self.queries[i], self.responses[i], cfg.grounding_share)
+                   for key, i in zip(keys, idx)]
+        return queries, [self.responses[i] for i in idx], torch.from_numpy(self.targets[idx]), instructions
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
@@ -185,7 +188,7 @@ class TrainRecipe:
         if cfg.gradient_checkpointing:
             backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             backbone.model.train()  # HF checkpoints only in train mode; Llama-style backbones have no dropout
-        self.model = GenerativeEmbedder(backbone, cfg.head_config(self.data.embed_dim), seed=cfg.seed)
+        self.model = self.initial_model(backbone)
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -202,6 +205,19 @@ class TrainRecipe:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out / "train_config.json")
             self.metrics.truncate_after(self.start_step)
+
+    def initial_model(self, backbone) -> GenerativeEmbedder:
+        """A fresh head of the configured shape, or the saved ``init_head`` (refused unless its shape is that)."""
+        config = self.cfg.head_config(self.data.embed_dim)
+        if self.cfg.init_head is None:
+            return GenerativeEmbedder(backbone, config, seed=self.cfg.seed)
+        model = GenerativeEmbedder.from_pretrained(self.cfg.init_head, backbone=backbone)
+        if model.config != config:
+            theirs, ours = model.config.to_dict(), config.to_dict()
+            differ = {k: (v, ours[k]) for k, v in theirs.items() if v != ours[k]}
+            raise ValueError(f"init_head {self.cfg.init_head} has another head shape than this run "
+                             f"(field: head's value, run's value): {differ}")
+        return model
 
     def load_data(self) -> TrainingData:
         """The training samples: the run's queries, own responses and teacher targets."""
