@@ -372,6 +372,9 @@ class Agent:
     def send_latent_sync(self, to: Recipient, said: Said, *, conversation_id: str = "default") -> Any:
         return run_sync(self.send_latent(to, said, conversation_id=conversation_id))
 
+    def send_kv_sync(self, to: Recipient, said: Said, *, conversation_id: str = "default") -> Any:
+        return run_sync(self.send_kv(to, said, conversation_id=conversation_id))
+
     def send_embedding_sync(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
         return run_sync(self.send_embedding(to, text, conversation_id=conversation_id))
 

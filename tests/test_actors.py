@@ -74,6 +74,8 @@ def test_sync_api_outside_an_event_loop(pair):
     solver, critic = pair
     assert solver.send_text_sync(critic, "sync hello") == "sync hello"
     assert isinstance(solver.send_latent_sync(critic, QUESTION), str)
+    kept = solver.send_kv_sync(critic, QUESTION)  # kept by default: a KV prefix needs the receiver's own turn
+    assert kept.kind == "kv" and kept.message.shape[2] > 1
 
 
 async def test_resent_message_id_runs_the_handler_once(pair):
