@@ -171,7 +171,8 @@ class Agent:
             elif isinstance(part, Incoming) and part.kind in ("latent", "kv", "text"):
                 parts.append(part.message.text() if part.kind == "text" else part.data)
             else:
-                raise TypeError(f"{self.name} can read strings, latents, KV prefixes and texts, got {type(part).__name__}"
+                raise TypeError(f"{self.name} can read strings, latents, KV prefixes and texts, got "
+                                f"{type(part).__name__}"
                                 + (f" of kind {part.kind!r}" if isinstance(part, Incoming) else ""))
         return parts
 
