@@ -39,7 +39,8 @@ from latentcomm.actors.trace import Hop, Trace
 from latentcomm.errors import OrderingError, ConflictingMessageError
 from latentcomm.messaging import address, message_embedding
 from latentcomm.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
-from latentcomm.protocols import KINDS, LatentMessage, MetaValue, ProtocolError, pack, sign, unpack
+from latentcomm.protocols import (DEFAULT_LIMITS, KINDS, LatentMessage, Limits, MetaValue, ProtocolError, pack, sign,
+                                  unpack)
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,14 @@ class Agent:
 
     ``key`` (bytes) signs every message it sends and makes it reject unsigned or forged messages.
     ``wire_dtype`` is the dtype of latents and embeddings it sends (``float16`` halves the bytes with
-    a cosine above 0.9999). Every handled message is recorded in ``trace``.
+    a cosine above 0.9999). ``limits`` bound what it unpacks (raise them for KV caches of big backbones). Every
+    handled message is recorded in ``trace``.
     """
 
     def __init__(self, name: str, pool: ReplicaPool, *, role: str = "", key: bytes | None = None,
                  trace: Trace | None = None, wire_dtype: str = "float16", max_new_tokens: int | None = None,
-                 redeliver_for_s: float = 120.0, order_timeout_s: float = 120.0, remember: int = 100_000) -> None:
+                 redeliver_for_s: float = 120.0, order_timeout_s: float = 120.0, remember: int = 100_000,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         if not name:
             raise ValueError("an agent needs a non-empty name")
         self.name = name
@@ -129,6 +132,7 @@ class Agent:
         self.key = key
         self.trace = trace if trace is not None else Trace()
         self.wire_dtype = wire_dtype
+        self.limits = limits
         self.max_new_tokens = max_new_tokens
         self.redeliver_for_s = redeliver_for_s
         self.order_timeout_s = order_timeout_s
@@ -269,7 +273,7 @@ class Agent:
     async def receive(self, data: bytes) -> Any:
         """Verify and unpack ``data``, drop duplicates, keep per-conversation order, run the kind's handler."""
         try:
-            message = unpack(data, key=self.key)
+            message = unpack(data, key=self.key, limits=self.limits)
         except ProtocolError:
             self.rejected += 1
             raise

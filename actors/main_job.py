@@ -118,7 +118,8 @@ def build_chain(mode: Mode, k: int, task: Task, pool: ReplicaPool, trace: Trace,
     names = agent_names(k)
     roles = [task.first_role, *[task.relay_role] * (k - 2), task.last_role]
     chain = [Agent(name, pool, role=role, key=key, trace=trace, wire_dtype=config.wire_dtype,
-                   max_new_tokens=config.replica.max_new_tokens) for name, role in zip(names, roles)]
+                   max_new_tokens=config.replica.max_new_tokens, limits=config.replica.limits)
+             for name, role in zip(names, roles)]
     for agent in chain[1:]:
         agent.on("latent", keep_latent if mode == "latent" else decode_latent)
     return chain
@@ -371,7 +372,10 @@ HELPS = {"task": f"what the chain answers: {', '.join(TASKS)}", "questions": "ho
          "head": "a saved head folder (default: the shipped head)", "max_new_tokens": "generation budget per message",
          "num_replicas": "replica actors (one model each)", "num_threads": "torch threads per replica",
          "address": "join an existing Ray cluster (e.g. 'auto' or ray://host:10001)",
-         "out": "parent folder of run-<timestamp>/"}
+         "out": "parent folder of run-<timestamp>/",
+         "max_payload_bytes": "largest message payload agents and replicas unpack (raise it for the KV caches of big "
+                              "backbones)",
+         "max_elements": "most values in one message agents and replicas unpack"}
 
 
 def parse_config(argv: list[str] | None) -> JobConfig:

@@ -249,7 +249,8 @@ def start(config: ServeConfig, *, name: str = APP_NAME, route_prefix: str = "/")
     deployment = serve.deployment(LatentcommServer, name=name).options(
         ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
         max_ongoing_requests=config.max_ongoing_requests, **scale)
-    serve.run(deployment.bind(config.replica, config.keys(), limits), name=name, route_prefix=route_prefix)
+    replica = dataclasses.replace(config.replica, limits=limits)  # the front door's bounds hold in the replicas too
+    serve.run(deployment.bind(replica, config.keys(), limits), name=name, route_prefix=route_prefix)
     return f"http://{config.host}:{config.port}{route_prefix.rstrip('/')}"
 
 
@@ -288,7 +289,7 @@ _FLAG_TYPES = {
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("serve", "the model replicas behind an HTTP front door (Ray Serve)")
-    add_config_arguments(p, ServeConfig, helps=_HELP, flag_types=_FLAG_TYPES)
+    add_config_arguments(p, ServeConfig, helps=_HELP, flag_types=_FLAG_TYPES, exclude=("limits",))
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     args = p.parse_args(argv)
     config = config_from_args(ServeConfig, args)

@@ -156,7 +156,12 @@ def add_config_arguments(ap: argparse.ArgumentParser, cls: type, *, helps: Mappi
     its value in the outer config's default, e.g. a ``default_factory``); fields of other types keep their
     default and get no flag.
     """
-    for name, kind, default in _flags(cls, exclude):
+    flags = _flags(cls, exclude)
+    names = [name for name, _, _ in flags]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise TypeError(f"{cls.__name__}: nested configs repeat the fields {clash}; flags must be unique")
+    for name, kind, default in flags:
         flag = "--" + name.replace("_", "-")
         default = (defaults or {}).get(name, default)
         options: dict[str, Any] = {"default": default, "help": (helps or {}).get(name, name.replace("_", " "))}
@@ -220,10 +225,6 @@ def _flags(cls: type, exclude: Collection[str] = (), instance: Any = None) -> li
         scalar = _scalar(kind)
         if scalar is not None:
             flags.append((field.name, scalar, default))
-    names = [name for name, _, _ in flags]
-    clash = sorted({n for n in names if names.count(n) > 1})
-    if clash:
-        raise TypeError(f"{cls.__name__}: nested configs repeat the fields {clash}; flags must be unique")
     return flags
 
 

@@ -35,7 +35,7 @@ from latentcomm.kv import KVPrefix, prefill, respond_after
 from latentcomm.latent import Latent
 from latentcomm.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent
 from latentcomm.model import GenerativeEmbedder, Part, load_embedder
-from latentcomm.protocols import LatentMessage, pack, unpack
+from latentcomm.protocols import DEFAULT_LIMITS, LatentMessage, Limits, pack, unpack
 
 T = TypeVar("T")
 WireItem = Union[str, Sequence[Union[str, bytes]]]
@@ -66,6 +66,8 @@ class ReplicaConfig:
     int8: bool = False
     """Dynamically quantised int8 linears in the backbone (CPU inference; see ``backbone.quantize_int8``)."""
     batching: BatchConfig = field(default_factory=BatchConfig)
+    limits: Limits = DEFAULT_LIMITS
+    """Bounds of the messages this replica unpacks (a KV cache of a big backbone needs higher ones)."""
 
     def __post_init__(self) -> None:
         if self.weights_dtype is not None and not isinstance(getattr(torch, self.weights_dtype, None), torch.dtype):
@@ -144,14 +146,15 @@ class Replica:
         per input) addresses each message, so it is packed once here, ready to send (unsigned: the sender
         appends its HMAC trailer with ``protocols.sign``).
         """
-        items = _items(texts, kv=False)
+        items = _items(texts, self.config.limits, kv=False)
         routing = _routing_per_input(routing, len(items))
         latent = await self._texts.submit(_TextRequest(items, prompt, embed=False))
         return [pack(latent_message(latent[i], dtype=dtype, **routing[i])) for i in range(len(latent))]
 
     async def embed(self, messages: list[bytes], *, dtype: str = "float32") -> list[bytes]:
         """Packed "latent" messages (made by this head) -> packed "embedding" messages with the same routing."""
-        parsed = [unpack(data, expect_fingerprint=self.model.fingerprint) for data in messages]
+        parsed = [unpack(data, expect_fingerprint=self.model.fingerprint, limits=self.config.limits)
+                  for data in messages]
         if not parsed:
             return []
         vectors = await self._latents.submit([message_latent(msg) for msg in parsed])
@@ -163,7 +166,7 @@ class Replica:
                           routing: Sequence[Routing] | None = None) -> list[bytes]:
         """Texts -> packed "embedding" messages (compress + MLP_align + mean pooling); ``routing`` as in
         ``compress`` (packed once here, ready to send)."""
-        items = _items(texts, kv=False)
+        items = _items(texts, self.config.limits, kv=False)
         routing = _routing_per_input(routing, len(items))
         vectors = await self._texts.submit(_TextRequest(items, prompt, embed=True))
         return [pack(self._embedding(v, dtype, r)) for v, r in zip(vectors, routing)]
@@ -172,7 +175,7 @@ class Replica:
                       routing: Sequence[Routing] | None = None) -> list[bytes]:
         """Inputs -> one packed "kv" message each: the KV cache of the input's chat turn, after the KV prefix among
         its parts (one forward pass each, no generation; ``routing`` as in ``compress``)."""
-        items = _items(texts)
+        items = _items(texts, self.config.limits)
         routing = _routing_per_input(routing, len(items))
         out = []
         for item, address in zip(items, routing):
@@ -186,7 +189,7 @@ class Replica:
                      no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE) -> list[str]:
         """Packed "latent" messages -> text: the frozen LLM continues from each latent as a soft prompt (greedy,
         with ``GenerativeEmbedder.decode``'s repetition controls)."""
-        latents = [message_latent(unpack(data)) for data in messages]
+        latents = [message_latent(unpack(data, limits=self.config.limits)) for data in messages]
         if not latents:
             return []
         vectors, _ = self.model.decode_prompts(Latent.concat(latents, same_head=False))  # checks only: no queueing
@@ -203,7 +206,7 @@ class Replica:
         (seeded from ``seed`` and its index), so a text does not depend on what else runs in the batch.
         """
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
-        items = _items(texts)
+        items = _items(texts, self.config.limits)
         if any(isinstance(p, KVPrefix) for item in items if not isinstance(item, str) for p in item):
             return await self._respond_after_kv(items, max_new_tokens, sampling, seed)
         # the prompts are built (and the prefix cache used) on the model thread only
@@ -287,7 +290,7 @@ def _routing_per_input(routing: Sequence[Routing] | None, count: int) -> Sequenc
     return routing
 
 
-def _items(texts: list[WireItem], *, kv: bool = True) -> list[str | list[Any]]:
+def _items(texts: list[WireItem], limits: Limits, *, kv: bool = True) -> list[str | list[Any]]:
     """The inputs of one call as lists of parts (packed latents and, where ``kv``, KV prefixes unpacked), checked
     here so that a bad one fails its own call, not a batch."""
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
@@ -304,7 +307,7 @@ def _items(texts: list[WireItem], *, kv: bool = True) -> list[str | list[Any]]:
         bad = sorted({type(p).__name__ for p in item if not isinstance(p, (str, bytes))})
         if bad:
             raise TypeError(f"parts must be strings or packed latent messages (bytes), got {bad}")
-        items.append([p if isinstance(p, str) else _part(unpack(p), kv) for p in item])
+        items.append([p if isinstance(p, str) else _part(unpack(p, limits=limits), kv) for p in item])
     return items
 
 

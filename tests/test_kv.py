@@ -102,3 +102,19 @@ async def test_a_replica_prefills_and_answers_after_a_kv_message(tiny_backbone_d
     assert isinstance(answer, str) and replica.counters()["kv_generations"] == 1
     with pytest.raises(MalformedMessage, match="expected a 'latent' message"):
         await replica.compress([[ASK, data]])
+
+
+async def test_limits_bound_what_replicas_and_agents_unpack(tiny_backbone_dir):
+    from latentcomm.actors.agent import Agent
+    from latentcomm.protocols import LimitExceeded, Limits
+
+    small = Limits(max_elements=1_000)
+    replica = Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, weights_dtype="float32",
+                                    max_new_tokens=4, limits=small))
+    [data] = await replica.prefill([[NOTE]], dtype="float32", routing=[{"sender": "a", "recipient": "r"}])
+    assert unpack(data).array().size > 1_000  # what a replica packs is not bounded by what it reads
+    with pytest.raises(LimitExceeded, match="max_elements"):
+        await replica.respond([[ASK, data]])
+    with pytest.raises(LimitExceeded, match="max_elements"):
+        await Agent("r", replica, limits=small).receive(data)
+    assert (await Agent("r", replica).receive(data)).kind == "kv"
