@@ -66,7 +66,8 @@ class ServeConfig:
 
     @property
     def limits(self) -> Limits:
-        return dataclasses.replace(DEFAULT_LIMITS, max_payload_bytes=self.max_payload_bytes)
+        """The replica's limits with this front door's payload bound (they hold in the replicas too)."""
+        return dataclasses.replace(self.replica.limits, max_payload_bytes=self.max_payload_bytes)
 
     def keys(self) -> tuple[bytes, ...]:
         """The HMAC keys of ``key_file`` (none without one)."""
@@ -249,7 +250,7 @@ def start(config: ServeConfig, *, name: str = APP_NAME, route_prefix: str = "/")
     deployment = serve.deployment(LatentcommServer, name=name).options(
         ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
         max_ongoing_requests=config.max_ongoing_requests, **scale)
-    replica = dataclasses.replace(config.replica, limits=limits)  # the front door's bounds hold in the replicas too
+    replica = dataclasses.replace(config.replica, limits=limits)
     serve.run(deployment.bind(replica, config.keys(), limits), name=name, route_prefix=route_prefix)
     return f"http://{config.host}:{config.port}{route_prefix.rstrip('/')}"
 

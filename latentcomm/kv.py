@@ -69,8 +69,10 @@ def kv_shape(model: "GenerativeEmbedder") -> tuple[int, int, int]:
     return 2 * cfg.num_hidden_layers, int(heads), int(head_dim)
 
 
-def split_prefix(model: "GenerativeEmbedder", parts: Sequence[Any]) -> tuple[KVPrefix | None, list["Part"]]:
-    """The one KV prefix among ``parts`` (checked against ``model``'s backbone) and the other parts."""
+def split_prefix(model: "GenerativeEmbedder", parts: str | Sequence[Any]) -> tuple[KVPrefix | None, list["Part"]]:
+    """The one KV prefix among ``parts`` (a string is one part; checked against ``model``'s backbone) and the other
+    parts."""
+    parts = [parts] if isinstance(parts, str) else parts
     prefixes = [p for p in parts if isinstance(p, KVPrefix)]
     if len(prefixes) > 1:
         raise LatentError(f"an input reads at most one KV prefix, got {len(prefixes)}")
@@ -89,26 +91,27 @@ def split_prefix(model: "GenerativeEmbedder", parts: Sequence[Any]) -> tuple[KVP
     return prefix, rest
 
 
-def _turn(model: "GenerativeEmbedder", parts: Sequence[Any], *, answers: bool
-          ) -> tuple[KVPrefix | None, torch.Tensor, int]:
-    """The prefix, the user turn of the other parts embedded (1, T, H) — opening the conversation without a prefix,
-    ending in the generation prompt where ``answers`` — and the positions before the turn."""
+def _turn(model: "GenerativeEmbedder", parts: str | Sequence[Any], *, answers: bool
+          ) -> tuple[DynamicCache | None, torch.Tensor, int]:
+    """The cache of the prefix among ``parts`` (None without one), the user turn of the other parts embedded
+    (1, T, H) — opening the conversation without a prefix, ending in the generation prompt where ``answers`` — and
+    the positions before the turn."""
     prefix, rest = split_prefix(model, parts)
+    bb = model.backbone
     embeds, _ = model.respond_prompts([rest], model.turn_template(opens=prefix is None, answers=answers))
     held = prefix.length if prefix is not None else 0
-    if max_new_tokens_allowed(model.backbone.model, held + embeds.shape[1]) < 1:
+    if max_new_tokens_allowed(bb.model, held + embeds.shape[1]) < 1:
         raise LatentError(f"a {held}-position KV prefix and a {embeds.shape[1]}-token turn fill the backbone's "
                           "position range")
-    return prefix, embeds, held
+    return (prefix.to_cache(bb.device, bb.dtype) if prefix is not None else None), embeds, held
 
 
 @torch.no_grad()
-def prefill(model: "GenerativeEmbedder", parts: Sequence[Any]) -> KVPrefix:
+def prefill(model: "GenerativeEmbedder", parts: str | Sequence[Any]) -> KVPrefix:
     """The KV prefix of ``parts`` as a closed user turn after the received prefix among them (the conversation so
     far): one forward pass."""
-    prefix, embeds, held = _turn(model, parts, answers=False)
+    cache, embeds, held = _turn(model, parts, answers=False)
     bb = model.backbone
-    cache = prefix.to_cache(bb.device, bb.dtype) if prefix is not None else None
     length = held + embeds.shape[1]
     mask = torch.ones(1, length, dtype=torch.long, device=bb.device)
     positions = torch.arange(held, length, device=bb.device)[None]
@@ -117,12 +120,11 @@ def prefill(model: "GenerativeEmbedder", parts: Sequence[Any]) -> KVPrefix:
 
 
 @torch.no_grad()
-def respond_after(model: "GenerativeEmbedder", parts: Sequence[Any], *, max_new_tokens: int,
+def respond_after(model: "GenerativeEmbedder", parts: str | Sequence[Any], *, max_new_tokens: int,
                   sampling: Sampling = Sampling(), seed: int | None = None) -> str:
     """The backbone's answer to the chat turn of ``parts``, attending to the KV prefix among them first."""
-    prefix, embeds, _ = _turn(model, parts, answers=True)
+    cache, embeds, _ = _turn(model, parts, answers=True)
     bb = model.backbone
-    cache = prefix.to_cache(bb.device, bb.dtype) if prefix is not None else None
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=bb.device)
     [ids] = generate(bb.model, embeds, mask, max_new_tokens=max_new_tokens, eos_token_ids=model.stop_token_ids(),
                      pad_token_id=bb.tokenizer.pad_token_id, sampling=sampling, seed=seed, prefix=cache)

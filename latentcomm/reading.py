@@ -9,7 +9,9 @@ is never trained on: the fidelity table reads latents with it, so a head cannot 
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Sequence, TypeVar
+
+T = TypeVar("T")
 
 Instruction = tuple[str, str]
 """(text before the latent, text after it) inside the user turn."""
@@ -27,11 +29,11 @@ TRAINING_INSTRUCTIONS: tuple[Instruction, ...] = (
 EVALUATION_INSTRUCTION: Instruction = ("Here is a message from a colleague:\n", "\nWhat does the message say?")
 
 
-def draw_instruction(key: str, share: float, instructions: Sequence[Instruction] = TRAINING_INSTRUCTIONS
-                     ) -> Instruction | None:
+def draw_instruction(key: str, share: float, instructions: Sequence[T] = TRAINING_INSTRUCTIONS) -> T | None:
     """The reading instruction of the sample named ``key``, or None (the bare prefix) for a share ``1 - share``.
 
-    Deterministic in ``key`` (e.g. ``"<seed>:<epoch>:<query id>"``), so a resumed run draws the same ones.
+    Deterministic in ``key`` (e.g. ``"<seed>:<epoch>:<query id>"``), so a resumed run draws the same ones; any
+    other per-sample choice (``training.grounding``'s templates) draws the same way under its own key.
     """
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"in-context share must be in [0, 1], got {share}")

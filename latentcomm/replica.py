@@ -179,7 +179,7 @@ class Replica:
         routing = _routing_per_input(routing, len(items))
         out = []
         for item, address in zip(items, routing):
-            prefix = await self._on_model_thread(prefill, self.model, [item] if isinstance(item, str) else item)
+            prefix = await self._on_model_thread(prefill, self.model, item)
             self._kv_calls["prefills"] += 1
             out.append(pack(kv_message(prefix, dtype=dtype, **address)))
         return out
@@ -219,10 +219,10 @@ class Replica:
         """Answers to inputs of which some read a KV prefix: one row at a time, not batched (each attends to its
         own cache)."""
         budget = max_new_tokens or self.config.max_new_tokens
+        answer = functools.partial(respond_after, max_new_tokens=budget, sampling=sampling, seed=seed)
         answers = []
         for item in items:
-            answer = functools.partial(respond_after, max_new_tokens=budget, sampling=sampling, seed=seed)
-            answers.append(await self._on_model_thread(answer, self.model, [item] if isinstance(item, str) else item))
+            answers.append(await self._on_model_thread(answer, self.model, item))
             self._kv_calls["kv_generations"] += 1
         return answers
 

@@ -44,6 +44,7 @@ def test_a_received_prefix_reads_like_the_turns_run_in_one_pass(model):
     after, _ = bb.hidden_states(second, ones, torch.arange(first.shape[1], whole.shape[1])[None],
                                 cache=prefix.to_cache(bb.device, bb.dtype))
     torch.testing.assert_close(after, reference[:, first.shape[1]:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(kv.prefill(model, NOTE).tensor, prefix.tensor)  # a string is one part
     relay = kv.prefill(model, [ASK, prefix])  # wherever it stands, the prefix comes first
     torch.testing.assert_close(relay.tensor[:, :, :prefix.length], prefix.tensor)
     closed, _ = model.respond_prompts([ASK], model.turn_template(opens=False, answers=False))

@@ -12,7 +12,7 @@ does not read a phrasing the head was trained on.
 """
 from __future__ import annotations
 
-import hashlib
+from latentcomm.reading import draw_instruction
 
 GROUNDING_TEMPLATES: tuple[str, ...] = (
     "{response}\n\n{query}",
@@ -31,8 +31,5 @@ def grounded_query(key: str, query: str, response: str, share: float) -> str:
     """
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"grounding share must be in [0, 1], got {share}")
-    digest = hashlib.sha256(f"grounding:{key}".encode()).digest()
-    if int.from_bytes(digest[:8], "little") / 2**64 >= share:
-        return query
-    template = GROUNDING_TEMPLATES[int.from_bytes(digest[8:16], "little") % len(GROUNDING_TEMPLATES)]
-    return template.format(response=response, query=query)
+    template = draw_instruction(f"grounding:{key}", share, GROUNDING_TEMPLATES)
+    return query if template is None else template.format(response=response, query=query)
