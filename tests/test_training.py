@@ -282,6 +282,9 @@ def test_a_run_starts_from_a_saved_head_and_refuses_another_shape(uninterrupted,
     done = _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), "--num-compression", "4",
                    "--out", str(tmp_path / "other")], status=2)
     assert "another head shape" in done.stderr and "num_compression" in done.stderr
+    done = _train([*args, "--init-head", str(tmp_path / "nowhere"), "--out", str(tmp_path / "none")], status=2)
+    assert done.stderr.strip().splitlines()[-1].startswith("latentcomm train: error: no head at")
+    assert "Traceback" not in done.stderr
 
 
 def test_train_config_rejects_bad_values():

@@ -131,12 +131,15 @@ class TrainConfig:
         self.head_config(embed_dim=1)  # validates the head fields with HeadConfig's own checks
 
     def check_inputs(self) -> None:
-        """Refuse, before any work, a run without finished responses or without this teacher's targets."""
+        """Refuse, before any work, a run without finished responses or without this teacher's targets, or an
+        ``init_head`` that is no head folder."""
         from latentcomm.training.responses import RESPONSES_DIR, read_responses
         from latentcomm.training.targets import targets_path
 
         responses = Path(self.run) / RESPONSES_DIR
         read_responses(responses)
+        if self.init_head is not None and not (Path(self.init_head) / "config.json").is_file():
+            raise FileNotFoundError(f"no head at {self.init_head} (expected config.json and head.safetensors)")
         if not targets_path(responses, self.teacher).is_file():
             raise FileNotFoundError(f"no {self.teacher} targets in {responses} (run 'latentcomm targets --run "
                                     f"{self.run} --teacher {self.teacher}')")
