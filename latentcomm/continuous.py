@@ -4,7 +4,9 @@
 requests that arrived meanwhile are prefilled (one pass over their prompts) and their KV caches are left-padded
 into the running cache; then one step feeds every row its last token. A row stops at its own EOS or its own
 request's ``max_new_tokens`` and leaves the batch at once (its cache rows are dropped; columns no row attends
-any more are trimmed). A request resolves when all its rows are done, with one token list per row, in order.
+any more are trimmed). A request resolves when all its rows are done, with one token list per row, in order. A row
+may follow a KV prefix (``latentcomm.kv``: the answer after a received cache); it is prefilled after it on its own and
+then steps with the others.
 
 Greedy rows give what ``generation.generate`` gives for the same prompts (the same model calls, other
 padding). A sampled row draws from its own generator, seeded from the request's ``seed`` and the row's index,
@@ -32,6 +34,8 @@ from latentcomm.generation import Sampling, accepts_logits_to_keep, max_new_toke
 class _Request:
     prompts: list[torch.Tensor]
     """(T_i, H) prompt embeddings of each row, without padding."""
+    prefixes: list[Any]
+    """Each row's KV prefix (a cache of batch 1 that its prompt follows) or None."""
     max_new_tokens: int
     sampling: Sampling
     seed: int | None
@@ -81,15 +85,23 @@ class ContinuousGenerator:
         self._last = torch.zeros(0, dtype=torch.long, device=self._device)
 
     async def generate(self, prompts: list[torch.Tensor], *, max_new_tokens: int, sampling: Sampling = Sampling(),
-                       seed: int | None = None) -> list[list[int]]:
-        """New token ids of each prompt (T_i, H) (EOS cut off), generated in the running batch."""
+                       seed: int | None = None, prefixes: list[Any] | None = None) -> list[list[int]]:
+        """New token ids of each prompt (T_i, H) (EOS cut off), generated in the running batch.
+
+        ``prefixes`` (one per prompt, or None) are KV caches of batch 1 that a row attends to before its prompt, as
+        in ``generation.generate(prefix=)``: such a row is prefilled on its own, then decodes with the others.
+        """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        for prompt in prompts:
-            allowed = max_new_tokens_allowed(self.model, prompt.shape[0])
+        prefixes = list(prefixes) if prefixes is not None else [None] * len(prompts)
+        if len(prefixes) != len(prompts):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
+        for prompt, prefix in zip(prompts, prefixes):
+            length = prompt.shape[0] + (prefix.get_seq_length() if prefix is not None else 0)
+            allowed = max_new_tokens_allowed(self.model, length)
             if max_new_tokens > allowed:
                 raise ValueError(f"max_new_tokens={max_new_tokens} runs past the backbone's positions after a "
-                                 f"{prompt.shape[0]}-position prompt (at most {allowed})")
+                                 f"{length}-position prompt (at most {allowed})")
         if max_new_tokens == 0 or not prompts:
             return [[] for _ in prompts]
         loop = asyncio.get_running_loop()
@@ -97,7 +109,7 @@ class ContinuousGenerator:
             self._loop, self._task = loop, None
             self._waiting.clear()
             self._reset()
-        request = _Request(list(prompts), max_new_tokens, sampling, seed, loop.create_future(),
+        request = _Request(list(prompts), prefixes, max_new_tokens, sampling, seed, loop.create_future(),
                            results=[[] for _ in prompts], unfinished=len(prompts))
         self._waiting.append(request)
         if self._task is None or self._task.done():
@@ -197,18 +209,29 @@ class ContinuousGenerator:
         return logits
 
     def _prefill(self, rows: list[_Row]) -> torch.Tensor:
-        """Run the admitted rows' prompts and merge their caches into the running batch; their first logits."""
-        embeds, mask = left_pad([row.request.prompts[row.index] for row in rows], self._device)
-        logits, past = self._forward(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0), None)
-        _layers(past)  # a cache this class can merge, checked before any state changes
-        if self._past is None:
-            self._past, self._mask = past, mask
-        else:
-            self._mask = _merge(self._past, self._mask, past, mask)
-        self._next_position = torch.cat([self._next_position, mask.sum(-1)])
-        self._last = torch.cat([self._last, torch.zeros(len(rows), dtype=torch.long, device=self._device)])
-        self._rows += rows
-        return logits
+        """Run the admitted rows' prompts (those without a prefix in one pass, each with one on its own after it)
+        and merge their caches into the running batch; their first logits, in the order the rows now run."""
+        plain = [row for row in rows if row.request.prefixes[row.index] is None]
+        groups = ([plain] if plain else []) + [[row] for row in rows if row.request.prefixes[row.index] is not None]
+        passes = []
+        for group in groups:
+            prefix = group[0].request.prefixes[group[0].index]  # None for the group of plain rows
+            held = prefix.get_seq_length() if prefix is not None else 0
+            embeds, mask = left_pad([row.request.prompts[row.index] for row in group], self._device)
+            mask = torch.cat([mask.new_ones(len(group), held), mask], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, held:]
+            logits, past = self._forward(embeds, mask, positions, prefix)
+            _layers(past)  # a cache this class can merge, checked before any state changes
+            passes.append((group, logits, past, mask))
+        for group, _, past, mask in passes:
+            if self._past is None:
+                self._past, self._mask = past, mask
+            else:
+                self._mask = _merge(self._past, self._mask, past, mask)
+            self._next_position = torch.cat([self._next_position, mask.sum(-1)])
+            self._last = torch.cat([self._last, torch.zeros(len(group), dtype=torch.long, device=self._device)])
+            self._rows += group
+        return torch.cat([logits for _, logits, _, _ in passes])
 
     def _sample(self, logits: torch.Tensor) -> list[int]:
         """The next token of every row, each under its request's sampling and its own token history."""

@@ -5,7 +5,8 @@ sender read, at a size that grows with its input: 2 x layers x kv_heads x T x he
 on SmolLM2-135M, against a compression latent's fixed 10 x 576). A receiver attends to the cache before its own
 chat turn, so a ``KVPrefix`` is context that comes first wherever it stands among an input's parts. No head is
 involved: any agent on the same backbone reads any other's. ``prefill`` makes one (one forward pass, extending a
-received prefix: a relay's cache holds the chain so far); ``respond_after`` answers in text after one.
+received prefix: a relay's cache holds the chain so far); ``respond_after`` answers in text after one, and
+``answer_prompt`` gives what that answer is generated after (a replica batches such rows).
 
 The cache is a conversation of closed user turns (``GenerativeEmbedder.turn_template``): the first opens it with
 the system prompt, each relay's follows as another user turn, and only the answer's turn ends in the assistant's
@@ -119,13 +120,21 @@ def prefill(model: "GenerativeEmbedder", parts: str | Sequence[Any]) -> KVPrefix
     return KVPrefix.from_cache(cache, bb.backbone_id)
 
 
+def answer_prompt(model: "GenerativeEmbedder", parts: str | Sequence[Any]) -> tuple[DynamicCache | None, torch.Tensor]:
+    """What the answer to ``parts`` is generated after: a fresh cache of the KV prefix among them (None without one)
+    and their chat turn, ending in the generation prompt, embedded (T, H) (positions after the prefix's)."""
+    cache, embeds, _ = _turn(model, parts, answers=True)
+    return cache, embeds[0]
+
+
 @torch.no_grad()
 def respond_after(model: "GenerativeEmbedder", parts: str | Sequence[Any], *, max_new_tokens: int,
                   sampling: Sampling = Sampling(), seed: int | None = None) -> str:
-    """The backbone's answer to the chat turn of ``parts``, attending to the KV prefix among them first."""
-    cache, embeds, _ = _turn(model, parts, answers=True)
+    """The backbone's answer to the chat turn of ``parts``, attending to the KV prefix among them first (one row;
+    a replica's continuous batch runs many at once: ``ContinuousGenerator.generate(prefixes=)``)."""
+    cache, embeds = answer_prompt(model, parts)
     bb = model.backbone
-    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=bb.device)
-    [ids] = generate(bb.model, embeds, mask, max_new_tokens=max_new_tokens, eos_token_ids=model.stop_token_ids(),
+    mask = torch.ones(1, embeds.shape[0], dtype=torch.long, device=bb.device)
+    [ids] = generate(bb.model, embeds[None], mask, max_new_tokens=max_new_tokens, eos_token_ids=model.stop_token_ids(),
                      pad_token_id=bb.tokenizer.pad_token_id, sampling=sampling, seed=seed, prefix=cache)
     return model.detokenize([ids])[0]

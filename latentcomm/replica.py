@@ -31,7 +31,7 @@ from latentcomm.batching import BatchConfig, Batcher
 from latentcomm.config import HeadConfig
 from latentcomm.continuous import ContinuousGenerator, left_pad
 from latentcomm.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
-from latentcomm.kv import KVPrefix, prefill, respond_after
+from latentcomm.kv import KVPrefix, answer_prompt, prefill, respond_after
 from latentcomm.latent import Latent
 from latentcomm.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent
 from latentcomm.model import GenerativeEmbedder, Part, load_embedder
@@ -216,15 +216,17 @@ class Replica:
     # ---- internals ------------------------------------------------------------------------------------
     async def _respond_after_kv(self, items: list[str | list[Any]], max_new_tokens: int | None, sampling: Sampling,
                                 seed: int | None) -> list[str]:
-        """Answers to inputs of which some read a KV prefix: one row at a time, not batched (each attends to its
-        own cache)."""
+        """Answers to inputs of which some read a KV prefix: rows of the continuous batch, each prefilled after its
+        own cache (with window batching, one row at a time)."""
         budget = max_new_tokens or self.config.max_new_tokens
-        answer = functools.partial(respond_after, max_new_tokens=budget, sampling=sampling, seed=seed)
-        answers = []
-        for item in items:
-            answers.append(await self._on_model_thread(answer, self.model, item))
-            self._kv_calls["kv_generations"] += 1
-        return answers
+        self._kv_calls["kv_generations"] += len(items)
+        if self._continuous is None:
+            answer = functools.partial(respond_after, max_new_tokens=budget, sampling=sampling, seed=seed)
+            return [await self._on_model_thread(answer, self.model, item) for item in items]
+        prompts = await self._on_model_thread(lambda: [answer_prompt(self.model, item) for item in items])
+        ids = await self._continuous.generate([embeds for _, embeds in prompts], max_new_tokens=budget,
+                                              sampling=sampling, seed=seed, prefixes=[cache for cache, _ in prompts])
+        return self.model.detokenize(ids)
 
     async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)

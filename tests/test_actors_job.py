@@ -107,7 +107,8 @@ async def test_kv_mode_prefills_at_every_sender_and_the_cache_grows_along_the_ch
     assert logs == {"holder": ["prefill"], "relay1": ["prefill"], "relay2": ["prefill"], "answerer": ["respond"]}
     after = replica.counters()
     assert after["prefills"] - before["prefills"] == 3 and after["kv_generations"] - before["kv_generations"] == 1
-    assert after["generation_steps"] == before["generation_steps"]  # no batched generation ran for the chain
+    # the relays generate nothing: the only steps are the answer's (at most max_new_tokens=4), after the cache
+    assert 1 <= after["generation_steps"] - before["generation_steps"] <= 4
     assert after["generation_batches"] == before["generation_batches"]
     assert [h.kind for h in trace.hops] == ["kv"] * 3 and all(h.text is None for h in trace.hops)
     sizes = [h.bytes for h in trace.hops]

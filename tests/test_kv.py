@@ -105,6 +105,21 @@ async def test_a_replica_prefills_and_answers_after_a_kv_message(tiny_backbone_d
         await replica.compress([[ASK, data]])
 
 
+async def test_answers_after_prefixes_share_the_continuous_batch(tiny_backbone_dir, model):
+    replica = Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, weights_dtype="float32",
+                                    max_new_tokens=6))
+    [short] = await replica.prefill([[NOTE]], dtype="float32")
+    [long] = await replica.prefill([["Pass it on.", short]], dtype="float32")
+    inputs = [[ASK, long], [ASK], ["Who is Mira?", short]]
+    answers = await replica.respond(inputs)
+    steps = replica.counters()["generation_steps"]
+    alone = [kv.respond_after(replica.model, [p if isinstance(p, str) else message_kv(unpack(p)) for p in item],
+                              max_new_tokens=6) for item in inputs]
+    assert answers == alone  # the same greedy answers as each row run alone, plain or after its own cache
+    assert replica._continuous.peak_rows == 3 and steps <= 6
+    assert replica.counters()["kv_generations"] == 3
+
+
 async def test_limits_bound_what_replicas_and_agents_unpack(tiny_backbone_dir):
     from latentcomm.actors.agent import Agent
     from latentcomm.protocols import LimitExceeded, Limits
