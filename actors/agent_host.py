@@ -36,6 +36,10 @@ class AgentHost:
                           metadata: dict[str, Any] | None = None) -> Any:
         return await self.agent.send_latent(to, said, conversation_id=conversation_id, metadata=metadata)
 
+    async def send_kv(self, to: "RemoteAgent", said: Said, conversation_id: str = "default",
+                      metadata: dict[str, Any] | None = None) -> Any:
+        return await self.agent.send_kv(to, said, conversation_id=conversation_id, metadata=metadata)
+
     async def send_embedding(self, to: "RemoteAgent", text: str, conversation_id: str = "default",
                              metadata: dict[str, Any] | None = None) -> Any:
         return await self.agent.send_embedding(to, text, conversation_id=conversation_id, metadata=metadata)
@@ -65,6 +69,10 @@ class RemoteAgent:
     async def send_latent(self, to: "RemoteAgent", said: Said, *, conversation_id: str = "default",
                           metadata: dict[str, Any] | None = None) -> Any:
         return await self.handle.send_latent.remote(to, said, conversation_id, metadata)
+
+    async def send_kv(self, to: "RemoteAgent", said: Said, *, conversation_id: str = "default",
+                      metadata: dict[str, Any] | None = None) -> Any:
+        return await self.handle.send_kv.remote(to, said, conversation_id, metadata)
 
     async def send_embedding(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default",
                              metadata: dict[str, Any] | None = None) -> Any:

@@ -217,6 +217,8 @@ async def test_agents_in_their_own_processes_exchange_bytes(pool, tiny_model):
     embedded = (await answerer.hops())[-1]
     assert (embedded.sender, embedded.kind, embedded.metadata) == ("critic", "embedding", {"question": "q1"})
     assert (await answerer.counters())["handled"] == 2
+    cache = await critic.send_kv(answerer, QUESTION, conversation_id="r")  # a KV hand-off between hosts
+    assert cache.kind == "kv" and cache.message.sender == "critic" and (await answerer.hops())[-1].kind == "kv"
 
 
 async def test_killed_agent_process_gets_the_message_again(ray_local, pool):
