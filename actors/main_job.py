@@ -31,6 +31,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +47,7 @@ from latentcomm.cluster import init_ray
 from latentcomm.model import DEFAULT_HEAD_DIR
 from latentcomm.pool import PoolConfig, ReplicaPool
 from latentcomm.replica import ReplicaConfig
+from latentcomm.stats import paired_sign_test, wilson_interval
 from latentcomm.teachers import Teacher, load_teacher, unit_rows
 
 log = logging.getLogger(__name__)
@@ -214,12 +216,23 @@ def summarize(mode: str, k: int, answers: list[Answer], wall_s: float, trace: Tr
                                             "handle_s": stats.mean_handle_s, "bytes": stats.mean_bytes}
     every = hop_stats(hops)
     return {"mode": mode, "agents": k, "questions": len(answers),
-            "task_score": statistics.fmean(a.correct for a in answers),
+            "task_score": statistics.fmean(a.correct for a in answers), "task_score_ci95": score_interval(answers),
             "agreement_cosine": agree["cosine"] if agree else None,
             "agreement_r_at_1": agree["r_at_1"] if agree else None,
             "wall_s": wall_s, "mean_question_s": statistics.fmean(a.seconds for a in answers),
             "hop_s": every.mean_latency_s, "answer_s": statistics.fmean(a.answer_s for a in answers),
             "bytes_per_message": every.mean_bytes, "generations": generations, "hops": per_hop}
+
+
+def score_interval(answers: list[Answer]) -> tuple[float, float]:
+    """The 95% Wilson interval of the share of correct answers."""
+    return wilson_interval(sum(a.correct for a in answers), len(answers))
+
+
+def against_text(answers: list[Answer], text: list[Answer]) -> dict[str, float | int]:
+    """The questions only this mode answers right (``a_only``), only text does (``b_only``), and the exact
+    two-sided p-value that both score alike (``stats.paired_sign_test``)."""
+    return paired_sign_test([a.correct for a in answers], [a.correct for a in text])
 
 
 def ratios(mode: dict[str, Any], text: dict[str, Any]) -> dict[str, float | None]:
@@ -235,6 +248,14 @@ def fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def interval(bounds: Sequence[float]) -> str:
+    return f"{bounds[0]:.2f}-{bounds[1]:.2f}"
+
+
+def paired(test: dict[str, float | int]) -> str:
+    return f"{test['a_only']}/{test['b_only']} ({test['p']:.2f})"
+
+
 def table(run: dict[str, Any]) -> str:
     """The side-by-side table of one chain length: the modes, the floor, and the ratios to text."""
     s, floor, q = run["summaries"], run["floor"], run["over_text"]
@@ -247,6 +268,10 @@ def table(run: dict[str, Any]) -> str:
                      *ratio_cells))
 
     row("task score", "task_score", ".3f", floor["task_score"])
+    rows.append(("task score 95% CI", *(interval(s[m]["task_score_ci95"]) for m in MODES),
+                 interval(floor["task_score_ci95"]), *[""] * len(COMPARED)))
+    rows.append(("right only here / only in text (p)",
+                 *(paired(run["against_text"][m]) if m in COMPARED else "" for m in MODES), "", *[""] * len(COMPARED)))
     row("agreement with text: cosine", "agreement_cosine", ".3f", floor["agreement_cosine"], ratio=False)
     row("agreement with text: R@1", "agreement_r_at_1", ".3f", floor["agreement_r_at_1"], ratio=False)
     row("total wall time (s)", "wall_s", ".1f")
@@ -344,10 +369,12 @@ async def run_job(config: JobConfig) -> dict[str, Any]:
         summaries = {mode: summarize(mode, k, out[mode], out[f"{mode} wall_s"], trace, out[f"{mode} generations"],
                                      agree[mode]) for mode in MODES}
         floor_summary = {"task_score": task.score([a.final for a in floor], items),
+                         "task_score_ci95": score_interval(floor),
                          "agreement_cosine": agree["floor"]["cosine"] if agree["floor"] else None,
                          "agreement_r_at_1": agree["floor"]["r_at_1"] if agree["floor"] else None}
         runs.append({"agents": k, "summaries": summaries, "floor": floor_summary,
-                     "over_text": {m: ratios(summaries[m], summaries["text"]) for m in COMPARED}})
+                     "over_text": {m: ratios(summaries[m], summaries["text"]) for m in COMPARED},
+                     "against_text": {m: against_text(out[m], out["text"]) for m in COMPARED}})
         everything += [a for mode in MODES for a in out[mode]]
     return {"config": asdict(config), "task": task.name, "metric": task.metric, "replicas": infos,
             "head": head_description(config, infos[0]), "pool": calls,
@@ -430,7 +457,9 @@ def report(results: dict[str, Any], trace: Trace, config: JobConfig, folder: Pat
     if len(results["runs"]) > 1:
         print(f"\nsweep:\n{sweep_table(results['runs'])}")
     print(f"\ntask score: {results['metric']}; agreement: all-MiniLM-L6-v2 cosine with text mode's final answer, "
-          "R@1 among all of text mode's answers; floor: the last agent without any message")
+          "R@1 among all of text mode's answers; floor: the last agent without any message; 95% CI: Wilson interval; "
+          "right only here / only in text: questions one of the two gets right, p: exact two-sided sign test "
+          "(McNemar) that both score alike")
     print(f"wrote {folder}/results.json, trace.jsonl, run.png")
 
 

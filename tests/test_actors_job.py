@@ -197,12 +197,19 @@ def test_main_job_runs_every_mode_over_a_sweep(ray_local, tiny_backbone_dir, tmp
         assert [s[m]["generations"] for m in ("latent", "latent-decode", "kv", "text")] == [2, 2 * k, 2, 2 * k]
         assert len(s["latent"]["hops"]) == k - 1 and 0 <= run["floor"]["task_score"] <= 1
         assert run["over_text"]["latent"]["wall_s"] == s["latent"]["wall_s"] / s["text"]["wall_s"]
+        low, high = s["kv"]["task_score_ci95"]
+        assert 0 <= low <= s["kv"]["task_score"] <= high <= 1 and high - low > 0.3  # two questions say little
+        paired = run["against_text"]["kv"]
+        right = sum(a["correct"] for a in results["answers"] if (a["mode"], a["agents"]) == ("kv", k))
+        text_right = sum(a["correct"] for a in results["answers"] if (a["mode"], a["agents"]) == ("text", k))
+        assert paired["a_only"] - paired["b_only"] == right - text_right and 0 < paired["p"] <= 1
     trace = Trace.from_jsonl(folder / "trace.jsonl")
     assert len(trace.hops) == 2 * 4 * (1 + 2)
     assert {h.text_from for h in trace.hops if h.metadata["mode"] == "latent"} == {"off the clock"}
     assert all(h.text is not None for h in trace.hops if h.kind != "kv")
     assert (folder / "run.png").stat().st_size > 10_000
     out = capsys.readouterr().out
+    assert "task score 95% CI" in out and "right only here / only in text (p)" in out
     assert "task score" in out and "latent/text" in out and "kv/text" in out and "floor" in out
     assert "UNTRAINED head" in out
     assert "[decoded off the clock]" in out and "sweep:" in out
