@@ -218,24 +218,27 @@ class Replica:
                                 seed: int | None) -> list[str]:
         """Answers to inputs of which some read a KV prefix: rows of the continuous batch, each prefilled after its
         own cache (with window batching, one row at a time)."""
-        budget = max_new_tokens or self.config.max_new_tokens
         self._kv_calls["kv_generations"] += len(items)
         if self._continuous is None:
-            answer = functools.partial(respond_after, max_new_tokens=budget, sampling=sampling, seed=seed)
+            answer = functools.partial(respond_after, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                                       sampling=sampling, seed=seed)
             return [await self._on_model_thread(answer, self.model, item) for item in items]
         prompts = await self._on_model_thread(lambda: [answer_prompt(self.model, item) for item in items])
-        ids = await self._continuous.generate([embeds for _, embeds in prompts], max_new_tokens=budget,
-                                              sampling=sampling, seed=seed, prefixes=[cache for cache, _ in prompts])
-        return self.model.detokenize(ids)
+        return await self._generate([embeds for _, embeds in prompts], max_new_tokens, sampling, seed,
+                                    prefixes=[cache for cache, _ in prompts])
 
     async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def _generate(self, prompts: list[torch.Tensor], max_new_tokens: int | None, sampling: Sampling,
-                        seed: int | None) -> list[str]:
+                        seed: int | None, prefixes: list[Any] | None = None) -> list[str]:
+        """Texts generated after ``prompts`` (and, in the continuous batch only, after each row's KV prefix)."""
         budget = max_new_tokens or self.config.max_new_tokens
         if self._continuous is not None:
-            ids = await self._continuous.generate(prompts, max_new_tokens=budget, sampling=sampling, seed=seed)
+            ids = await self._continuous.generate(prompts, max_new_tokens=budget, sampling=sampling, seed=seed,
+                                                  prefixes=prefixes)
+        elif prefixes is not None:
+            raise NotImplementedError("window batching runs no rows after a KV prefix (kv.respond_after runs one)")
         else:
             ids = await self._window.submit(_Generation(prompts, budget, sampling, seed))
         return self.model.detokenize(ids)

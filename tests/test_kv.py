@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from latentcomm import kv
+from latentcomm.batching import BatchConfig
 from latentcomm.errors import LatentError
 from latentcomm.generation import generate
 from latentcomm.messaging import kv_message, message_kv
@@ -118,6 +119,8 @@ async def test_answers_after_prefixes_share_the_continuous_batch(tiny_backbone_d
     assert answers == alone  # the same greedy answers as each row run alone, plain or after its own cache
     assert replica._continuous.peak_rows == 3 and steps <= 6
     assert replica.counters()["kv_generations"] == 3
+    unbatched = Replica(dataclasses.replace(replica.config, batching=BatchConfig(batching=False)))
+    assert await unbatched.respond(inputs) == answers  # without a continuous batch: one row at a time
 
 
 async def test_limits_bound_what_replicas_and_agents_unpack(tiny_backbone_dir):
