@@ -28,6 +28,6 @@ def paired_sign_test(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | 
         raise ValueError(f"paired results need the same questions, got {len(a)} and {len(b)}")
     a_only = sum(1 for x, y in zip(a, b) if x and not y)
     b_only = sum(1 for x, y in zip(a, b) if y and not x)
-    n, k = a_only + b_only, min(a_only, b_only)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n if n else 0.5
+    n = a_only + b_only
+    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2 ** n  # n = 0: tail 1, p 1
     return {"a_only": a_only, "b_only": b_only, "p": min(1.0, 2 * tail)}
