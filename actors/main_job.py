@@ -17,8 +17,8 @@ Quality: the task's metric, the agreement of each mode's final answer with text 
 the same question's text answer among all of text mode's answers) and the floor (the last agent with no message).
 Time: the wall time of each mode, the mean hop (sender starts producing -> receiver has read it) and the last
 agent's answer. ``--sweep 2 3 4 5`` runs every K on the same replicas. Writes ``results.json``, ``trace.jsonl``
-(every hop with what was said; a latent read in context is decoded after the run, off the clock, and labelled so)
-and ``run.png`` under ``runs/run-<timestamp>/``.
+(every hop with what was said; a latent read in context is decoded after the run, off the clock, and labelled so;
+a KV hop gets its sender's own answer, generated off the clock too) and ``run.png`` under ``runs/run-<timestamp>/``.
 """
 from __future__ import annotations
 
@@ -127,9 +127,9 @@ def build_chain(mode: Mode, k: int, task: Task, pool: ReplicaPool, trace: Trace,
     return chain
 
 
-async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: dict[str, bytes]) -> Answer:
-    """One question through the chain in ``mode``; latents read in context are kept in ``held`` (by message id)
-    to be decoded for the trace after the run."""
+async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: Held) -> Answer:
+    """One question through the chain in ``mode``; latents read in context are kept in ``held.latents`` (by message
+    id) to be decoded for the trace after the run, and each KV hop's sender and input in ``held.kv``."""
     metadata = {"mode": mode, "question": item.id, "agents": len(chain)}
     conversation = f"{mode}:{len(chain)}:{item.id}"  # a unique stream name; nothing is parsed back out of it
     start = time.perf_counter()
@@ -140,10 +140,11 @@ async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: d
                                               metadata=metadata)
         elif mode == "kv":
             received = await sender.send_kv(receiver, said, conversation_id=conversation, metadata=metadata)
+            held.kv[received.message.message_id] = (sender, said)
         else:
             received = await sender.send_latent(receiver, said, conversation_id=conversation, metadata=metadata)
         if isinstance(received, Incoming) and received.kind == "latent":
-            held[received.message.message_id] = received.data
+            held.latents[received.message.message_id] = received.data
         said = task.later_input(item, received, last=hop == len(chain) - 1)
     answer_start = time.perf_counter()
     final = await chain[-1].respond(said)
@@ -152,7 +153,7 @@ async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: d
 
 
 async def run_mode(mode: Mode, items: list[Item], chain: list[Agent], task: Task, concurrency: int,
-                   held: dict[str, bytes]) -> tuple[list[Answer], float]:
+                   held: Held) -> tuple[list[Answer], float]:
     """All questions in ``mode``, ``concurrency`` at a time; returns the answers (in item order) and wall seconds."""
     gate = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(items), desc=f"K={len(chain)} {mode}", unit="question")
@@ -177,13 +178,31 @@ async def floor_answers(items: list[Item], task: Task, pool: ReplicaPool, config
             for item, final in zip(items, finals)]
 
 
-async def decode_held(pool: ReplicaPool, held: dict[str, bytes], trace: Trace, max_new_tokens: int) -> None:
+@dataclass
+class Held:
+    """What the trace is annotated from after the timed runs: latents read in context (message id -> bytes) and
+    each KV hop's sender with what it read (message id -> (agent, parts))."""
+
+    latents: dict[str, bytes] = field(default_factory=dict)
+    kv: dict[str, tuple[Agent, Any]] = field(default_factory=dict)
+
+
+async def decode_held(pool: ReplicaPool, latents: dict[str, bytes], trace: Trace, max_new_tokens: int) -> None:
     """What the latents read in context decode to, for the trace only (after the timed runs), labelled so."""
-    ids = list(held)
+    ids = list(latents)
     chunks = [ids[i:i + 8] for i in range(0, len(ids), 8)]
-    texts = await asyncio.gather(*(pool.call("decode", [held[i] for i in chunk], max_new_tokens=max_new_tokens)
+    texts = await asyncio.gather(*(pool.call("decode", [latents[i] for i in chunk], max_new_tokens=max_new_tokens)
                                    for chunk in chunks))
     trace.annotate({i: t for chunk, out in zip(chunks, texts) for i, t in zip(chunk, out)})
+
+
+async def answer_held_kv(kv: dict[str, tuple[Agent, Any]], trace: Trace) -> None:
+    """Each KV hop's sender's own answer to what it read, for the trace only (after the timed run), labelled so;
+    empties ``kv`` (the inputs hold the caches)."""
+    ids = list(kv)
+    texts = await asyncio.gather(*(kv[i][0].respond(kv[i][1]) for i in ids))
+    trace.annotate(dict(zip(ids, texts)), text_from="answered off the clock")
+    kv.clear()
 
 
 def agreement(answers: dict[str, list[Answer]], teacher: Teacher | None) -> dict[str, dict[str, float] | None]:
@@ -327,14 +346,16 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 async def run_chain(k: int, items: list[Item], task: Task, pool: ReplicaPool, trace: Trace, config: JobConfig,
-                    key: bytes | None, held: dict[str, bytes]) -> dict[str, list[Answer] | float | int]:
-    """Every mode at one chain length: answers, wall seconds and generations (respond + decode calls)."""
+                    key: bytes | None, held: Held) -> dict[str, list[Answer] | float | int]:
+    """Every mode at one chain length: answers, wall seconds and generations (respond + decode calls); the KV
+    hops' trace text is generated after the kv run, so the caches are not kept for longer."""
     out: dict[str, Any] = {}
     for mode in MODES:
         chain = build_chain(mode, k, task, pool, trace, config, key)
         before = pool.method_calls["respond"] + pool.method_calls["decode"]
         out[mode], out[f"{mode} wall_s"] = await run_mode(mode, items, chain, task, config.concurrency, held)
         out[f"{mode} generations"] = pool.method_calls["respond"] + pool.method_calls["decode"] - before
+        await answer_held_kv(held.kv, trace)
     return out
 
 
@@ -350,14 +371,14 @@ async def run_job(config: JobConfig) -> dict[str, Any]:
     task = get_task(config.task)
     items = task.load(config.questions, config.offset)
     pool = ReplicaPool(config.replica, config.pool, name="main")
-    trace, held = Trace(), {}
+    trace, held = Trace(), Held()
     key = os.urandom(32) if config.sign else None
     try:
         infos = await pool.ready()
         await warm_up(pool, config.pool.num_replicas)
         by_k = {k: await run_chain(k, items, task, pool, trace, config, key, held) for k in config.chain_lengths}
         floor = await floor_answers(items, task, pool, config)
-        await decode_held(pool, held, trace, config.replica.max_new_tokens)
+        await decode_held(pool, held.latents, trace, config.replica.max_new_tokens)
         calls = pool.stats()
     finally:
         pool.shutdown()
@@ -445,7 +466,8 @@ def report(results: dict[str, Any], trace: Trace, config: JobConfig, folder: Pat
     print(f"\n{results['head']}; task {results['task']}; {config.questions} questions; "
           f"{config.pool.num_replicas} replicas; wire {config.wire_dtype}\n")
     print(f"one question in every mode, K={k} (what each receiver read; [decoded off the clock]: the receiver read "
-          "the latent in context, the text is for you):")
+          "the latent in context, [answered off the clock]: what the sender of a KV cache would have said; those "
+          "texts are for you):")
     print(Trace(first).table(width=90))
     final = {a["mode"]: a["final"] for a in results["answers"] if a["question_id"] == first_id
              and a["agents"] in (k, 1)}

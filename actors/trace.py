@@ -1,8 +1,8 @@
 """A conversation trace: every hop between agents (who, what kind, bytes, latency, what was said).
 
 For latents the trace keeps the text the receiver decoded — or, for a latent read in context, what it decodes
-to, computed afterwards and labelled as such (``annotate``) — so a person can read what was "said"; export with
-``to_jsonl`` and read with ``table()``.
+to, computed afterwards and labelled as such (``annotate``); for a KV cache, what its sender would have answered,
+generated afterwards — so a person can read what was "said"; export with ``to_jsonl`` and read with ``table()``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 TEXT_FROM = {"message": "a text message", "receiver": "decoded by the receiver",
-             "off the clock": "decoded after the run, for the trace only (the receiver read the latent in context)"}
+             "off the clock": "decoded after the run, for the trace only (the receiver read the latent in context)",
+             "answered off the clock": "the sender's own answer to what it read, generated after the run for the "
+                                       "trace only (it sent its KV cache)"}
 """Where a hop's ``text`` came from."""
 
 
@@ -40,7 +42,8 @@ class Hop:
     """Receiver side: the handler (e.g. decode the latent)."""
     latency_s: float
     text: str | None = None
-    """What was said: the text of a text message, the decoded text of a latent, None for embeddings."""
+    """What was said: the text of a text message, the decoded text of a latent, the sender's answer for a KV cache
+    (once annotated), None for embeddings."""
     text_from: str = ""
     """Where ``text`` came from: a key of ``TEXT_FROM`` ("" when there is none)."""
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -132,7 +135,8 @@ class Trace:
         for hop in hops:
             said = "" if hop.text is None else " ".join(hop.text.split())
             said = said if len(said) <= width else said[:width - 1] + "…"
-            said = f"[decoded off the clock] {said}" if hop.text_from == "off the clock" else said
+            said = f"[{'decoded ' if hop.text_from == 'off the clock' else ''}{hop.text_from}] {said}" \
+                if hop.text_from.endswith("off the clock") else said
             rows.append((hop.conversation_id[:24], hop.sender, hop.receiver, hop.kind, str(hop.bytes),
                          f"{hop.latency_s * 1000:.0f} ms", said))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -178,7 +178,12 @@ def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | No
 
 
 def resolve_backbone(name_or_path: str | os.PathLike) -> Path | str:
-    """Turn the default alias, a .gguf file or a folder holding only a GGUF into a loadable HF folder."""
+    """Turn the default alias, a .gguf file or a folder holding only a GGUF into a loadable HF folder; a Hugging
+    Face id passes through. What is neither (not a string, empty, a local-looking path that is not there) is refused
+    in one line instead of a hub lookup's traceback."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ValueError(f"a backbone is {DEFAULT_BACKBONE!r}, a .gguf file, a model folder or a Hugging Face id; "
+                         f"got {name_or_path!r}")
     text = str(name_or_path)
     if text == DEFAULT_BACKBONE:
         return convert_gguf(find_default_gguf())
@@ -190,7 +195,11 @@ def resolve_backbone(name_or_path: str | os.PathLike) -> Path | str:
         if len(ggufs) == 1:
             return convert_gguf(ggufs[0])
         raise FileNotFoundError(f"{path} has no config.json and {len(ggufs)} .gguf files; point at one file")
-    return path if path.exists() else text
+    if path.exists():
+        return path
+    if isinstance(name_or_path, os.PathLike) or text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(f"no backbone folder or file at {path} (a Hugging Face id is 'org/name')")
+    return text
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -11,7 +11,7 @@ import pytest
 import latentcomm.actors.agent as agent_module
 import latentcomm.replica as replica_module
 from latentcomm.actors.agent import Agent, keep_latent
-from latentcomm.actors.main_job import JobConfig, answer, build_chain, main, parse_config
+from latentcomm.actors.main_job import Held, JobConfig, answer, answer_held_kv, build_chain, main, parse_config
 from latentcomm.actors.tasks import FACTS, GSM8K, get_task
 from latentcomm.actors.trace import Trace
 from latentcomm.errors import UsageError
@@ -75,14 +75,14 @@ def test_facts_task_inputs_hold_the_note_only_at_the_first_agent():
 async def test_latent_mode_generates_only_at_the_last_agent(replica):
     [item] = FACTS.load(1, 0)
     chain, logs, trace = chain_of("latent", 4, replica)
-    held: dict[str, bytes] = {}
+    held = Held()
     result = await answer(item, "latent", chain, FACTS, held)
     assert logs == {"holder": ["compress"], "relay1": ["compress"], "relay2": ["compress"], "answerer": ["respond"]}
     assert isinstance(result.final, str) and result.mode == "latent" and result.agents == 4
     assert len(trace.hops) == 3 and all(h.kind == "latent" and h.text is None for h in trace.hops)
     assert [h.metadata for h in trace.hops] == [{"mode": "latent", "question": item.id, "agents": 4}] * 3
-    assert set(held) == {h.message_id for h in trace.hops}
-    trace.annotate({mid: "decoded" for mid in held})
+    assert set(held.latents) == {h.message_id for h in trace.hops} and not held.kv
+    trace.annotate({mid: "decoded" for mid in held.latents})
     assert {(h.text, h.text_from) for h in trace.hops} == {("decoded", "off the clock")}
     assert "[decoded off the clock] decoded" in trace.table()
 
@@ -90,11 +90,11 @@ async def test_latent_mode_generates_only_at_the_last_agent(replica):
 async def test_latent_decode_and_text_modes(replica):
     [item] = FACTS.load(1, 0)
     chain, logs, trace = chain_of("latent-decode", 3, replica)
-    await answer(item, "latent-decode", chain, FACTS, {})
+    await answer(item, "latent-decode", chain, FACTS, Held())
     assert logs == {"holder": ["compress"], "relay1": ["decode", "compress"], "answerer": ["decode", "respond"]}
     assert all(h.text_from == "receiver" for h in trace.hops)
     chain, logs, trace = chain_of("text", 3, replica)
-    await answer(item, "text", chain, FACTS, {})
+    await answer(item, "text", chain, FACTS, Held())
     assert logs == {"holder": ["respond"], "relay1": ["respond"], "answerer": ["respond"]}
     assert [h.kind for h in trace.hops] == ["text", "text"] and all(h.text_from == "message" for h in trace.hops)
 
@@ -103,7 +103,8 @@ async def test_kv_mode_prefills_at_every_sender_and_the_cache_grows_along_the_ch
     [item] = FACTS.load(1, 0)
     chain, logs, trace = chain_of("kv", 4, replica)
     before = replica.counters()
-    result = await answer(item, "kv", chain, FACTS, {})
+    held = Held()
+    result = await answer(item, "kv", chain, FACTS, held)
     assert logs == {"holder": ["prefill"], "relay1": ["prefill"], "relay2": ["prefill"], "answerer": ["respond"]}
     after = replica.counters()
     assert after["prefills"] - before["prefills"] == 3 and after["kv_generations"] - before["kv_generations"] == 1
@@ -114,6 +115,12 @@ async def test_kv_mode_prefills_at_every_sender_and_the_cache_grows_along_the_ch
     sizes = [h.bytes for h in trace.hops]
     assert sizes[0] < sizes[1] < sizes[2]  # each relay's cache holds what it received plus its own turn
     assert isinstance(result.final, str) and result.mode == "kv"
+    # for the trace, after the run: each sender answers what it read (the relays after the cache they received)
+    assert set(held.kv) == {h.message_id for h in trace.hops} and not held.latents
+    await answer_held_kv(held.kv, trace)
+    assert logs["holder"] == ["prefill", "respond"] and logs["relay2"] == ["prefill", "respond"] and not held.kv
+    assert all(h.text_from == "answered off the clock" and isinstance(h.text, str) for h in trace.hops)
+    assert "[answered off the clock]" in trace.table()
 
 
 @pytest.mark.parametrize("mode", ["latent", "kv", "text"])
@@ -131,7 +138,7 @@ async def test_one_pack_per_hop_and_one_verification_at_the_receiver(replica, mo
     monkeypatch.setattr(agent_module, "unpack", counting("unpack", agent_module.unpack))
     [item] = FACTS.load(1, 0)
     chain, _, trace = chain_of(mode, 4, replica, key=b"k" * 32)
-    await answer(item, mode, chain, FACTS, {})
+    await answer(item, mode, chain, FACTS, Held())
     assert len(trace.hops) == 3 and counts == {"pack": 3, "unpack": 3}
 
 
@@ -206,10 +213,11 @@ def test_main_job_runs_every_mode_over_a_sweep(ray_local, tiny_backbone_dir, tmp
     trace = Trace.from_jsonl(folder / "trace.jsonl")
     assert len(trace.hops) == 2 * 4 * (1 + 2)
     assert {h.text_from for h in trace.hops if h.metadata["mode"] == "latent"} == {"off the clock"}
-    assert all(h.text is not None for h in trace.hops if h.kind != "kv")
+    assert all(h.text is not None for h in trace.hops)
+    assert {h.text_from for h in trace.hops if h.kind == "kv"} == {"answered off the clock"}
     assert (folder / "run.png").stat().st_size > 10_000
     out = capsys.readouterr().out
     assert "task score 95% CI" in out and "right only here / only in text (p)" in out
     assert "task score" in out and "latent/text" in out and "kv/text" in out and "floor" in out
     assert "UNTRAINED head" in out
-    assert "[decoded off the clock]" in out and "sweep:" in out
+    assert "[decoded off the clock]" in out and "[answered off the clock]" in out and "sweep:" in out

@@ -515,3 +515,12 @@ def test_the_new_errors_share_the_root() -> None:
     from latentcomm import LatentcommError
 
     assert issubclass(UsageError, LatentcommError) and issubclass(ConflictingMessageError, LatentcommError)
+
+
+@pytest.mark.parametrize("source", [None, "", "  ", 3, "./no-such-model", "/no/such/model", "runs/x/model"])
+def test_a_backbone_that_is_no_model_is_refused_in_one_line_without_a_hub_lookup(source) -> None:
+    from latentcomm.backbone import load_backbone
+
+    with pytest.raises((ValueError, FileNotFoundError)) as err:
+        load_backbone(source)
+    assert "\n" not in str(err.value) and ("backbone" in str(err.value))
