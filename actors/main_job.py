@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from latentcomm.actors.agent import Agent, Incoming, decode_latent, keep_latent
+from latentcomm.actors.agent import Agent, Incoming, Said, decode_latent, keep_latent
 from latentcomm.actors.tasks import TASKS, Item, Task, TaskName, get_task
 from latentcomm.actors.trace import Trace, hop_stats
 from latentcomm.backbone import DEFAULT_BACKBONE
@@ -184,7 +184,7 @@ class Held:
     each KV hop's sender with what it read (message id -> (agent, parts))."""
 
     latents: dict[str, bytes] = field(default_factory=dict)
-    kv: dict[str, tuple[Agent, Any]] = field(default_factory=dict)
+    kv: dict[str, tuple[Agent, Said]] = field(default_factory=dict)
 
 
 async def decode_held(pool: ReplicaPool, latents: dict[str, bytes], trace: Trace, max_new_tokens: int) -> None:
@@ -196,7 +196,7 @@ async def decode_held(pool: ReplicaPool, latents: dict[str, bytes], trace: Trace
     trace.annotate({i: t for chunk, out in zip(chunks, texts) for i, t in zip(chunk, out)})
 
 
-async def answer_held_kv(kv: dict[str, tuple[Agent, Any]], trace: Trace) -> None:
+async def answer_held_kv(kv: dict[str, tuple[Agent, Said]], trace: Trace) -> None:
     """Each KV hop's sender's own answer to what it read, for the trace only (after the timed run), labelled so;
     empties ``kv`` (the inputs hold the caches)."""
     ids = list(kv)
@@ -360,9 +360,14 @@ async def run_chain(k: int, items: list[Item], task: Task, pool: ReplicaPool, tr
 
 
 async def warm_up(pool: ReplicaPool, replicas: int) -> None:
-    """One compress and one short generation per replica before anything is timed."""
-    await asyncio.gather(*(pool.call("compress", ["warm up"]) for _ in range(replicas)))
-    await asyncio.gather(*(pool.call("respond", ["warm up"], max_new_tokens=2) for _ in range(replicas)))
+    """Every path a mode times, once per replica, before anything is timed: compress, KV prefill, decode, and a
+    short generation after a prompt and after a KV cache."""
+    each = range(replicas)
+    latents = await asyncio.gather(*(pool.call("compress", ["warm up"]) for _ in each))
+    caches = await asyncio.gather(*(pool.call("prefill", ["warm up"]) for _ in each))
+    await asyncio.gather(*(pool.call("decode", latent, max_new_tokens=2) for latent in latents))
+    await asyncio.gather(*(pool.call("respond", ["warm up"], max_new_tokens=2) for _ in each))
+    await asyncio.gather(*(pool.call("respond", [["warm up", *cache]], max_new_tokens=2) for cache in caches))
 
 
 async def run_job(config: JobConfig) -> dict[str, Any]:
