@@ -21,6 +21,8 @@ TEXT_FROM = {"message": "a text message", "receiver": "decoded by the receiver",
              "answered off the clock": "the sender's own answer to what it read, generated after the run for the "
                                        "trace only (it sent its KV cache)"}
 """Where a hop's ``text`` came from."""
+MARKED = {"off the clock": "[decoded off the clock]", "answered off the clock": "[answered off the clock]"}
+"""The mark ``Trace.table`` puts before a text the receiver did not read (made for the trace only)."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,7 @@ class Trace:
         for hop in hops:
             said = "" if hop.text is None else " ".join(hop.text.split())
             said = said if len(said) <= width else said[:width - 1] + "…"
-            said = f"[{'decoded ' if hop.text_from == 'off the clock' else ''}{hop.text_from}] {said}" \
-                if hop.text_from.endswith("off the clock") else said
+            said = f"{MARKED[hop.text_from]} {said}" if hop.text_from in MARKED else said
             rows.append((hop.conversation_id[:24], hop.sender, hop.receiver, hop.kind, str(hop.bytes),
                          f"{hop.latency_s * 1000:.0f} ms", said))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
