@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +37,85 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32."""
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The backbone dtype picked for a device, and the reason in words (printed by ``latentcomm info`` / ``demo``)."""
+
+    dtype: torch.dtype
+    reason: str
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+"""CPU feature flags (``/proc/cpuinfo``: x86 ``flags``, aarch64 ``Features``) of hardware that computes bf16 itself.
+oneDNN also "supports" bf16 on plain AVX-512 or AVX2 by emulating it, at about a third of fp32's speed."""
+DTYPE_ENV = "LATENTCOMM_DTYPE"
+"""Environment override of the automatic choice: ``fp32``, ``bf16`` or ``fp16``."""
+_DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo``, or None where the system does not list them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def _bf16_matmul_is_faster(size: int = 512, repeats: int = 5) -> bool:
+    """Time one square matmul in fp32 and in bf16 (best of ``repeats``): is bf16 at least as fast?"""
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(size, size, dtype=dtype)
+        torch.mm(a, a)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, a)
+            times.append(time.perf_counter() - start)
+        best[dtype] = min(times)
+    return best[torch.bfloat16] <= best[torch.float32]
+
+
+@lru_cache(maxsize=1)
+def _cpu_choice() -> DtypeChoice:
+    flags = cpu_flags()
+    if flags is not None:
+        native = sorted(flags.intersection(BF16_CPU_FLAGS))
+        if native:
+            return DtypeChoice(torch.bfloat16, f"the CPU computes bf16 natively ({', '.join(native)})")
+        return DtypeChoice(torch.float32, "the CPU has no native bf16 (no avx512_bf16 / amx_bf16 / bf16 flag); "
+                                          "emulated bf16 is slower than fp32")
+    if _bf16_matmul_is_faster():
+        return DtypeChoice(torch.bfloat16, "CPU flags unreadable; a timed bf16 matmul was at least as fast as fp32")
+    return DtypeChoice(torch.float32, "CPU flags unreadable; a timed bf16 matmul was slower than fp32")
+
+
+def choose_dtype(device: torch.device | str) -> DtypeChoice:
+    """The backbone dtype that is fast on ``device``: bf16 where the hardware computes it (CUDA with bf16, CPUs
+    with AVX512-BF16, AMX or Arm BF16), fp16 on older CUDA, else fp32. ``$LATENTCOMM_DTYPE`` overrides it."""
+    override = os.environ.get(DTYPE_ENV, "").strip().lower()
+    if override:
+        if override not in _DTYPE_NAMES:
+            raise ValueError(f"{DTYPE_ENV} must be one of {sorted(_DTYPE_NAMES)}, got {override!r}")
+        return DtypeChoice(_DTYPE_NAMES[override], f"set by {DTYPE_ENV}={override}")
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-    except (AttributeError, RuntimeError):
-        return torch.float32
+        if torch.cuda.is_bf16_supported():
+            return DtypeChoice(torch.bfloat16, "the GPU computes bf16")
+        return DtypeChoice(torch.float16, "the GPU has no bf16; fp16 instead")
+    if device.type != "cpu":
+        return DtypeChoice(torch.float32, f"no rule for {device.type}; fp32")
+    return _cpu_choice()
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype :func:`choose_dtype` picks for ``device``."""
+    return choose_dtype(device).dtype
 
 
 @dataclass

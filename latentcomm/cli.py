@@ -56,6 +56,7 @@ EXPERIMENTS: dict[str, Command] = {
 COMMANDS: dict[str, Command] = {
     "run": Command("latentcomm.actors.main_job", "the main job: agents talk in latents and in text, side by side"),
     "serve": Command("latentcomm.actors.serve", "the replicas behind an HTTP front door (Ray Serve, protocol bytes)"),
+    "info": Command("latentcomm.info", "device, the backbone dtype chosen and why, threads, installed integrations"),
     "demo": Command("latentcomm.demo", "compress, embed and decode a few queries on one process"),
     "convert": Command("latentcomm.demo", "convert a GGUF backbone once into the cache (prints the folder)",
                        ("--convert-only",)),

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from latentcomm.backbone import DEFAULT_BACKBONE, find_default_gguf, resolve_backbone
+from latentcomm.backbone import DEFAULT_BACKBONE, choose_dtype, find_default_gguf, resolve_backbone
 from latentcomm.cliparser import backbone_source, count, head_folder, parser
 from latentcomm.model import load_embedder
 
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     model = load_embedder(args.head, backbone=args.backbone)
     print(f"loaded {model.backbone.name} ({model.backbone.backbone_id}), head {model.fingerprint} "
-          f"in {time.perf_counter() - start:.1f} s on {model.device} / {model.backbone.dtype}")
+          f"in {time.perf_counter() - start:.1f} s on {model.device} / {model.backbone.dtype}"
+          f" (chosen: {choose_dtype(model.device).reason})")
     start = time.perf_counter()
     latent = model.compress(queries)
     t_compress = time.perf_counter() - start
