@@ -37,8 +37,8 @@ from ray.exceptions import RayActorError
 
 from latentcomm.actors.trace import Hop, Trace
 from latentcomm.errors import OrderingError, ConflictingMessageError
-from latentcomm.messaging import address, message_embedding
-from latentcomm.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
+from latentcomm.engine.messaging import address, message_embedding
+from latentcomm.runtime.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
 from latentcomm.protocols import (DEFAULT_LIMITS, KINDS, LatentMessage, Limits, MetaValue, ProtocolError, pack, sign,
                                   unpack)
 
@@ -192,7 +192,7 @@ class Agent:
     async def send_kv(self, to: Recipient, said: Said, *, conversation_id: str = "default",
                       metadata: Mapping[str, MetaValue] | None = None) -> Any:
         """Send the KV cache of ``said`` (under the role prompt, after a received KV prefix among it): one forward
-        pass, no generation; its size grows with what the agent read (``latentcomm.kv``). Packed by the replica."""
+        pass, no generation; its size grows with what the agent read (``latentcomm.model.kv``). Packed by the replica."""
         stream, routing = self._routing(to, conversation_id, metadata)
         [data] = await self.pool.call("prefill", [self.parts(said)], dtype=self.wire_dtype, routing=[routing])
         return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])

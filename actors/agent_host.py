@@ -17,7 +17,7 @@ import ray
 
 from latentcomm.actors.agent import Agent, Handler, Said
 from latentcomm.actors.trace import Hop
-from latentcomm.pool import ReplicaPool
+from latentcomm.runtime.pool import ReplicaPool
 
 
 class AgentHost:

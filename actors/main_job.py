@@ -10,7 +10,7 @@ The first agent holds what answers the question (``actors.tasks``: a note by def
   reads that text.
 * ``kv`` — the peers' hand-off (KVComm, LatentMAS): every agent but the last sends the key/value cache of all it
   read (one forward pass; a relay extends the cache it received), the last one answers after it. Nothing is
-  compressed, so the message grows with the chain (``latentcomm.kv``): the high-capacity reference for ``latent``.
+  compressed, so the message grows with the chain (``latentcomm.model.kv``): the high-capacity reference for ``latent``.
 * ``text`` (the baseline) — every agent generates its answer and sends the text.
 
 Quality: the task's metric, the agreement of each mode's final answer with text mode's (MiniLM cosine, and R@1 of
@@ -40,15 +40,15 @@ from tqdm.auto import tqdm
 from latentcomm.actors.agent import Agent, Incoming, Said, decode_latent, keep_latent
 from latentcomm.actors.tasks import TASKS, Item, Task, TaskName, get_task
 from latentcomm.actors.trace import Trace, hop_stats
-from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import (add_config_arguments, backbone_source, config_from_args, count, head_folder,
+from latentcomm.model.backbone import DEFAULT_BACKBONE
+from latentcomm.cli.parser import (add_config_arguments, backbone_source, config_from_args, count, head_folder,
                                   output_dir, parser, teacher_source)
-from latentcomm.cluster import init_ray
-from latentcomm.model import DEFAULT_HEAD_DIR
-from latentcomm.pool import PoolConfig, ReplicaPool
-from latentcomm.replica import ReplicaConfig
+from latentcomm.runtime.cluster import init_ray
+from latentcomm.model.embedder import DEFAULT_HEAD_DIR
+from latentcomm.runtime.pool import PoolConfig, ReplicaPool
+from latentcomm.engine.replica import ReplicaConfig
 from latentcomm.stats import paired_sign_test, wilson_interval
-from latentcomm.teachers import Teacher, load_teacher, unit_rows
+from latentcomm.model.teachers import Teacher, load_teacher, unit_rows
 
 log = logging.getLogger(__name__)
 

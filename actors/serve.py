@@ -1,4 +1,4 @@
-"""``latentcomm serve``: the model replicas behind an HTTP front door on Ray Serve (the API: ``latentcomm.httpapi``).
+"""``latentcomm serve``: the model replicas behind an HTTP front door on Ray Serve (the API: ``latentcomm.http.api``).
 
 Each Serve replica of the ``latentcomm`` deployment holds one ``Replica`` (backbone + head), so concurrent HTTP
 requests to it batch as they do for agents (``ReplicaConfig.batching``). Ray Serve does the rest: the HTTP
@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentcomm.cliparser import add_config_arguments, backbone_source, config_from_args, count, existing_file, \
+from latentcomm.cli.parser import add_config_arguments, backbone_source, config_from_args, count, existing_file, \
     head_folder, number, parser
 from latentcomm.errors import LatentcommError
-from latentcomm.httpapi import JSON_TYPE, PROTOCOL_TYPE, ROUTES, parse_options
-from latentcomm.messaging import address
+from latentcomm.http.api import JSON_TYPE, PROTOCOL_TYPE, ROUTES, parse_options
+from latentcomm.engine.messaging import address
 from latentcomm.protocols import DEFAULT_LIMITS, LatentMessage, Limits, LimitExceeded, MalformedMessage, \
     ProtocolError, SignatureError, pack, unpack
-from latentcomm.replica import Replica, ReplicaConfig
+from latentcomm.engine.replica import Replica, ReplicaConfig
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def status_of(err: Exception) -> int:
 
 
 class LatentcommServer:
-    """The Serve deployment: one model replica answering the routes of ``latentcomm.httpapi``."""
+    """The Serve deployment: one model replica answering the routes of ``latentcomm.http.api``."""
 
     def __init__(self, replica: ReplicaConfig, keys: tuple[bytes, ...] = (), limits: Limits = DEFAULT_LIMITS
                  ) -> None:
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     config.keys()  # a bad key file fails here, before Ray starts
     from ray import serve
 
-    from latentcomm.cluster import init_ray
+    from latentcomm.runtime.cluster import init_ray
 
     init_ray(args.address)
     url = start(config)

@@ -5,9 +5,9 @@ Every agent of a chain is asked the task's question; only the first one holds wh
 problem to solve). A later agent reads the message of the agent before it inside its own user turn, after
 ``reading.EVALUATION_INSTRUCTION``'s opening, the same words in every mode: only what stands in the message's
 place changes (a latent read as soft tokens, its decoded text, or generated text; a KV prefix stands before the
-whole turn instead, ``latentcomm.kv``). The floor is the last agent asked without any message.
+whole turn instead, ``latentcomm.model.kv``). The floor is the last agent asked without any message.
 
-* ``facts`` (default): ``latentcomm.facts`` — a note about a made-up person; the answer is one word of it.
+* ``facts`` (default): ``latentcomm.tasks.facts`` — a note about a made-up person; the answer is one word of it.
 * ``gsm8k``: GSM8K test problems; the answer is the final number (a 135M backbone scores about 1%: this task is
   for bigger backbones).
 """
@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from latentcomm import facts
-from latentcomm.gsm8k import last_number, load_gsm8k
-from latentcomm.reading import EVALUATION_INSTRUCTION
+from latentcomm.tasks import facts
+from latentcomm.tasks.gsm8k import last_number, load_gsm8k
+from latentcomm.model.reading import EVALUATION_INSTRUCTION
 
 TaskName = Literal["facts", "gsm8k"]
 TASKS: tuple[str, ...] = ("facts", "gsm8k")

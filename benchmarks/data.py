@@ -23,8 +23,8 @@ from typing import Literal, Sequence
 
 from tqdm.auto import tqdm
 
-from latentcomm.backbone import latentcomm_home
-from latentcomm.cliparser import parser
+from latentcomm.model.backbone import latentcomm_home
+from latentcomm.cli.parser import parser
 
 Registry = Literal["pypi", "npm"]
 MANIFEST = "manifest.json"

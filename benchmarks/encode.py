@@ -19,10 +19,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, default_dtype, quantize_int8
-from latentcomm.cliparser import backbone_source, count, head_folder, output_dir, parser
-from latentcomm.generation import generate
-from latentcomm.model import MIN_TEMPLATE_CACHE, GenerativeEmbedder, load_embedder
+from latentcomm.model.backbone import DEFAULT_BACKBONE, Backbone, default_dtype, quantize_int8
+from latentcomm.cli.parser import backbone_source, count, head_folder, output_dir, parser
+from latentcomm.model.generation import generate
+from latentcomm.model.embedder import MIN_TEMPLATE_CACHE, GenerativeEmbedder, load_embedder
 
 TOPICS = ["the French revolution", "photosynthesis", "binary search", "sourdough bread", "black holes",
           "the stock market", "climate change", "the immune system", "jazz music", "electric cars",

@@ -14,10 +14,10 @@ from typing import Literal, Protocol, Sequence
 
 import numpy as np
 
-from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
-from latentcomm.config import HeadConfig
-from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
-from latentcomm.teachers import load_teacher, mean_pooled_states, unit_rows
+from latentcomm.model.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
+from latentcomm.model.config import HeadConfig
+from latentcomm.model.embedder import DEFAULT_HEAD_DIR, GenerativeEmbedder
+from latentcomm.model.teachers import load_teacher, mean_pooled_states, unit_rows
 from latentcomm.training.evaluate import CALIBRATION_QUERIES
 from latentcomm.training.queries import sharegpt_queries
 

@@ -30,14 +30,14 @@ from tqdm.auto import tqdm
 
 from latentcomm.actors.agent import Agent, embed_latent
 from latentcomm.actors.trace import Trace, hop_stats
-from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import backbone_source, count, head_folder, output_dir, parser
-from latentcomm.cluster import init_ray
-from latentcomm.gsm8k import load_gsm8k
-from latentcomm.pool import PoolConfig, ReplicaPool
+from latentcomm.model.backbone import DEFAULT_BACKBONE
+from latentcomm.cli.parser import backbone_source, count, head_folder, output_dir, parser
+from latentcomm.runtime.cluster import init_ray
+from latentcomm.tasks.gsm8k import load_gsm8k
+from latentcomm.runtime.pool import PoolConfig, ReplicaPool
 from latentcomm.protocols import LatentMessage, pack, unpack
-from latentcomm.replica import ReplicaConfig
-from latentcomm.teachers import load_teacher, paired_cosines
+from latentcomm.engine.replica import ReplicaConfig
+from latentcomm.model.teachers import load_teacher, paired_cosines
 
 MODES = ("latent->decode", "latent->embed", "text")
 

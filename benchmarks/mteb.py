@@ -10,8 +10,8 @@ import json
 import time
 from pathlib import Path
 
-from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import backbone_source, count, head_folder, output_dir, parser
+from latentcomm.model.backbone import DEFAULT_BACKBONE
+from latentcomm.cli.parser import backbone_source, count, head_folder, output_dir, parser
 
 PAPER_BENCHMARK = "MTEB(eng, v2)"
 

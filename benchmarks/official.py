@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from latentcomm.backbone import resolve_backbone
-from latentcomm.config import HeadConfig
+from latentcomm.model.backbone import resolve_backbone
+from latentcomm.model.config import HeadConfig
 
 PACKAGE = "llm2vec_gen"
 INSTALL = "pip install --no-deps llm2vec-gen==0.1.3 && pip install peft"

@@ -19,7 +19,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from latentcomm.cliparser import count, output_dir, parser
+from latentcomm.cli.parser import count, output_dir, parser
 from latentcomm.protocols import DEFAULT_LIMITS, LatentMessage, pack, roundtrip_cosine, unpack
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from latentcomm.benchmarks.tasks import TaskDef, bigbench_examples, read_jsonl, retrieval_task
-from latentcomm.gsm8k import gsm8k_solution
+from latentcomm.tasks.gsm8k import gsm8k_solution
 
 
 def gsm8k() -> tuple[list[str], list[str]]:

@@ -30,15 +30,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.batching import BatchConfig
+from latentcomm.model.backbone import DEFAULT_BACKBONE
+from latentcomm.engine.batching import BatchConfig
 from latentcomm.benchmarks.encode import benchmark_texts
 from latentcomm.benchmarks.handoff import percentile
-from latentcomm.cliparser import backbone_source, count, head_folder, number, output_dir, parser
-from latentcomm.cluster import init_ray
-from latentcomm.pool import PoolConfig, ReplicaPool
+from latentcomm.cli.parser import backbone_source, count, head_folder, number, output_dir, parser
+from latentcomm.runtime.cluster import init_ray
+from latentcomm.runtime.pool import PoolConfig, ReplicaPool
 from latentcomm.protocols import unpack
-from latentcomm.replica import ReplicaConfig
+from latentcomm.engine.replica import ReplicaConfig
 
 KINDS = ("compress", "decode")
 MODES: dict[str, BatchConfig] = {"unbatched": BatchConfig(batching=False),
@@ -104,7 +104,7 @@ class Workload:
         return call
 
     def http_call(self, url: str, agents: int, executor: ThreadPoolExecutor) -> Call:
-        from latentcomm.client import Client
+        from latentcomm.http.client import Client
 
         clients = [Client(url) for _ in range(agents)]
         latents = [unpack(data) for data in self.latents]

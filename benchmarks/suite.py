@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from latentcomm.backbone import DEFAULT_BACKBONE
+from latentcomm.model.backbone import DEFAULT_BACKBONE
 from latentcomm.benchmarks.encoders import CALIBRATION_QUERIES, EncoderSpec, standard_specs
 from latentcomm.benchmarks.tasks import TaskDef
-from latentcomm.cliparser import backbone_source, count, existing_dir, head_folder, output_dir, parser
+from latentcomm.cli.parser import backbone_source, count, existing_dir, head_folder, output_dir, parser
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def run_jobs(tasks: Sequence[str], specs: Sequence[EncoderSpec], profile: Profil
     import ray
     from tqdm.auto import tqdm
 
-    from latentcomm.cluster import init_ray
+    from latentcomm.runtime.cluster import init_ray
 
     (out / "jobs").mkdir(parents=True, exist_ok=True)
     todo = [(t, s) for s in specs for t in tasks if not _job_path(out, t, s.label).is_file()]

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentcomm.backbone import load_backbone
-from latentcomm.cliparser import backbone_source, count, existing_dir, number, output_dir, parser
-from latentcomm.model import GenerativeEmbedder
+from latentcomm.model.backbone import load_backbone
+from latentcomm.cli.parser import backbone_source, count, existing_dir, number, output_dir, parser
+from latentcomm.model.embedder import GenerativeEmbedder
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.train import TrainingData
 

@@ -12,10 +12,10 @@ import asyncio
 import ray
 
 from latentcomm.actors.agent import Agent
-from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cluster import init_ray
-from latentcomm.pool import PoolConfig, ReplicaPool
-from latentcomm.replica import ReplicaConfig
+from latentcomm.model.backbone import DEFAULT_BACKBONE
+from latentcomm.runtime.cluster import init_ray
+from latentcomm.runtime.pool import PoolConfig, ReplicaPool
+from latentcomm.engine.replica import ReplicaConfig
 
 
 async def work(backbone: str, replicas: int, gpus: float) -> None:

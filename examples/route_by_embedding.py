@@ -13,12 +13,12 @@ import asyncio
 import numpy as np
 
 from latentcomm.actors.agent import Agent, Incoming
-from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cluster import init_ray
-from latentcomm.messaging import message_embedding
-from latentcomm.pool import PoolConfig, ReplicaPool
+from latentcomm.model.backbone import DEFAULT_BACKBONE
+from latentcomm.runtime.cluster import init_ray
+from latentcomm.engine.messaging import message_embedding
+from latentcomm.runtime.pool import PoolConfig, ReplicaPool
 from latentcomm.protocols import unpack
-from latentcomm.replica import ReplicaConfig
+from latentcomm.engine.replica import ReplicaConfig
 
 EXPERTS = {"cook": "Recipes, cooking, food and kitchen questions.",
            "mathematician": "Arithmetic, algebra, numbers and maths word problems.",

@@ -8,10 +8,10 @@ import argparse
 import asyncio
 
 from latentcomm.actors.agent import Agent
-from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cluster import init_ray
-from latentcomm.pool import PoolConfig, ReplicaPool
-from latentcomm.replica import ReplicaConfig
+from latentcomm.model.backbone import DEFAULT_BACKBONE
+from latentcomm.runtime.cluster import init_ray
+from latentcomm.runtime.pool import PoolConfig, ReplicaPool
+from latentcomm.engine.replica import ReplicaConfig
 
 
 async def converse(question: str, backbone: str) -> None:

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from latentcomm.cluster import init_ray
-from latentcomm.cliparser import add_config_arguments, config_from_args
+from latentcomm.runtime.cluster import init_ray
+from latentcomm.cli.parser import add_config_arguments, config_from_args
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.train import run_training, train_with_ray
 from latentcomm.experiments.chain_eval import CEILING, COT_PROMPT, EvalSettings, chain_method, evaluate_shard

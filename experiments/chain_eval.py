@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from latentcomm.backbone import load_backbone
-from latentcomm.model import GenerativeEmbedder
+from latentcomm.model.backbone import load_backbone
+from latentcomm.model.embedder import GenerativeEmbedder
 from latentcomm.experiments.chain_tasks import ChainTask, extract_answer, is_correct, step_result
 from latentcomm.experiments.chaining import ANSWER_PROMPT, answer_input, chain_steps
 

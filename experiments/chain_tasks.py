@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from latentcomm.gsm8k import last_number, load_gsm8k, normalize_number
+from latentcomm.tasks.gsm8k import last_number, load_gsm8k, normalize_number
 
 FAMILIES: tuple[str, ...] = ("relations", "arithmetic", "gsm8k")
 _SYLLABLES = ("ka lo mi ne ru ta vo zi be da fe gu ho ja ku li mo nu pe ri sa te vu wa xe yo zu bri dor fen "

@@ -21,10 +21,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from latentcomm.latent import Latent
-from latentcomm.model import Part
-from latentcomm.reading import Instruction, draw_instruction
-from latentcomm.teachers import load_teacher
+from latentcomm.model.latent import Latent
+from latentcomm.model.embedder import Part
+from latentcomm.model.reading import Instruction, draw_instruction
+from latentcomm.model.teachers import load_teacher
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.train import TrainRecipe
 from latentcomm.experiments.chain_tasks import ChainTask
@@ -58,7 +58,7 @@ def write_chain_data(folder: Path, tasks: Sequence[ChainTask], teacher: str, *, 
         texts = sorted({step for t in tasks for step in t.steps})
         bb = None
         if teacher == "self":
-            from latentcomm.backbone import load_backbone
+            from latentcomm.model.backbone import load_backbone
 
             bb = load_backbone(backbone)
         embeddings = load_teacher(teacher, backbone=bb).embed(texts, show_progress_bar=True)

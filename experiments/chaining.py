@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from latentcomm.latent import Latent
-from latentcomm.model import GenerativeEmbedder, Part
+from latentcomm.model.latent import Latent
+from latentcomm.model.embedder import GenerativeEmbedder, Part
 
 STEP_PROMPT = "\nNext step:"
 ANSWER_PROMPT = "\nReply with the answer only."

@@ -12,7 +12,7 @@ The recipe, top to bottom:
    PNG charts.
 
 The encoder-side LoRA variant adapts the backbone's attention query/value projections during compress only
-(``latentcomm.lora``); decode and respond run the plain backbone, so its latents are read by the same frozen
+(``latentcomm.model.lora``); decode and respond run the plain backbone, so its latents are read by the same frozen
 LLM as every other head's.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 from latentcomm.benchmarks.encoders import EncoderSpec, standard_specs
 from latentcomm.benchmarks.suite import PROFILES, markdown as suite_markdown, plot as plot_suite, run_jobs, \
     suite_results, suite_tasks
-from latentcomm.cluster import init_ray
-from latentcomm.cliparser import add_config_arguments, config_from_args
+from latentcomm.runtime.cluster import init_ray
+from latentcomm.cli.parser import add_config_arguments, config_from_args
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.fidelity import FidelityRow, table_markdown
 from latentcomm.training.metrics import MetricsLog

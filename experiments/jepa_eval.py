@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from latentcomm.backbone import load_backbone
-from latentcomm.model import GenerativeEmbedder
-from latentcomm.teachers import load_teacher
+from latentcomm.model.backbone import load_backbone
+from latentcomm.model.embedder import GenerativeEmbedder
+from latentcomm.model.teachers import load_teacher
 from latentcomm.training.evaluate import HeldOut, heldout_losses
 from latentcomm.training.fidelity import generation_settings, latent_rows, retrieval_scores, rows_as_dicts, text_rows
 

@@ -47,7 +47,7 @@ def run_tasks(fn: Callable[..., dict[str, Any]], jobs: dict[str, tuple], folder:
     jobs already written are not run again. Returns every job's result by name, in ``jobs`` order.
 
     ``$LATENTCOMM_HOME`` of this process is passed on as the keyword ``home`` (workers may have started with
-    another). Ray must be initialised (``latentcomm.cluster.init_ray``) when anything is left to run.
+    another). Ray must be initialised (``latentcomm.runtime.cluster.init_ray``) when anything is left to run.
     """
     import ray
     from tqdm.auto import tqdm
@@ -75,7 +75,7 @@ def experiment_main(name: str, description: str, config_cls: Any, run: Callable[
                     argv: list[str] | None) -> int:
     """``latentcomm experiment NAME``: flags of ``config_cls``, ``run(config, command)``, then the report (or how
     to continue a run stopped early)."""
-    from latentcomm.cliparser import parser
+    from latentcomm.cli.parser import parser
 
     ap = parser(f"experiment {name}", description)
     config_cls.add_arguments(ap)

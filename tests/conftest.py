@@ -54,7 +54,7 @@ def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory):
 def ray_local():
     """A quiet local Ray cluster shared by the whole session (2 CPUs, small object store)."""
     ray = pytest.importorskip("ray")
-    from latentcomm.cluster import init_ray
+    from latentcomm.runtime.cluster import init_ray
 
     init_ray(num_cpus=2)
     yield ray

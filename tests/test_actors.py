@@ -11,9 +11,9 @@ import torch
 from latentcomm.actors.agent import SEQ_KEY, Agent, embed_latent
 from latentcomm.actors.agent_host import start_agent
 from latentcomm.actors.trace import Trace
-from latentcomm.pool import PoolConfig, ReplicaPool
+from latentcomm.runtime.pool import PoolConfig, ReplicaPool
 from latentcomm.protocols import LatentMessage, SignatureError, pack
-from latentcomm.replica import ReplicaConfig
+from latentcomm.engine.replica import ReplicaConfig
 from conftest import TINY_HEAD
 
 QUESTION = "What is the capital of France?"

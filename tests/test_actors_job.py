@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 
 import latentcomm.actors.agent as agent_module
-import latentcomm.replica as replica_module
+import latentcomm.engine.replica as replica_module
 from latentcomm.actors.agent import Agent, keep_latent
 from latentcomm.actors.main_job import Held, JobConfig, answer, answer_held_kv, build_chain, main, parse_config
 from latentcomm.actors.tasks import FACTS, GSM8K, get_task
 from latentcomm.actors.trace import Trace
 from latentcomm.errors import UsageError
-from latentcomm.gsm8k import last_number, load_gsm8k, normalize_number
+from latentcomm.tasks.gsm8k import last_number, load_gsm8k, normalize_number
 from latentcomm.protocols import SignatureError, pack, unpack
-from latentcomm.replica import Replica, ReplicaConfig
+from latentcomm.engine.replica import Replica, ReplicaConfig
 from conftest import TINY_HEAD
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from latentcomm import GenerativeEmbedder, Latent, LatentError
-from latentcomm.cli import main as cli_main
+from latentcomm.cli.main import main as cli_main
 from latentcomm.errors import ConflictingMessageError, UsageError
-from latentcomm.model import MIN_QUERY_TOKENS
+from latentcomm.model.embedder import MIN_QUERY_TOKENS
 from latentcomm.protocols import LatentMessage, pack, read_messages, unpack, write_message
 from conftest import TINY_HEAD
 
@@ -373,7 +373,7 @@ def test_evaluate_refuses_a_negative_decode_limit() -> None:
 
 
 def test_run_offsets_past_or_before_the_questions_are_refused() -> None:
-    from latentcomm.gsm8k import load_gsm8k
+    from latentcomm.tasks.gsm8k import load_gsm8k
 
     with pytest.raises(ValueError, match="past the last"):
         load_gsm8k(1, offset=100_000)
@@ -416,7 +416,7 @@ def test_decode_bounds_sampling_and_length(tiny_model, options) -> None:
 
 async def test_a_reused_message_id_with_other_content_is_an_error_the_sender_hears() -> None:
     from latentcomm.actors.agent import Agent
-    from latentcomm.messaging import address
+    from latentcomm.engine.messaging import address
 
     key = os.urandom(32)  # correctly signed messages: the signature says nothing about a reused id
     alice, bob = Agent("alice", pool=None, key=key), Agent("bob", pool=None, key=key)  # text needs no model
@@ -519,7 +519,7 @@ def test_the_new_errors_share_the_root() -> None:
 
 @pytest.mark.parametrize("source", [None, "", "  ", 3, "./no-such-model", "/no/such/model", "runs/x/model"])
 def test_a_backbone_that_is_no_model_is_refused_in_one_line_without_a_hub_lookup(source) -> None:
-    from latentcomm.backbone import load_backbone
+    from latentcomm.model.backbone import load_backbone
 
     with pytest.raises((ValueError, FileNotFoundError)) as err:
         load_backbone(source)

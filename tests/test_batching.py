@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from latentcomm.batching import BatchConfig, Batcher
+from latentcomm.engine.batching import BatchConfig, Batcher
 from latentcomm.errors import HeadMismatchError
-from latentcomm.messaging import latent_message
+from latentcomm.engine.messaging import latent_message
 from latentcomm.protocols import FingerprintMismatch, LatentMessage, MalformedMessage, ProtocolError, pack, unpack
-from latentcomm.replica import Replica, ReplicaConfig
+from latentcomm.engine.replica import Replica, ReplicaConfig
 from conftest import TINY_HEAD
 
 TEXTS = ["What is the capital of France?", "hi", "Explain how a transformer language model works in simple terms.",

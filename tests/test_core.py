@@ -132,7 +132,7 @@ def test_respond_with_and_without_cache_agree(tiny_model: GenerativeEmbedder) ->
 
 
 def test_repetition_controls() -> None:
-    from latentcomm.generation import Sampling, has_loop, penalize_repeats
+    from latentcomm.model.generation import Sampling, has_loop, penalize_repeats
 
     generated = torch.tensor([[5, 6, 7, 5, 6]])
     logits = torch.zeros(1, 10)
@@ -150,7 +150,7 @@ def test_repetition_controls() -> None:
 
 
 def test_greedy_generation_never_repeats_an_ngram_when_told(tiny_model: GenerativeEmbedder) -> None:
-    from latentcomm.generation import Sampling, generate
+    from latentcomm.model.generation import Sampling, generate
 
     vectors = tiny_model.compress(QUERIES).vectors
     mask = torch.ones(vectors.shape[:2], dtype=torch.long)
@@ -264,7 +264,7 @@ def test_head_config_validation(kwargs) -> None:
 
 
 def test_self_teacher_and_mean_pooling(tiny) -> None:
-    from latentcomm.teachers import load_teacher
+    from latentcomm.model.teachers import load_teacher
 
     teacher = load_teacher("self", backbone=tiny)
     emb = teacher.embed(["a response", "another, longer response text"])
@@ -275,7 +275,7 @@ def test_self_teacher_and_mean_pooling(tiny) -> None:
 
 
 def test_minilm_teacher_from_its_package() -> None:
-    from latentcomm.teachers import load_teacher
+    from latentcomm.model.teachers import load_teacher
 
     teacher = load_teacher("minilm")
     emb = teacher.embed(["Paris is the capital of France.", "The capital of France is Paris.", "I like turtles."])
@@ -284,16 +284,16 @@ def test_minilm_teacher_from_its_package() -> None:
 
 
 def test_core_imports_neither_ray_nor_deepspeed() -> None:
-    code = ("import sys, latentcomm, latentcomm.model, latentcomm.teachers, latentcomm.cli, latentcomm.demo;"
-            "import latentcomm.protocols, latentcomm.cluster, latentcomm.pool, latentcomm.replica, latentcomm.gsm8k;"
-            "import latentcomm.batching, latentcomm.continuous, latentcomm.client, latentcomm.httpapi;"
+    code = ("import sys, latentcomm, latentcomm.model.embedder, latentcomm.model.teachers, latentcomm.cli, latentcomm.cli.demo;"
+            "import latentcomm.protocols, latentcomm.runtime.cluster, latentcomm.runtime.pool, latentcomm.engine.replica, latentcomm.tasks.gsm8k;"
+            "import latentcomm.engine.batching, latentcomm.engine.continuous, latentcomm.http.client, latentcomm.http.api;"
             "bad = [m for m in ('ray', 'deepspeed') if m in sys.modules]; assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_cli_help_lists_commands(capsys) -> None:
-    from latentcomm.cli import main
+    from latentcomm.cli.main import main
 
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -302,7 +302,7 @@ def test_cli_help_lists_commands(capsys) -> None:
 
 
 def test_alignment_loss_is_the_papers_squared_distance() -> None:
-    from latentcomm.losses import alignment_loss
+    from latentcomm.model.losses import alignment_loss
 
     predicted = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     target = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -346,7 +346,7 @@ def test_calibrated_untrained_latent_has_token_embedding_scale(tiny_model: Gener
 
 
 def test_backbone_id_does_not_depend_on_the_storage_dtype() -> None:
-    from latentcomm.backbone import backbone_fingerprint
+    from latentcomm.model.backbone import backbone_fingerprint
 
     model = tiny_backbone().model
     ids = {backbone_fingerprint(model.to(dtype)) for dtype in (torch.float32, torch.bfloat16, torch.float32)}
@@ -384,7 +384,7 @@ def test_latent_parts_change_the_latent(tiny_model: GenerativeEmbedder) -> None:
 
 
 def test_kv_cached_split_equals_one_pass(tiny_model: GenerativeEmbedder) -> None:
-    from latentcomm.reading import TRAINING_INSTRUCTIONS
+    from latentcomm.model.reading import TRAINING_INSTRUCTIONS
 
     items = _mixed_items(tiny_model)
     for side in ("left", "right"):
@@ -431,7 +431,7 @@ def test_prefix_cached_compress_equals_uncached(tiny_model: GenerativeEmbedder, 
 
 def test_in_context_layout_is_the_one_respond_reads(tiny_model: GenerativeEmbedder) -> None:
     """The first response token predicted in training is the token respond([[before, latent, after]]) writes."""
-    from latentcomm.reading import EVALUATION_INSTRUCTION
+    from latentcomm.model.reading import EVALUATION_INSTRUCTION
 
     latent = tiny_model.compress(["What is the capital of France?", "hi"])
     before, after = EVALUATION_INSTRUCTION
@@ -444,7 +444,7 @@ def test_in_context_layout_is_the_one_respond_reads(tiny_model: GenerativeEmbedd
 
 
 def test_gradients_reach_only_the_head_with_parts_and_instructions(tiny_model: GenerativeEmbedder) -> None:
-    from latentcomm.reading import TRAINING_INSTRUCTIONS
+    from latentcomm.model.reading import TRAINING_INSTRUCTIONS
 
     items = _mixed_items(tiny_model)
     out = tiny_model(items, ["a", "b", "c", "d", "e"], torch.randn(5, TINY_HEAD.embed_dim),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentcomm import DEFAULT_BACKBONE, GenerativeEmbedder, HeadConfig, load_backbone
-from latentcomm.backbone import convert_gguf, find_default_gguf
+from latentcomm.model.backbone import convert_gguf, find_default_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_respond_uses_the_chat_template(smol) -> None:
 
 
 def test_compress_encode_decode_end_to_end(smol) -> None:
-    from latentcomm.model import load_embedder
+    from latentcomm.model.embedder import load_embedder
 
     model = load_embedder(device="cpu")
     queries = ["How do I bake bread?", "Recipe for a simple loaf of bread", "What is quantum entanglement?"]
@@ -70,7 +70,7 @@ def test_bf16_and_fp32_latents_agree(smol, smol_fp32) -> None:
 
 
 def test_a_kv_hand_off_carries_the_note_through_a_relay(smol) -> None:
-    from latentcomm import kv
+    from latentcomm.model import kv
     from latentcomm.actors.tasks import FACTS
 
     model = GenerativeEmbedder(smol, HeadConfig(embed_dim=384))  # no head involved in a KV hand-off

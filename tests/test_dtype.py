@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentcomm import backbone
+from latentcomm.model import backbone
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +67,7 @@ def test_this_machines_flags_are_read() -> None:
 
 
 def test_info_prints_the_choice_and_its_reason(capsys) -> None:
-    from latentcomm.cli import main
+    from latentcomm.cli.main import main
 
     assert main(["info"]) == 0
     out = capsys.readouterr().out

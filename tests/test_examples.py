@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from latentcomm.cluster import QUIET_ENV
+from latentcomm.runtime.cluster import QUIET_ENV
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

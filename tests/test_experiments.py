@@ -153,7 +153,7 @@ def test_every_jepa_variant_trains_and_saves_a_loadable_head(jepa_run, tiny_back
     from test_bench import write_fixture_data
 
     from latentcomm import GenerativeEmbedder
-    from latentcomm.backbone import load_backbone
+    from latentcomm.model.backbone import load_backbone
     from latentcomm.experiments.jepa import VARIANTS
 
     home = tmp_path / "home"

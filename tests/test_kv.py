@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from latentcomm import kv
-from latentcomm.batching import BatchConfig
+from latentcomm.model import kv
+from latentcomm.engine.batching import BatchConfig
 from latentcomm.errors import LatentError
-from latentcomm.generation import generate
-from latentcomm.messaging import kv_message, message_kv
-from latentcomm.model import GenerativeEmbedder
+from latentcomm.model.generation import generate
+from latentcomm.engine.messaging import kv_message, message_kv
+from latentcomm.model.embedder import GenerativeEmbedder
 from latentcomm.protocols import LatentMessage, MalformedMessage, pack, unpack
-from latentcomm.replica import Replica, ReplicaConfig
+from latentcomm.engine.replica import Replica, ReplicaConfig
 from latentcomm.testing import tiny_backbone
 from conftest import TINY_HEAD
 

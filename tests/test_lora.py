@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from conftest import TINY_HEAD
 from latentcomm import GenerativeEmbedder, HeadConfig, HeadMismatchError
-from latentcomm.head_file import expected_tensors
-from latentcomm.lora import lora_targets
+from latentcomm.model.head_file import expected_tensors
+from latentcomm.model.lora import lora_targets
 from latentcomm.testing import tiny_backbone
 
 LORA_HEAD = dataclasses.replace(TINY_HEAD, encoder_lora_rank=4)
@@ -40,7 +40,7 @@ def test_adapters_sit_on_every_query_and_value_projection(lora_model, tiny) -> N
     shapes = expected_tensors(LORA_HEAD, tiny.hidden_size, targets)
     assert {k: tuple(v.shape) for k, v in lora_model.head.state_dict().items()} == shapes
     with pytest.raises(ValueError, match="lora_targets"):
-        from latentcomm.heads import CompressionHead
+        from latentcomm.model.heads import CompressionHead
 
         CompressionHead(LORA_HEAD, tiny.hidden_size)
     assert '"encoder_lora_rank": 4' in LORA_HEAD.to_json() and "encoder_lora" not in TINY_HEAD.to_json()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentcomm.messaging import address, embedding_message, latent_message, message_embedding, message_latent
+from latentcomm.engine.messaging import address, embedding_message, latent_message, message_embedding, message_latent
 from latentcomm.protocols import LatentMessage, MalformedMessage, SignatureError, pack, unpack
 
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import requests
 
-from latentcomm.client import Client
-from latentcomm.cluster import QUIET_ENV
+from latentcomm.http.client import Client
+from latentcomm.runtime.cluster import QUIET_ENV
 from latentcomm.errors import RequestError
-from latentcomm.httpapi import PROTOCOL_TYPE
+from latentcomm.http.api import PROTOCOL_TYPE
 from latentcomm.protocols import LatentMessage, pack, unpack
-from latentcomm.replica import ReplicaConfig
+from latentcomm.engine.replica import ReplicaConfig
 from conftest import TINY_HEAD, free_port
 
 PAYLOAD_LIMIT = 4096
@@ -48,7 +48,7 @@ def urls(ray_local, tiny_backbone_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local(tiny_backbone_dir):
     """The same model in this process: what the server must answer."""
-    from latentcomm.replica import Replica
+    from latentcomm.engine.replica import Replica
 
     return Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, weights_dtype="float32",
                                  max_new_tokens=8)).model
@@ -161,7 +161,7 @@ def test_keys_are_required_and_replies_signed(urls):
 
 
 def test_the_client_and_the_protocol_load_without_torch():
-    code = ("import sys, latentcomm.client, latentcomm.protocols, latentcomm.httpapi; "
+    code = ("import sys, latentcomm.http.client, latentcomm.protocols, latentcomm.http.api; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,13 +1,20 @@
 """The package map: which package may import which (read with ast, nothing is imported), and one error root.
 
     latentcomm (core)      <- imports no outer package; no Ray/DeepSpeed at module load
+      .errors .packages .stats .testing   <- the base every subpackage may use (testing builds a tiny model)
+      .model               <- the base only (no protocol, no engine)
+      .engine              <- model, protocols
+      .runtime             <- engine (the one home of Ray in the core, loaded on first use)
+      .http                <- protocols (no torch)
+      .tasks               <- the base only
+      .cli                 <- any of the core
     latentcomm.protocols   <- msgpack, numpy and the standard library only
     latentcomm.actors      <- the core
     latentcomm.training    <- the core
     latentcomm.benchmarks  <- the core, actors, training (nothing but experiments imports benchmarks)
     latentcomm.experiments <- the core, actors, training, benchmarks (nothing imports experiments)
 
-No module imports ``latentcomm.cli`` (the entry point imports the commands, never the reverse), and the
+No module imports ``latentcomm.cli.main`` (the entry point imports the commands, never the reverse), and the
 module-level imports form no cycle.
 """
 from __future__ import annotations
@@ -46,9 +53,24 @@ class Import:
     line: int
 
 
+SUBPACKAGES = ("model", "engine", "runtime", "http", "tasks", "cli")
+"""The core's subpackages, innermost first."""
+CORE_ALLOWED = {
+    "latentcomm.model": (),
+    "latentcomm.engine": ("latentcomm.model", "latentcomm.protocols"),
+    "latentcomm.runtime": ("latentcomm.engine",),
+    "latentcomm.http": ("latentcomm.protocols",),
+    "latentcomm.tasks": (),
+    "latentcomm.cli": ("latentcomm.model", "latentcomm.engine", "latentcomm.runtime", "latentcomm.http",
+                       "latentcomm.tasks", "latentcomm.protocols"),
+}
+"""What each core subpackage may import besides itself and the base modules (``latentcomm.<module>``)."""
+
+
 def _modules() -> dict[str, Path]:
     modules = {}
-    for folder, package in FOLDERS.items():
+    folders = {**FOLDERS, **{f"latentcomm/{sub}": f"latentcomm.{sub}" for sub in SUBPACKAGES}}
+    for folder, package in folders.items():
         for path in sorted((ROOT / folder).glob("*.py")):
             modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
     return modules
@@ -117,6 +139,41 @@ def test_allowed_import_directions(package):
     assert not wrong, f"{package} may not import {FORBIDDEN[package]}: {wrong}"
 
 
+def _subpackage(module: str) -> str | None:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and parts[0] == "latentcomm" and parts[1] in SUBPACKAGES else None
+
+
+def test_every_subpackage_is_scanned():
+    assert {_subpackage(m) for m in MODULES} - {None} == set(CORE_ALLOWED)
+    assert "latentcomm.model.embedder" in MODULES and "latentcomm.engine.replica" in MODULES
+
+
+@pytest.mark.parametrize("subpackage", sorted(CORE_ALLOWED))
+def test_allowed_directions_between_core_subpackages(subpackage):
+    allowed = (subpackage, *CORE_ALLOWED[subpackage])
+    wrong = [f"{i.module}:{i.line} imports {i.target}" for m, found in IMPORTS.items() if _subpackage(m) == subpackage
+             for i in found if i.target.startswith("latentcomm.")
+             and (_subpackage(i.target) is not None or _package(i.target) == "latentcomm.protocols")
+             and not _within(i.target, allowed)]
+    assert not wrong, f"{subpackage} may import only {allowed} and the base modules: {wrong}"
+
+
+def test_base_modules_import_no_subpackage_but_the_model_for_testing():
+    wrong = [f"{i.module}:{i.line} imports {i.target}" for m, found in IMPORTS.items()
+             if _package(m) == "latentcomm" and _subpackage(m) is None and m != "latentcomm"
+             for i in found if _subpackage(i.target) is not None
+             and not (m == "latentcomm.testing" and _within(i.target, ("latentcomm.model",)))]
+    assert not wrong
+
+
+def test_ray_loads_only_inside_the_runtime_and_on_first_use():
+    wrong = [f"{i.module}:{i.line} imports {i.target}" for m, found in IMPORTS.items()
+             if _package(m) == "latentcomm" and _subpackage(m) != "latentcomm.runtime"
+             for i in found if i.target.split(".")[0] == "ray"]
+    assert not wrong
+
+
 def test_the_core_loads_without_ray_or_deepspeed():
     wrong = [f"{i.module}:{i.line} imports {i.target}" for m, found in IMPORTS.items()
              if _package(m) in ("latentcomm", "latentcomm.protocols")
@@ -134,8 +191,9 @@ def test_protocols_need_only_msgpack_and_numpy():
 
 
 def test_nothing_imports_the_cli_entry_point():
-    wrong = [f"{i.module}:{i.line}" for found in IMPORTS.values() for i in found if i.target == "latentcomm.cli"]
-    assert not wrong, f"command modules take their parser from latentcomm.cliparser: {wrong}"
+    wrong = [f"{i.module}:{i.line}" for found in IMPORTS.values() for i in found
+             if i.target == "latentcomm.cli.main" and i.module != "latentcomm.cli.__main__"]
+    assert not wrong, f"command modules take their parser from latentcomm.cli.parser: {wrong}"
 
 
 def test_module_level_imports_have_no_cycle():
@@ -159,7 +217,7 @@ def test_module_level_imports_have_no_cycle():
 
 
 def test_every_cli_command_names_a_module_with_main():
-    from latentcomm.cli import BENCHMARKS, COMMANDS, EXPERIMENTS
+    from latentcomm.cli.main import BENCHMARKS, COMMANDS, EXPERIMENTS
 
     commands = [c for c in COMMANDS.values() if not c.subcommands] + list(BENCHMARKS.values()) + \
         list(EXPERIMENTS.values())
@@ -174,9 +232,9 @@ def test_every_cli_command_names_a_module_with_main():
 def test_errors_share_one_root_and_keep_their_bases():
     from latentcomm import HeadMismatchError, LatentcommError, LatentError
     from latentcomm.errors import NoReplicaError, OrderingError
-    from latentcomm.latent import LatentError as latent_error
-    from latentcomm.model import HeadMismatchError as head_error
-    from latentcomm.pool import NoReplicaError as pool_error
+    from latentcomm.model.latent import LatentError as latent_error
+    from latentcomm.model.embedder import HeadMismatchError as head_error
+    from latentcomm.runtime.pool import NoReplicaError as pool_error
 
     assert (latent_error, head_error, pool_error) == (LatentError, HeadMismatchError, NoReplicaError)
     for error, base in ((LatentError, ValueError), (HeadMismatchError, ValueError), (NoReplicaError, RuntimeError),
@@ -184,3 +242,20 @@ def test_errors_share_one_root_and_keep_their_bases():
         assert issubclass(error, LatentcommError) and issubclass(error, base)
     agent = (ROOT / "actors" / "agent.py").read_text()
     assert "from latentcomm.errors import OrderingError" in agent  # still importable from latentcomm.actors.agent
+
+
+def test_module_paths_of_version_0_1_import_their_new_home():
+    import importlib
+    import warnings
+
+    import latentcomm
+
+    for old, new in latentcomm.MOVED.items():
+        assert new in MODULES, new
+        first = old not in sys.modules
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new)
+        assert module.__spec__.name == new, "the module keeps its own spec"
+        assert [str(w.message) for w in caught] == ([f"{old} moved to {new}"] if first else [])

@@ -160,7 +160,7 @@ def test_single_process_training_learns_and_writes_outputs(uninterrupted):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["align"] < records[0]["align"]
     assert (out / "loss.png").stat().st_size > 0
-    from latentcomm.model import GenerativeEmbedder
+    from latentcomm.model.embedder import GenerativeEmbedder
 
     model = GenerativeEmbedder.from_pretrained(out / "head", backbone=str(Path(json.loads(
         (out / "train_config.json").read_text())["backbone"])))
@@ -168,7 +168,7 @@ def test_single_process_training_learns_and_writes_outputs(uninterrupted):
 
 
 def test_training_ends_with_a_closed_form_align_head(tiny_run, tiny_backbone_dir, tmp_path):
-    from latentcomm.model import GenerativeEmbedder
+    from latentcomm.model.embedder import GenerativeEmbedder
 
     args = ["--run", str(tiny_run), "--backbone", str(tiny_backbone_dir), *TINY_TRAIN, "--max-steps", "1",
             "--out", str(tmp_path)]
@@ -208,7 +208,7 @@ def test_ray_train_two_workers_match_gradient_accumulation(uninterrupted, tmp_pa
     from latentcomm.training.train import train_with_ray
 
     reference, args = uninterrupted
-    ap = __import__("latentcomm.cliparser", fromlist=["parser"]).parser("train", "")
+    ap = __import__("latentcomm.cli.parser", fromlist=["parser"]).parser("train", "")
     TrainConfig.add_arguments(ap)
     cfg = TrainConfig.from_args(ap.parse_args([*args, "--out", str(tmp_path), "--workers", "2",
                                                "--cpus-per-worker", "0.5"]))

@@ -10,9 +10,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Collection, Literal, Mapping, get_args
 
-from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.cliparser import add_config_arguments, config_from_args, existing_dir, output_dir
-from latentcomm.config import HeadConfig
+from latentcomm.model.backbone import DEFAULT_BACKBONE
+from latentcomm.cli.parser import add_config_arguments, config_from_args, existing_dir, output_dir
+from latentcomm.model.config import HeadConfig
 
 DEFAULT_ALIGN_FIT = 4096
 """Rows of the closed-form align fit when ``TrainConfig.align_fit`` is None and the fit applies."""
@@ -63,7 +63,7 @@ class TrainConfig:
     align_loss: str = "mse"
     in_context_share: float = 0.0
     """Share of samples whose latent is reconstructed from inside a user turn with a reading instruction
-    (``latentcomm.reading``); the rest read it as a bare soft prompt."""
+    (``latentcomm.model.reading``); the rest read it as a bare soft prompt."""
     grounding_share: float = 0.0
     """Share of samples whose query holds its own response as context (``training.grounding``), the target
     unchanged: latents that carry words their input gives them."""
@@ -156,7 +156,7 @@ class TrainConfig:
         """The backbone's weights dtype on ``device`` (``auto``: bf16 where it computes natively, else fp32)."""
         import torch
 
-        from latentcomm.backbone import default_dtype
+        from latentcomm.model.backbone import default_dtype
 
         if self.backbone_dtype == "auto":
             return default_dtype(device)

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentcomm.backbone import Backbone, load_backbone
-from latentcomm.losses import alignment_loss, reconstruction_loss
-from latentcomm.cliparser import backbone_source, count, existing_dir, head_folder, output_dir, parser
-from latentcomm.model import DEFAULT_HEAD_DIR, GenerativeEmbedder
-from latentcomm.reading import EVALUATION_INSTRUCTION
-from latentcomm.teachers import load_teacher, mean_pooled_states
+from latentcomm.model.backbone import Backbone, load_backbone
+from latentcomm.model.losses import alignment_loss, reconstruction_loss
+from latentcomm.cli.parser import backbone_source, count, existing_dir, head_folder, output_dir, parser
+from latentcomm.model.embedder import DEFAULT_HEAD_DIR, GenerativeEmbedder
+from latentcomm.model.reading import EVALUATION_INSTRUCTION
+from latentcomm.model.teachers import load_teacher, mean_pooled_states
 from latentcomm.training.fidelity import (decoding_sweep, fidelity_table, retrieval_scores, rows_as_dicts,
                                           table_markdown)
 from latentcomm.training.responses import RESPONSES_DIR, read_responses

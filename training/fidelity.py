@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from latentcomm.generation import has_loop
-from latentcomm.model import GenerativeEmbedder
-from latentcomm.reading import EVALUATION_INSTRUCTION, Instruction
-from latentcomm.teachers import Teacher, unit_rows
+from latentcomm.model.generation import has_loop
+from latentcomm.model.embedder import GenerativeEmbedder
+from latentcomm.model.reading import EVALUATION_INSTRUCTION, Instruction
+from latentcomm.model.teachers import Teacher, unit_rows
 
 
 def retrieval_scores(query_emb: np.ndarray, doc_emb: np.ndarray) -> dict[str, float]:

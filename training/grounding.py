@@ -12,7 +12,7 @@ does not read a phrasing the head was trained on.
 """
 from __future__ import annotations
 
-from latentcomm.reading import draw_instruction
+from latentcomm.model.reading import draw_instruction
 
 GROUNDING_TEMPLATES: tuple[str, ...] = (
     "{response}\n\n{query}",

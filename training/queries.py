@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from latentcomm.cliparser import count, output_dir, parser
+from latentcomm.cli.parser import count, output_dir, parser
 
 SHAREGPT = "sharegpt"
 SHAREGPT_LATER_TURNS = "sharegpt-later-turns"

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from latentcomm.cliparser import count, existing_dir, existing_file, head_folder, output_dir, parser
-from latentcomm.model import DEFAULT_HEAD_DIR
+from latentcomm.cli.parser import count, existing_dir, existing_file, head_folder, output_dir, parser
+from latentcomm.model.embedder import DEFAULT_HEAD_DIR
 from latentcomm.training.evaluate import CALIBRATION_QUERIES
 from latentcomm.training.metrics import MetricsLog, plot_losses
 
@@ -72,7 +72,7 @@ DeepSpeed ZeRO-{cfg['zero_stage']}, {cfg['precision']} head with torch AdamW, fr
 to {cfg['min_lr_ratio']}× over {length}; loss = reconstruction + squared error to the MiniLM
 target; {cfg['num_thought']} thought + {cfg['num_compression']} compression tokens. A share of
 {cfg.get('in_context_share', 0):g} of the samples reconstruct the response from the latent inside a user turn
-with a reading instruction drawn from `latentcomm/reading.py` (the rest from the bare latent).{align}
+with a reading instruction drawn from `latentcomm/model/reading.py` (the rest from the bare latent).{align}
 `train_config.json` has every field.
 
 """

@@ -19,14 +19,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from latentcomm.backbone import DEFAULT_BACKBONE
-from latentcomm.batching import BatchConfig
-from latentcomm.cliparser import backbone_source, count, existing_file, number, output_dir, output_file, parser
-from latentcomm.cluster import init_ray
-from latentcomm.config import HeadConfig
-from latentcomm.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling
-from latentcomm.pool import PoolConfig, ReplicaPool
-from latentcomm.replica import ReplicaConfig
+from latentcomm.model.backbone import DEFAULT_BACKBONE
+from latentcomm.engine.batching import BatchConfig
+from latentcomm.cli.parser import backbone_source, count, existing_file, number, output_dir, output_file, parser
+from latentcomm.runtime.cluster import init_ray
+from latentcomm.model.config import HeadConfig
+from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling
+from latentcomm.runtime.pool import PoolConfig, ReplicaPool
+from latentcomm.engine.replica import ReplicaConfig
 from latentcomm.training.queries import QUERIES_FILE, SPLITS, Query, read_queries, write_queries
 
 RESPONSES_DIR = "responses"

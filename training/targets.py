@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from latentcomm.cliparser import count, existing_dir, parser, teacher_source
-from latentcomm.teachers import load_teacher
+from latentcomm.cli.parser import count, existing_dir, parser, teacher_source
+from latentcomm.model.teachers import load_teacher
 from latentcomm.training.responses import MANIFEST, RESPONSES_DIR, read_responses
 
 
@@ -64,7 +64,7 @@ def compute_targets(responses_dir: str | os.PathLike, teacher_name: str, *, batc
             return cached
     backbone = None
     if teacher_name == "self":
-        from latentcomm.backbone import load_backbone
+        from latentcomm.model.backbone import load_backbone
 
         generation = json.loads((responses_dir / MANIFEST).read_text())["generation"]
         backbone = load_backbone(generation["backbone"], device=device)

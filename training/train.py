@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from latentcomm.backbone import load_backbone
-from latentcomm.cliparser import parser
-from latentcomm.model import GenerativeEmbedder
-from latentcomm.reading import Instruction, draw_instruction
+from latentcomm.model.backbone import load_backbone
+from latentcomm.cli.parser import parser
+from latentcomm.model.embedder import GenerativeEmbedder
+from latentcomm.model.reading import Instruction, draw_instruction
 from latentcomm.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.grounding import grounded_query
@@ -325,7 +325,7 @@ def train_with_ray(cfg: TrainConfig, recipe: RecipeFactory = TrainRecipe) -> dic
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from latentcomm.cluster import init_ray
+    from latentcomm.runtime.cluster import init_ray
 
     out = Path(cfg.out).resolve()
     cfg = TrainConfig(**{**cfg.to_dict(), "run": str(Path(cfg.run).resolve()), "out": str(out)})

@@ -1,14 +1,14 @@
 """A model replica: one frozen backbone + head, spoken to in protocol bytes (no Ray here).
 
 ``Replica`` is a plain class with async methods (usable in-process from any event loop);
-``latentcomm.pool.ReplicaPool`` runs N of them as Ray actors, for the agents (``actors/``) and for the response
+``latentcomm.runtime.pool.ReplicaPool`` runs N of them as Ray actors, for the agents (``actors/``) and for the response
 generation job (``training/``), and ``latentcomm serve`` behind Ray Serve. Only the ``ReplicaConfig`` is pickled
 to the actor: the backbone and head are loaded inside it, from a path or the default alias. Latents and
 embeddings leave and enter the actor as packed ``LatentMessage`` bytes, never as pickled tensors.
 
 Concurrent calls are batched (``ReplicaConfig.batching``): compress and embed requests that arrive together run
 as one forward pass, decode and respond rows join the running generation between steps
-(``latentcomm.continuous``). All model work runs on one thread of the replica, so the event loop keeps
+(``latentcomm.engine.continuous``). All model work runs on one thread of the replica, so the event loop keeps
 accepting requests meanwhile. Each call gets its own results, in order; a bad input fails its own call only.
 """
 from __future__ import annotations
@@ -26,22 +26,22 @@ from typing import Any, Callable, Literal, TypeVar, Union
 import numpy as np
 import torch
 
-from latentcomm.backbone import DEFAULT_BACKBONE, load_backbone, quantize_int8
-from latentcomm.batching import BatchConfig, Batcher
-from latentcomm.config import HeadConfig
-from latentcomm.continuous import ContinuousGenerator, left_pad
-from latentcomm.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
-from latentcomm.kv import KVPrefix, answer_prompt, prefill, respond_after
-from latentcomm.latent import Latent
-from latentcomm.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent
-from latentcomm.model import GenerativeEmbedder, Part, load_embedder
+from latentcomm.model.backbone import DEFAULT_BACKBONE, load_backbone, quantize_int8
+from latentcomm.engine.batching import BatchConfig, Batcher
+from latentcomm.model.config import HeadConfig
+from latentcomm.engine.continuous import ContinuousGenerator, left_pad
+from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
+from latentcomm.model.kv import KVPrefix, answer_prompt, prefill, respond_after
+from latentcomm.model.latent import Latent
+from latentcomm.engine.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent
+from latentcomm.model.embedder import GenerativeEmbedder, Part, load_embedder
 from latentcomm.protocols import DEFAULT_LIMITS, LatentMessage, Limits, pack, unpack
 
 T = TypeVar("T")
 WireItem = Union[str, Sequence[Union[str, bytes]]]
 """One input sent to a replica: a string, or parts in the user turn — strings and packed "latent" messages (read
 in context as soft tokens, the way ``GenerativeEmbedder.compress`` reads ``Latent`` parts), and for ``prefill``
-and ``respond`` at most one packed "kv" message (a KV prefix, attended to before the turn: ``latentcomm.kv``)."""
+and ``respond`` at most one packed "kv" message (a KV prefix, attended to before the turn: ``latentcomm.model.kv``)."""
 Routing = Mapping[str, Any]
 """Fields of the message a replica packs: sender, recipient, conversation_id, metadata (``messaging.address``)."""
 

@@ -8,7 +8,7 @@ bad input fails its own request only, with its own error.
 This is hand-written rather than Ray Serve's ``@serve.batch`` because the same replica also runs as a plain
 Ray actor (``ReplicaPool``) and in-process, where ``serve.batch`` cannot run (it asks for the Serve replica
 context and raises ``RayServeException`` elsewhere), and because generation batches continuously
-(``latentcomm.continuous``), which ``serve.batch`` does not do.
+(``latentcomm.engine.continuous``), which ``serve.batch`` does not do.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ requests that arrived meanwhile are prefilled (one pass over their prompts) and 
 into the running cache; then one step feeds every row its last token. A row stops at its own EOS or its own
 request's ``max_new_tokens`` and leaves the batch at once (its cache rows are dropped; columns no row attends
 any more are trimmed). A request resolves when all its rows are done, with one token list per row, in order. A row
-may follow a KV prefix (``latentcomm.kv``: the answer after a received cache); it is prefilled after it on its own and
+may follow a KV prefix (``latentcomm.model.kv``: the answer after a received cache); it is prefilled after it on its own and
 then steps with the others.
 
 Greedy rows give what ``generation.generate`` gives for the same prompts (the same model calls, other
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from latentcomm.backbone import cache_keyword
-from latentcomm.generation import Sampling, accepts_logits_to_keep, max_new_tokens_allowed, next_token, \
+from latentcomm.model.backbone import cache_keyword
+from latentcomm.model.generation import Sampling, accepts_logits_to_keep, max_new_tokens_allowed, next_token, \
     penalize_repeats
 
 

@@ -1,7 +1,7 @@
 """The ``latentcomm`` command: one entry point and the table of its subcommands.
 
 Each subcommand is a module with ``main(argv)``, imported only when called (so ``latentcomm demo`` never imports
-Ray or DeepSpeed). Command modules build their flags with ``latentcomm.cliparser.parser`` and never import this
+Ray or DeepSpeed). Command modules build their flags with ``latentcomm.cli.parser.parser`` and never import this
 module, so the table below is the only place that knows them all.
 
 ``main`` is the one error boundary of every command: the errors latentcomm expects (its own family, bad wire
@@ -56,9 +56,9 @@ EXPERIMENTS: dict[str, Command] = {
 COMMANDS: dict[str, Command] = {
     "run": Command("latentcomm.actors.main_job", "the main job: agents talk in latents and in text, side by side"),
     "serve": Command("latentcomm.actors.serve", "the replicas behind an HTTP front door (Ray Serve, protocol bytes)"),
-    "info": Command("latentcomm.info", "device, the backbone dtype chosen and why, threads, installed integrations"),
-    "demo": Command("latentcomm.demo", "compress, embed and decode a few queries on one process"),
-    "convert": Command("latentcomm.demo", "convert a GGUF backbone once into the cache (prints the folder)",
+    "info": Command("latentcomm.cli.info", "device, the backbone dtype chosen and why, threads, installed integrations"),
+    "demo": Command("latentcomm.cli.demo", "compress, embed and decode a few queries on one process"),
+    "convert": Command("latentcomm.cli.demo", "convert a GGUF backbone once into the cache (prints the folder)",
                        ("--convert-only",)),
     "queries": Command("latentcomm.training.queries",
                        "query sources: the packaged ShareGPT queries or your own, split"),
@@ -127,6 +127,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

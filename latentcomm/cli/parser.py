@@ -111,7 +111,7 @@ def output_file(text: str) -> Path:
 
 def head_folder(text: str) -> str:
     """Flag type: a saved head folder whose config.json and head.safetensors agree (checked without a backbone)."""
-    from latentcomm.head_file import check_folder
+    from latentcomm.model.head_file import check_folder
 
     if not Path(text).expanduser().is_dir():
         raise argparse.ArgumentTypeError(f"no head folder at {text!r}")
@@ -134,7 +134,7 @@ def teacher_source(*names: str) -> Callable[[str], str]:
 
 def backbone_source(text: str) -> str:
     """Flag type: the default alias, a hub id, or a local folder / .gguf file that exists."""
-    from latentcomm.backbone import DEFAULT_BACKBONE
+    from latentcomm.model.backbone import DEFAULT_BACKBONE
 
     path = Path(text).expanduser()
     local = text.startswith((".", "/", "~")) or path.suffix == ".gguf" or text.count("/") > 1  # hub ids: org/name

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from latentcomm.backbone import cache_keyword
+from latentcomm.model.backbone import cache_keyword
 
 
 REPETITION_PENALTY = 1.1

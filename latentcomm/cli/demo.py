@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
-from latentcomm.backbone import DEFAULT_BACKBONE, choose_dtype, find_default_gguf, resolve_backbone
-from latentcomm.cliparser import backbone_source, count, head_folder, parser
-from latentcomm.model import load_embedder
+from latentcomm.model.backbone import DEFAULT_BACKBONE, choose_dtype, find_default_gguf, resolve_backbone
+from latentcomm.cli.parser import backbone_source, count, head_folder, parser
+from latentcomm.model.embedder import load_embedder
 
 DEMO_QUERIES = [
     "What is the capital of France?",

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentcomm.config import HeadConfig, ProjectionKind
-from latentcomm.lora import EncoderLoRA
+from latentcomm.model.config import HeadConfig, ProjectionKind
+from latentcomm.model.lora import EncoderLoRA
 
 
 class SpecialTokens(nn.Module):
@@ -78,7 +78,7 @@ def _init_small(layer: nn.Linear) -> None:
 class CompressionHead(nn.Module):
     """Everything that trains: special tokens, MLP_recon (H -> H), MLP_align (H -> embed_dim) and, when
     ``config.encoder_lora_rank`` > 0, the encoder-side LoRA adapters (``encoder_lora``; None otherwise) on the
-    backbone linears ``lora_targets`` (path -> (in, out), from ``latentcomm.lora.lora_targets``).
+    backbone linears ``lora_targets`` (path -> (in, out), from ``latentcomm.model.lora.lora_targets``).
 
     Both projections standardise each input dimension first (``FeatureStandardize``). Last-layer states of
     the compression tokens are nearly one constant vector (norm ~45 on SmolLM2, ~14x a token embedding's 3.2)

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from latentcomm.backbone import DEFAULT_BACKBONE, choose_dtype, default_device, latentcomm_home
-from latentcomm.cliparser import parser
+from latentcomm.model.backbone import DEFAULT_BACKBONE, choose_dtype, default_device, latentcomm_home
+from latentcomm.cli.parser import parser
 
 OPTIONAL = ("ray", "deepspeed", "langgraph", "a2a")
 """Optional integrations reported as installed or not."""
@@ -19,7 +19,7 @@ def describe() -> dict[str, str]:
     """The facts ``info`` prints, as ordered name → value pairs."""
     device = default_device()
     choice = choose_dtype(device)
-    from latentcomm.model import DEFAULT_HEAD_DIR  # torch-heavy only through transformers; imported on call
+    from latentcomm.model.embedder import DEFAULT_HEAD_DIR  # torch-heavy only through transformers; imported on call
 
     facts = {
         "python": sys.version.split()[0],

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from latentcomm.config import HeadConfig
+from latentcomm.model.config import HeadConfig
 from latentcomm.errors import HeadMismatchError
 
 HEAD_FORMAT = "latentcomm-head"
@@ -97,7 +97,7 @@ def expected_tensors(config: HeadConfig, hidden_size: int, lora_targets: dict[st
                      ) -> dict[str, tuple[int, ...]]:
     """Name -> shape of the state dict a head of ``config`` has on a backbone of ``hidden_size`` (and, for a head
     with encoder LoRA, the backbone's ``lora_targets``); no memory used."""
-    from latentcomm.heads import CompressionHead
+    from latentcomm.model.heads import CompressionHead
 
     with torch.device("meta"):
         head = CompressionHead(config, hidden_size, lora_targets=lora_targets)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentcomm.kv import KVPrefix
-from latentcomm.latent import Latent
+from latentcomm.model.kv import KVPrefix
+from latentcomm.model.latent import Latent
 from latentcomm.protocols import LatentMessage, MalformedMessage, MetaValue
 
 MESSAGE_FIELDS = ("sender", "recipient", "conversation_id", "message_id", "created_ns", "metadata")

@@ -20,22 +20,22 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentcomm.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
-from latentcomm.config import HeadConfig
+from latentcomm.model.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
+from latentcomm.model.config import HeadConfig
 from latentcomm.errors import HeadMismatchError
-from latentcomm.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
-from latentcomm.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
-from latentcomm.head_file import HEAD_FORMAT, HEAD_FORMAT_VERSION, check_tensors, read_config, read_tensors
-from latentcomm.latent import Latent, LatentError, check_vectors
-from latentcomm.lora import lora_targets
-from latentcomm.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
-from latentcomm.reading import Instruction
+from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
+from latentcomm.model.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
+from latentcomm.model.head_file import HEAD_FORMAT, HEAD_FORMAT_VERSION, check_tensors, read_config, read_tensors
+from latentcomm.model.latent import Latent, LatentError, check_vectors
+from latentcomm.model.lora import lora_targets
+from latentcomm.model.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
+from latentcomm.model.reading import Instruction
 
 log = logging.getLogger(__name__)
 MIN_QUERY_TOKENS = 16
 """Fewer query tokens than this left by the template and prompt: a warning (none at all: ``ValueError``)."""
 
-DEFAULT_HEAD_DIR = Path(__file__).parent / "pretrained" / DEFAULT_BACKBONE
+DEFAULT_HEAD_DIR = Path(__file__).parents[1] / "pretrained" / DEFAULT_BACKBONE
 """The trained head shipped for the default backbone (made by ``latentcomm train``)."""
 _SPLIT = "\x00LATENTCOMM_QUERY\x00"
 MIN_TEMPLATE_CACHE = 4
@@ -197,7 +197,7 @@ class GenerativeEmbedder(nn.Module):
     def turn_template(self, *, opens: bool = True, answers: bool = True) -> tuple[list[int], list[int]]:
         """Token ids before and after a user turn's content in the chat template: with the system prompt where the
         turn opens the conversation, ending in the assistant's generation prompt where the model answers next
-        (both: ``respond``'s turn). KV hand-offs (``latentcomm.kv``) chain turns this way; without a chat
+        (both: ``respond``'s turn). KV hand-offs (``latentcomm.model.kv``) chain turns this way; without a chat
         template, nothing around the content."""
         key = f"turn:{opens}:{answers}"
         if key not in self._template_ids:

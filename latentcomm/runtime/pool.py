@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from latentcomm.errors import NoReplicaError
-from latentcomm.replica import Replica, ReplicaConfig
+from latentcomm.engine.replica import Replica, ReplicaConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,7 +63,7 @@ class ReplicaPool:
         import ray
 
         if not ray.is_initialized():
-            raise RuntimeError("Ray is not running: call latentcomm.cluster.init_ray() first")
+            raise RuntimeError("Ray is not running: call latentcomm.runtime.cluster.init_ray() first")
         self.replica = replica or ReplicaConfig()
         self.config = config or PoolConfig()
         self.name = name

@@ -36,7 +36,7 @@ class HeadConfig:
     """Which states of the compression tokens feed MLP_recon: -1 the last layer's (the paper), k >= 1 the residual
     stream after decoder layer k."""
     encoder_lora_rank: int = 0
-    """Rank of the encoder-side LoRA adapters (``latentcomm.lora``) on the backbone's attention query and value
+    """Rank of the encoder-side LoRA adapters (``latentcomm.model.lora``) on the backbone's attention query and value
     projections, active only while this head compresses; 0 = none (the backbone as it is)."""
 
     def __post_init__(self) -> None:

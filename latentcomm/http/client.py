@@ -1,4 +1,4 @@
-"""A small client of ``latentcomm serve`` (see ``latentcomm.httpapi``): protocol messages over HTTP, no torch.
+"""A small client of ``latentcomm serve`` (see ``latentcomm.http.api``): protocol messages over HTTP, no torch.
 
 It needs only the standard library and ``latentcomm.protocols`` (msgpack, numpy), so any process can hold
 one; a service in another language speaks the same bytes (``protocols/SPEC.md``) with its own HTTP client.
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from latentcomm.errors import RequestError
-from latentcomm.httpapi import PROTOCOL_TYPE, parse_options
+from latentcomm.http.api import PROTOCOL_TYPE, parse_options
 from latentcomm.protocols import LatentMessage, pack, unpack
 
 

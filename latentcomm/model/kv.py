@@ -22,10 +22,10 @@ import torch
 from transformers import DynamicCache
 
 from latentcomm.errors import LatentError
-from latentcomm.generation import Sampling, generate, max_new_tokens_allowed
+from latentcomm.model.generation import Sampling, generate, max_new_tokens_allowed
 
 if TYPE_CHECKING:
-    from latentcomm.model import GenerativeEmbedder, Part
+    from latentcomm.model.embedder import GenerativeEmbedder, Part
 
 
 @dataclass(frozen=True)
