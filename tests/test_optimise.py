@@ -110,3 +110,17 @@ def test_optimised_latent_carries_a_note_on_the_default_backbone() -> None:
     assert is_correct(model.respond([asked], max_new_tokens=32)[0], item)
     head_only = model.respond([[before, model.compress([item.note])[0], after]], max_new_tokens=48)[0]
     assert head_only != item.note
+
+
+def test_compress_refines_from_the_head_latent(tiny_model) -> None:
+    assert torch.equal(tiny_model.compress(NOTES, refine_steps=0).vectors, tiny_model.compress(NOTES).vectors)
+    refined = tiny_model.compress(NOTES, refine_steps=3, refine=OptimiseConfig(stop_loss=None, lr=0.1))
+    direct = optimise_latent(tiny_model, NOTES, config=OptimiseConfig(steps=3, stop_loss=None, lr=0.1))
+    assert torch.equal(refined.vectors, direct.latent.vectors)
+    assert not torch.equal(refined.vectors, tiny_model.compress(NOTES).vectors)
+    assert refined.fingerprint == tiny_model.fingerprint
+    with torch.no_grad():  # refinement needs gradients even when the caller turned them off
+        assert torch.equal(tiny_model.compress(NOTES, refine_steps=3, refine=OptimiseConfig(stop_loss=None, lr=0.1))
+                           .vectors, refined.vectors)
+    with pytest.raises(ValueError, match="refine_steps"):
+        tiny_model.compress(NOTES, refine_steps=-1)

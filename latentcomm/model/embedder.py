@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -11,7 +12,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from latentcomm.model.latent import Latent, LatentError, check_vectors
 from latentcomm.model.lora import lora_targets
 from latentcomm.model.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
 from latentcomm.model.reading import Instruction
+
+if TYPE_CHECKING:
+    from latentcomm.model.optimise import OptimiseConfig
 
 log = logging.getLogger(__name__)
 MIN_QUERY_TOKENS = 16
@@ -475,14 +479,31 @@ class GenerativeEmbedder(nn.Module):
         return self.head.fit_align(latents.to(self.device), targets)
 
     # ---- the public, batched inference API ------------------------------------------------------------
-    @torch.no_grad()
     def compress(self, texts: Item | Sequence[Item], *, batch_size: int = 16, prompt: str | None = None,
-                 show_progress_bar: bool | None = None) -> Latent:
+                 show_progress_bar: bool | None = None, refine_steps: int = 0,
+                 refine: "OptimiseConfig | None" = None) -> Latent:
         """Inputs -> Latent (B, n, H): one forward pass per batch, no generation.
 
         Each input is a string or a list of parts (strings and latent rows of this backbone), e.g.
         ``[question, solver_latent, "Is this right?"]``: an agent turns what it read into its own latent.
+        ``refine_steps`` > 0 then fits the latent to the input for that many steps (``latentcomm.model.optimise``:
+        the receiver, reading it inside a user turn, restates the input's text; ``refine`` sets the rest of the
+        fit). Only the message changes; the head is untouched, and 0 steps is the head's latent.
         """
+        latent = self._compress(texts, batch_size, prompt, show_progress_bar)
+        if refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+        if not refine_steps:
+            return latent
+        from latentcomm.model.optimise import OptimiseConfig, optimise_latent
+
+        config = dataclasses.replace(refine or OptimiseConfig(), steps=refine_steps)
+        return optimise_latent(self, texts, config=config, initial=latent, batch_size=batch_size,
+                               show_progress_bar=show_progress_bar).latent
+
+    @torch.no_grad()
+    def _compress(self, texts: Item | Sequence[Item], batch_size: int, prompt: str | None,
+                  show_progress_bar: bool | None) -> Latent:
         items = _as_items(texts)
         order = sorted(range(len(items)), key=lambda i: -_size(items[i]))
         out = torch.empty(len(items), self.config.num_compression, self.backbone.hidden_size)

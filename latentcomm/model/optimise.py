@@ -125,7 +125,8 @@ def optimise_latent(model: "GenerativeEmbedder", inputs: "Item | Sequence[Item]"
     finals = [math.nan] * len(items)
     steps = [0] * len(items)
     total = len(items) * config.steps
-    with tqdm(total=total, desc="optimise", unit="step", disable=_quiet(show_progress_bar, total)) as bar:
+    with tqdm(total=total, desc="optimise", unit="step", disable=_quiet(show_progress_bar, total)) as bar, \
+            torch.enable_grad():
         for first in range(0, len(items), batch_size):
             rows = list(range(first, min(first + batch_size, len(items))))
             _fit(model, vectors, rows, targets, config, losses, finals, steps, bar)
