@@ -148,7 +148,8 @@ async def test_an_embedding_hop_is_packed_once_addressed_and_signed(replica, mon
     monkeypatch.setattr(agent_module, "pack", lambda *a, **kw: packs.append(1) or pack(*a, **kw))
     holder, answerer = chain_of("latent", 2, replica, key=b"k" * 32)[0]
     answerer.on("embedding", keep_latent)
-    incoming = await holder.send_embedding(answerer, "a note", conversation_id="c", metadata={"question": "q1"})
+    incoming = await holder.send(answerer, "a note", kind="embedding", conversation_id="c",
+                                   metadata={"question": "q1"})
     message = unpack(incoming.data, key=b"k" * 32)
     assert len(packs) == 1 and message.kind == "embedding"
     assert (message.sender, message.recipient, message.conversation_id) == ("holder", "answerer", "c")
@@ -159,7 +160,7 @@ async def test_signed_latents_verify_and_tampered_ones_are_refused(replica):
     [item] = FACTS.load(1, 0)
     chain, _, _ = chain_of("latent", 2, replica, key=b"k" * 32)
     holder, answerer = chain
-    incoming = await holder.send_latent(answerer, FACTS.first_input(item), conversation_id="c")
+    incoming = await holder.send(answerer, FACTS.first_input(item), conversation_id="c")
     assert incoming.message.signature is not None
     unpack(incoming.data, key=b"k" * 32)
 
@@ -172,11 +173,11 @@ async def test_signed_latents_verify_and_tampered_ones_are_refused(replica):
             return await answerer.receive(bytes(flipped))
 
     with pytest.raises(SignatureError):
-        await holder.send_latent(Tamper(), FACTS.first_input(item), conversation_id="c")
+        await holder.send(Tamper(), FACTS.first_input(item), conversation_id="c")
     assert answerer.rejected == 1
     stranger = Agent("holder", holder.pool, key=b"x" * 32)
     with pytest.raises(SignatureError):
-        await stranger.send_latent(answerer, "forged", conversation_id="d")
+        await stranger.send(answerer, "forged", conversation_id="d")
 
 
 def test_job_config_composes_replica_and_pool_configs():
