@@ -57,7 +57,8 @@ AGENT_KEYS = frozenset({SEQ_KEY, ACKED_KEY, STARTED_KEY})
 
 @dataclass(frozen=True)
 class Incoming:
-    """A verified message as a handler sees it, with the exact bytes that arrived."""
+    """A verified message as a handler sees it: parsed once on receipt (what a replica reads when the agent passes
+    it on) and the exact bytes that arrived (de-duplication, the trace)."""
 
     message: LatentMessage
     data: bytes
@@ -167,16 +168,16 @@ class Agent:
         """``text`` under this agent's role prompt (the input its model sees)."""
         return f"{self.role}\n\n{text}" if self.role else text
 
-    def parts(self, said: Said) -> list[str | bytes]:
+    def parts(self, said: Said) -> list[str | LatentMessage]:
         """``said`` under the role prompt as the parts a replica reads: strings, and received latents and KV prefixes
-        as their bytes (a received text is read as its text)."""
+        as the messages parsed on receipt (a received text is read as its text)."""
         items = [said] if isinstance(said, (str, Incoming)) else list(said)
-        parts: list[str | bytes] = [f"{self.role}\n\n"] if self.role else []
+        parts: list[str | LatentMessage] = [f"{self.role}\n\n"] if self.role else []
         for part in items:
             if isinstance(part, str):
                 parts.append(part)
             elif isinstance(part, Incoming) and part.kind in ("latent", "kv", "text"):
-                parts.append(part.message.text() if part.kind == "text" else part.data)
+                parts.append(part.message.text() if part.kind == "text" else part.message)
             else:
                 raise TypeError(f"{self.name} can read strings, latents, KV prefixes and texts, got "
                                 f"{type(part).__name__}"
@@ -364,11 +365,13 @@ class Agent:
     # ---- model work for handlers ----------------------------------------------------------------------
     async def decode(self, incoming: Incoming, *, max_new_tokens: int | None = None) -> str:
         """The text of a latent message, decoded by this agent's replicas."""
-        [text] = await self.pool.call("decode", [incoming.data], max_new_tokens=max_new_tokens or self.max_new_tokens)
+        [text] = await self.pool.call("decode", [incoming.message],
+                                      max_new_tokens=max_new_tokens or self.max_new_tokens)
         return text
 
     async def embed(self, incoming: Incoming) -> np.ndarray:
-        """The (D,) embedding of a latent message (needs the head that made the latent)."""
-        [data] = await self.pool.call("embed", [incoming.data])
+        """The (D,) embedding of a latent message (needs the head that made the latent); the replica's reply, a
+        packed "embedding" message, is parsed here."""
+        [data] = await self.pool.call("embed", [incoming.message])
         return message_embedding(unpack(data))
 

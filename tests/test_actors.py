@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import numpy as np
 import pytest
 import ray
 import torch
 
-from latentcomm.actors.agent import SEQ_KEY, Agent, embed_latent
+from latentcomm.actors.agent import SEQ_KEY, Agent, Incoming, decode_latent, embed_latent, keep_latent, \
+    read_embedding, read_text
 from latentcomm.actors.agent_host import start_agent
 from latentcomm.actors.trace import Trace
 from latentcomm.runtime.pool import PoolConfig, ReplicaPool
-from latentcomm.protocols import LatentMessage, SignatureError, pack
-from latentcomm.engine.replica import ReplicaConfig
+from latentcomm.protocols import LatentMessage, SignatureError, pack, wire
+from latentcomm.engine.replica import Replica, ReplicaConfig
 from conftest import TINY_HEAD
 
 QUESTION = "What is the capital of France?"
@@ -257,3 +259,51 @@ async def _pid(remote) -> int:
         except ray.exceptions.ActorUnavailableError:
             await asyncio.sleep(0.2)
     raise TimeoutError("the agent host did not come back")
+
+
+class InProcess:
+    """One in-process replica behind ``ReplicaPool.call`` (no Ray, so that every parse can be counted)."""
+
+    name = "in-process"
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    async def call(self, method: str, *args, **kwargs):
+        return await getattr(self.replica, method)(*args, **kwargs)
+
+
+def count_parses(monkeypatch) -> list[str]:
+    """Count ``protocols.unpack`` calls in every module that imported it; the list grows by one per call."""
+    calls: list[str] = []
+    unpack = wire.unpack
+
+    def counted(*args, **kwargs):
+        calls.append(sys._getframe(1).f_code.co_name)
+        return unpack(*args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "unpack", None) is unpack:
+            monkeypatch.setattr(module, "unpack", counted)
+    return calls
+
+
+HOPS = {"latent": ("latent", False, keep_latent), "latent-decode": ("latent", False, decode_latent),
+        "kv": ("kv", False, keep_latent), "text": ("text", True, read_text),
+        "embedding": ("embedding", False, read_embedding), "latent-embed": ("latent", False, embed_latent)}
+"""The main job's modes and the other handlers: the kind sent, whether the sender generates, the receiver's handler."""
+
+
+@pytest.mark.parametrize("mode", HOPS)
+async def test_one_parse_per_hop(replica_config, monkeypatch, mode):
+    """A signed hop, until the receiver's model has read it: a kept latent or KV cache in the receiver's own turn.
+    The receiver parses the bytes once, and its replica reads that parse."""
+    kind, generate, handler = HOPS[mode]
+    pool, key = InProcess(Replica(replica_config)), b"k" * 32
+    sender, receiver = Agent("sender", pool, key=key), Agent("receiver", pool, key=key).on(kind, handler)
+    parses = count_parses(monkeypatch)
+    received = await sender.send(receiver, QUESTION, kind=kind, generate=generate)
+    if isinstance(received, Incoming):
+        assert isinstance(await receiver.respond(["Answer this:", received]), str)
+    replies = ["embed"] if handler is embed_latent else []  # the replica's embedding: a new message, parsed once
+    assert parses == ["receive", *replies], f"{mode}: {len(parses)} parses ({parses})"

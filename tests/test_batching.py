@@ -75,6 +75,18 @@ async def test_a_bad_request_fails_alone_with_its_error(replicas, tiny):
     assert results[6] == await off.decode([good]) and results[9] == await off.respond(["fine"])
 
 
+async def test_a_message_parsed_by_its_receiver_reads_like_its_bytes(replicas):
+    on = replicas["continuous"]
+    [good] = await on.compress(["good"], dtype="float32")
+    parsed = unpack(good)
+    assert await on.decode([parsed]) == await on.decode([good])
+    np.testing.assert_array_equal(_arrays(await on.embed([parsed])), _arrays(await on.embed([good])))
+    read = await asyncio.gather(*(on.compress([["Read this:", part]], dtype="float32") for part in (parsed, good)))
+    np.testing.assert_allclose(_arrays(read[0]), _arrays(read[1]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(FingerprintMismatch):
+        await on.embed([dataclasses.replace(parsed, fingerprint="0" * 16, signature=None)])
+
+
 async def test_a_failing_joint_pass_is_rerun_request_by_request(replicas, monkeypatch):
     """The joint forward pass raises (a non-finite latent in one request): that request fails, the others not."""
     on = replicas["continuous"]

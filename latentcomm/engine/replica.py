@@ -4,7 +4,10 @@
 ``latentcomm.runtime.pool.ReplicaPool`` runs N of them as Ray actors, for the agents (``actors/``) and for the response
 generation job (``training/``), and ``latentcomm serve`` behind Ray Serve. Only the ``ReplicaConfig`` is pickled
 to the actor: the backbone and head are loaded inside it, from a path or the default alias. Latents and
-embeddings leave and enter the actor as packed ``LatentMessage`` bytes, never as pickled tensors.
+embeddings leave the actor as packed ``LatentMessage`` bytes, addressed and ready to sign and send, never as
+pickled tensors. A message enters it packed (parsed here) or as the ``LatentMessage`` that the receiver who
+verified it parsed (an agent, the HTTP front door), which the replica reads as is: Ray ships a parsed message as
+its fields and payload bytes without parsing it again, so each message is parsed once.
 
 Concurrent calls are batched (``ReplicaConfig.batching``): compress and embed requests that arrive together run
 as one forward pass, decode and respond rows join the running generation between steps
@@ -33,15 +36,19 @@ from latentcomm.engine.continuous import ContinuousGenerator, left_pad
 from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
 from latentcomm.model.kv import KVPrefix, answer_prompt, prefill, respond_after
 from latentcomm.model.latent import Latent
-from latentcomm.engine.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent
+from latentcomm.engine.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent, \
+    routing_of
 from latentcomm.model.embedder import GenerativeEmbedder, Part, load_embedder
-from latentcomm.protocols import DEFAULT_LIMITS, LatentMessage, Limits, pack, unpack
+from latentcomm.protocols import DEFAULT_LIMITS, FingerprintMismatch, LatentMessage, Limits, pack, unpack
 
 T = TypeVar("T")
-WireItem = Union[str, Sequence[Union[str, bytes]]]
-"""One input sent to a replica: a string, or parts in the user turn — strings and packed "latent" messages (read
-in context as soft tokens, the way ``GenerativeEmbedder.compress`` reads ``Latent`` parts), and for ``prefill``
-and ``respond`` at most one packed "kv" message (a KV prefix, attended to before the turn: ``latentcomm.model.kv``)."""
+Received = Union[bytes, LatentMessage]
+"""A message given to a replica: packed (parsed here, within ``ReplicaConfig.limits``), or parsed by the receiver
+that verified it (read as is)."""
+WireItem = Union[str, Sequence[Union[str, Received]]]
+"""One input sent to a replica: a string, or parts in the user turn — strings and "latent" messages (read in
+context as soft tokens, the way ``GenerativeEmbedder.compress`` reads ``Latent`` parts), and for ``prefill`` and
+``respond`` at most one "kv" message (a KV prefix, attended to before the turn: ``latentcomm.model.kv``)."""
 Routing = Mapping[str, Any]
 """Fields of the message a replica packs: sender, recipient, conversation_id, metadata (``messaging.address``)."""
 
@@ -151,16 +158,13 @@ class Replica:
         latent = await self._texts.submit(_TextRequest(items, prompt, embed=False))
         return [pack(latent_message(latent[i], dtype=dtype, **routing[i])) for i in range(len(latent))]
 
-    async def embed(self, messages: list[bytes], *, dtype: str = "float32") -> list[bytes]:
-        """Packed "latent" messages (made by this head) -> packed "embedding" messages with the same routing."""
-        parsed = [unpack(data, expect_fingerprint=self.model.fingerprint, limits=self.config.limits)
-                  for data in messages]
+    async def embed(self, messages: list[Received], *, dtype: str = "float32") -> list[bytes]:
+        """"latent" messages (made by this head) -> packed "embedding" messages with the same routing."""
+        parsed = [_parsed(m, self.config.limits, expect_fingerprint=self.model.fingerprint) for m in messages]
         if not parsed:
             return []
         vectors = await self._latents.submit([message_latent(msg) for msg in parsed])
-        return [pack(self._embedding(v, dtype, {"sender": msg.sender, "recipient": msg.recipient,
-                                                "conversation_id": msg.conversation_id, "metadata": msg.metadata}))
-                for v, msg in zip(vectors, parsed)]
+        return [pack(self._embedding(v, dtype, routing_of(msg))) for v, msg in zip(vectors, parsed)]
 
     async def embed_texts(self, texts: list[str], *, dtype: str = "float32", prompt: str | None = None,
                           routing: Sequence[Routing] | None = None) -> list[bytes]:
@@ -184,12 +188,12 @@ class Replica:
             out.append(pack(kv_message(prefix, dtype=dtype, **address)))
         return out
 
-    async def decode(self, messages: list[bytes], *, max_new_tokens: int | None = None,
+    async def decode(self, messages: list[Received], *, max_new_tokens: int | None = None,
                      repetition_penalty: float = REPETITION_PENALTY,
                      no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE) -> list[str]:
-        """Packed "latent" messages -> text: the frozen LLM continues from each latent as a soft prompt (greedy,
-        with ``GenerativeEmbedder.decode``'s repetition controls)."""
-        latents = [message_latent(unpack(data, limits=self.config.limits)) for data in messages]
+        """"latent" messages -> text: the frozen LLM continues from each latent as a soft prompt (greedy, with
+        ``GenerativeEmbedder.decode``'s repetition controls)."""
+        latents = [message_latent(_parsed(m, self.config.limits)) for m in messages]
         if not latents:
             return []
         vectors, _ = self.model.decode_prompts(Latent.concat(latents, same_head=False))  # checks only: no queueing
@@ -295,9 +299,19 @@ def _routing_per_input(routing: Sequence[Routing] | None, count: int) -> Sequenc
     return routing
 
 
+def _parsed(message: Received, limits: Limits, *, expect_fingerprint: str | None = None) -> LatentMessage:
+    """``message`` parsed: unpacked within ``limits`` if packed, else as the receiver parsed it."""
+    if not isinstance(message, LatentMessage):
+        return unpack(message, limits=limits, expect_fingerprint=expect_fingerprint)
+    if expect_fingerprint is not None and message.fingerprint != expect_fingerprint:
+        raise FingerprintMismatch(f"message head fingerprint {message.fingerprint!r} != expected "
+                                  f"{expect_fingerprint!r}")
+    return message
+
+
 def _items(texts: list[WireItem], limits: Limits, *, kv: bool = True) -> list[str | list[Any]]:
-    """The inputs of one call as lists of parts (packed latents and, where ``kv``, KV prefixes unpacked), checked
-    here so that a bad one fails its own call, not a batch."""
+    """The inputs of one call as lists of parts (latents and, where ``kv``, KV prefixes as the model reads them),
+    checked here so that a bad one fails its own call, not a batch."""
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TypeError(f"texts must be a list of strings or of lists of parts, got {type(texts).__name__}")
     if not texts:
@@ -309,15 +323,15 @@ def _items(texts: list[WireItem], limits: Limits, *, kv: bool = True) -> list[st
             continue
         if not isinstance(item, (list, tuple)):
             raise TypeError(f"texts must be strings or lists of parts, got {type(item).__name__}")
-        bad = sorted({type(p).__name__ for p in item if not isinstance(p, (str, bytes))})
+        bad = sorted({type(p).__name__ for p in item if not isinstance(p, (str, bytes, LatentMessage))})
         if bad:
-            raise TypeError(f"parts must be strings or packed latent messages (bytes), got {bad}")
-        items.append([p if isinstance(p, str) else _part(unpack(p, limits=limits), kv) for p in item])
+            raise TypeError(f"parts must be strings or latent messages (LatentMessage or packed bytes), got {bad}")
+        items.append([p if isinstance(p, str) else _part(_parsed(p, limits), kv) for p in item])
     return items
 
 
 def _part(message: LatentMessage, kv: bool) -> Latent | KVPrefix:
-    """A packed part as what the model reads: a "latent" message as a Latent, a "kv" message (where taken) as a
+    """A message part as what the model reads: a "latent" message as a Latent, a "kv" message (where taken) as a
     KVPrefix."""
     if message.kind == "kv" and kv:
         return message_kv(message)
