@@ -269,10 +269,9 @@ _HELP = {
     "max_payload_bytes": "largest message payload accepted (protocol limit); larger bodies get 413",
     "backbone": "frozen backbone: the default alias, a Hugging Face folder/id or a .gguf file",
     "head": "saved head folder (default: the shipped head)",
-    "batching": "batch concurrent requests (--no-batching: each request alone)",
+    "batching": "batch concurrent requests (--no-batching: each request alone, generation one row at a time)",
     "max_batch_size": "most rows in one forward pass or running generation",
     "max_wait_s": "how long a compress/embed request waits for others to share its pass",
-    "generation": "continuous (rows join a running generation) or window batching",
     "num_threads": "torch CPU threads per replica",
 }
 

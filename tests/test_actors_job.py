@@ -110,7 +110,6 @@ async def test_kv_mode_prefills_at_every_sender_and_the_cache_grows_along_the_ch
     assert after["prefills"] - before["prefills"] == 3 and after["kv_generations"] - before["kv_generations"] == 1
     # the relays generate nothing: the only steps are the answer's (at most max_new_tokens=4), after the cache
     assert 1 <= after["generation_steps"] - before["generation_steps"] <= 4
-    assert after["generation_batches"] == before["generation_batches"]
     assert [h.kind for h in trace.hops] == ["kv"] * 3 and all(h.text is None for h in trace.hops)
     sizes = [h.bytes for h in trace.hops]
     assert sizes[0] < sizes[1] < sizes[2]  # each relay's cache holds what it received plus its own turn

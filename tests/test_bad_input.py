@@ -214,7 +214,7 @@ HOSTILE: list[tuple[str, ...]] = [
     ("serve", "--max-wait-s", "-1"),
     ("serve", "--target-ongoing-requests", "0"),
     ("serve", "--head", "{missing}"),
-    ("serve", "--generation", "batchy"),
+    ("serve", "--max-batch-size", "0"),
     ("serve", "--weights-dtype", "int9"),
     # demo, convert, release, data
     ("demo", "--max-new-tokens", "0"),

@@ -10,15 +10,15 @@ verified it parsed (an agent, the HTTP front door), which the replica reads as i
 its fields and payload bytes without parsing it again, so each message is parsed once.
 
 Concurrent calls are batched (``ReplicaConfig.batching``): compress and embed requests that arrive together run
-as one forward pass, decode and respond rows join the running generation between steps
-(``latentcomm.engine.continuous``). All model work runs on one thread of the replica, so the event loop keeps
-accepting requests meanwhile. Each call gets its own results, in order; a bad input fails its own call only.
+as one forward pass; every generation (decode, respond, an answer after a KV prefix) is rows of one continuous
+engine, which join the running batch between steps (``latentcomm.engine.continuous``; without batching, a batch
+of one). All model work runs on one thread of the replica, so the event loop keeps accepting requests meanwhile.
+Each call gets its own results, in order; a bad input fails its own call only.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +32,9 @@ import torch
 from latentcomm.model.backbone import DEFAULT_BACKBONE, load_backbone, quantize_int8
 from latentcomm.engine.batching import BatchConfig, Batcher
 from latentcomm.model.config import HeadConfig
-from latentcomm.engine.continuous import ContinuousGenerator, left_pad
-from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
-from latentcomm.model.kv import KVPrefix, answer_prompt, prefill, respond_after
+from latentcomm.engine.continuous import ContinuousGenerator
+from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling
+from latentcomm.model.kv import KVPrefix, answer_prompt, prefill
 from latentcomm.model.latent import Latent
 from latentcomm.engine.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent, \
     routing_of
@@ -92,16 +92,6 @@ class _TextRequest:
     embed: bool
 
 
-@dataclass(frozen=True)
-class _Generation:
-    """Prompts of one decode/respond call for the window (or unbatched) generation path."""
-
-    prompts: list[torch.Tensor]
-    max_new_tokens: int
-    sampling: Sampling
-    seed: int | None
-
-
 class Replica:
     """A frozen LLM with a compression head: compress, embed, decode and respond, over protocol bytes."""
 
@@ -123,12 +113,10 @@ class Replica:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-model")
         self._texts = Batcher(self._run_texts, self._thread, batching, rows=lambda r: len(r.texts))
         self._latents = Batcher(self._run_latents, self._thread, batching, rows=len)
-        self._window = Batcher(self._run_generations, self._thread, batching, rows=lambda r: len(r.prompts))
         self._kv_calls = {"prefills": 0, "kv_generations": 0}
-        self._continuous = ContinuousGenerator(self.model.backbone.model, self._thread,
-                                               max_batch_size=batching.max_batch_size,
-                                               eos_token_ids=self.model.stop_token_ids()) \
-            if batching.batching and batching.generation == "continuous" else None
+        self._generator = ContinuousGenerator(self.model.backbone.model, self._thread,
+                                              max_batch_size=batching.max_batch_size if batching.batching else 1,
+                                              eos_token_ids=self.model.stop_token_ids())
 
     def info(self) -> dict[str, Any]:
         """Identity of this replica: process id, backbone, head fingerprint, latent shape, load time, batching."""
@@ -139,10 +127,9 @@ class Replica:
                 "batching": dataclasses.asdict(self.config.batching)}
 
     def counters(self) -> dict[str, int]:
-        """Model calls made so far: forward passes of compress/embed, and generation batches or steps."""
-        steps = self._continuous.steps if self._continuous else 0
+        """Model calls made so far: forward passes of compress/embed, generation steps, KV prefills and answers."""
         return {"text_batches": self._texts.batches, "latent_batches": self._latents.batches,
-                "generation_batches": self._window.batches, "generation_steps": steps, **self._kv_calls}
+                "generation_steps": self._generator.steps, **self._kv_calls}
 
     # ---- the API (async: concurrent calls batch) -------------------------------------------------------
     async def compress(self, texts: list[WireItem], *, dtype: str = "float16", prompt: str | None = None,
@@ -212,39 +199,24 @@ class Replica:
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
         items = _items(texts, self.config.limits)
         if any(isinstance(p, KVPrefix) for item in items if not isinstance(item, str) for p in item):
-            return await self._respond_after_kv(items, max_new_tokens, sampling, seed)
+            # each row prefilled after its own cache (a row without one after none), then a row like any other
+            self._kv_calls["kv_generations"] += len(items)
+            prompts = await self._on_model_thread(lambda: [answer_prompt(self.model, item) for item in items])
+            return await self._generate([embeds for _, embeds in prompts], max_new_tokens, sampling, seed,
+                                        prefixes=[cache for cache, _ in prompts])
         # the prompts are built (and the prefix cache used) on the model thread only
         embeds, mask = await self._on_model_thread(self.model.respond_prompts, items)
         return await self._generate([e[m.bool()] for e, m in zip(embeds, mask)], max_new_tokens, sampling, seed)
 
     # ---- internals ------------------------------------------------------------------------------------
-    async def _respond_after_kv(self, items: list[str | list[Any]], max_new_tokens: int | None, sampling: Sampling,
-                                seed: int | None) -> list[str]:
-        """Answers to inputs of which some read a KV prefix: rows of the continuous batch, each prefilled after its
-        own cache (with window batching, one row at a time)."""
-        self._kv_calls["kv_generations"] += len(items)
-        if self._continuous is None:
-            answer = functools.partial(respond_after, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                                       sampling=sampling, seed=seed)
-            return [await self._on_model_thread(answer, self.model, item) for item in items]
-        prompts = await self._on_model_thread(lambda: [answer_prompt(self.model, item) for item in items])
-        return await self._generate([embeds for _, embeds in prompts], max_new_tokens, sampling, seed,
-                                    prefixes=[cache for cache, _ in prompts])
-
     async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def _generate(self, prompts: list[torch.Tensor], max_new_tokens: int | None, sampling: Sampling,
                         seed: int | None, prefixes: list[Any] | None = None) -> list[str]:
-        """Texts generated after ``prompts`` (and, in the continuous batch only, after each row's KV prefix)."""
-        budget = max_new_tokens or self.config.max_new_tokens
-        if self._continuous is not None:
-            ids = await self._continuous.generate(prompts, max_new_tokens=budget, sampling=sampling, seed=seed,
-                                                  prefixes=prefixes)
-        elif prefixes is not None:
-            raise NotImplementedError("window batching runs no rows after a KV prefix (kv.respond_after runs one)")
-        else:
-            ids = await self._window.submit(_Generation(prompts, budget, sampling, seed))
+        """Texts generated after ``prompts`` (each after its KV prefix, where given) as rows of the running batch."""
+        ids = await self._generator.generate(prompts, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                                             sampling=sampling, seed=seed, prefixes=prefixes)
         return self.model.detokenize(ids)
 
     def _run_texts(self, requests: list[_TextRequest]) -> list[Latent | np.ndarray]:
@@ -266,24 +238,6 @@ class Replica:
         vectors = self.model.embed_latent(Latent.concat([lat for r in requests for lat in r]))
         bounds = np.cumsum([0] + [len(r) for r in requests])
         return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-    def _run_generations(self, requests: list[_Generation]) -> list[list[list[int]]]:
-        """Requests with the same generation settings as one batched generation each (the window path)."""
-        out: list[list[list[int]]] = [[] for _ in requests]
-        model, tok = self.model.backbone.model, self.model.backbone.tokenizer
-        for key in dict.fromkeys((r.max_new_tokens, r.sampling, r.seed) for r in requests):
-            index = [i for i, r in enumerate(requests) if (r.max_new_tokens, r.sampling, r.seed) == key]
-            prompts = [p for i in index for p in requests[i].prompts]
-            ids = []
-            for start in range(0, len(prompts), self.config.batching.max_batch_size):
-                embeds, mask = left_pad(prompts[start:start + self.config.batching.max_batch_size], self.model.device)
-                ids += generate(model, embeds, mask, max_new_tokens=key[0], eos_token_ids=self.model.stop_token_ids(),
-                                pad_token_id=tok.pad_token_id, sampling=key[1], seed=key[2])
-            start = 0
-            for i in index:
-                out[i] = ids[start:start + len(requests[i].prompts)]
-                start += len(requests[i].prompts)
-        return out
 
     def _embedding(self, vector: Any, dtype: str, routing: Routing) -> LatentMessage:
         return embedding_message(vector, fingerprint=self.model.fingerprint,
