@@ -1,15 +1,16 @@
 """Agents that talk in latents: send a latent, a KV cache, an embedding or text to another agent; handlers read it.
 
 An ``Agent`` has a name, a role prompt and a ``ReplicaPool`` that does its model work. ``send(to, said, kind=...)``
-has the replica method of ``SENDS[kind]`` make one protocol ``LatentMessage``, packed there already addressed; the
-sender only appends the HMAC trailer (``protocols.sign``, when it has a key). The receiver verifies and parses the
-bytes once (``Incoming``), drops re-sent message ids (the first result is returned again; an id reused with other
-bytes is refused with ``ConflictingMessageError``, which the sender hears), runs each conversation's messages from
-one sender in the order they were sent, and calls the handler for the message's kind. The default handlers decode
-a latent to text (soft prompt to the receiver's frozen LLM), and return an embedding's vector or a text as is;
-``keep_latent`` instead keeps a latent to read in context (no model work on receipt). A replica killed mid-call is
-retried on its restarted actor by the pool, and a failed delivery is re-sent with the same message id. Agents here
-live in the caller's process; ``agent_host.start_agent`` puts one in its own actor process.
+sends one protocol ``LatentMessage``: the replica method of ``SENDS[kind]`` makes and packs it, already addressed
+(a text is packed here), and the sender only appends the HMAC trailer (``protocols.sign``, when it has a key). The
+receiver verifies and parses the bytes once (``Incoming``), drops re-sent message ids (the first result is returned
+again; an id reused with other bytes is refused with ``ConflictingMessageError``, which the sender hears), runs each
+conversation's messages from one sender in the order they were sent, and calls the handler for the message's kind.
+The default handlers decode a latent to text (soft prompt to the receiver's frozen LLM), and return an embedding's
+vector or a text as is; ``keep_latent`` instead keeps a latent to read in context (no model work on receipt). A
+replica killed mid-call is retried on its restarted actor by the pool, and a failed delivery is re-sent with the
+same message id. Agents here live in the caller's process; ``agent_host.start_agent`` puts one in its own actor
+process.
 
 What an agent says is made of parts: strings and received messages (``Incoming``); a received latent enters
 the model's input as soft tokens. The replica reads a received message as the receiver parsed it (Ray ships the

@@ -29,7 +29,8 @@ def _config(tiny_backbone_dir, **batching) -> ReplicaConfig:
 @pytest.fixture(scope="module")
 def replicas(tiny_backbone_dir) -> dict[str, Replica]:
     """The same model batched and unbatched."""
-    return {"continuous": Replica(_config(tiny_backbone_dir)), "off": Replica(_config(tiny_backbone_dir, batching=False))}
+    return {"continuous": Replica(_config(tiny_backbone_dir)),
+            "off": Replica(_config(tiny_backbone_dir, batching=False))}
 
 
 def _arrays(messages: list[bytes]) -> np.ndarray:

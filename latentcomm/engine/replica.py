@@ -146,7 +146,7 @@ class Replica:
         return [pack(latent_message(latent[i], dtype=dtype, **routing[i])) for i in range(len(latent))]
 
     async def embed(self, messages: list[Received], *, dtype: str = "float32") -> list[bytes]:
-        """"latent" messages (made by this head) -> packed "embedding" messages with the same routing."""
+        """Latent messages (made by this head) -> packed "embedding" messages with the same routing."""
         parsed = [_parsed(m, self.config.limits, expect_fingerprint=self.model.fingerprint) for m in messages]
         if not parsed:
             return []
@@ -178,7 +178,7 @@ class Replica:
     async def decode(self, messages: list[Received], *, max_new_tokens: int | None = None,
                      repetition_penalty: float = REPETITION_PENALTY,
                      no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE) -> list[str]:
-        """"latent" messages -> text: the frozen LLM continues from each latent as a soft prompt (greedy, with
+        """Latent messages -> text: the frozen LLM continues from each latent as a soft prompt (greedy, with
         ``GenerativeEmbedder.decode``'s repetition controls)."""
         latents = [message_latent(_parsed(m, self.config.limits)) for m in messages]
         if not latents:
