@@ -1,22 +1,23 @@
-"""Agents that talk in latents: send a latent, an embedding or text to another agent; handlers read it.
+"""Agents that talk in latents: send a latent, a KV cache, an embedding or text to another agent; handlers read it.
 
-An ``Agent`` has a name, a role prompt and a ``ReplicaPool`` that does its model work. Sending packs a
-protocol ``LatentMessage`` (signed when the agent has a key); the receiver verifies and unpacks the bytes,
-drops re-sent message ids (the first result is returned again; an id reused with other bytes is refused with
-``ConflictingMessageError``, which the sender hears), runs each conversation's messages from
-one sender in the order they were sent, and calls the handler for the message's kind. The default
-handlers decode a latent to text (soft prompt to the receiver's frozen LLM), and return an embedding's
-vector or a text as is; ``keep_latent`` instead keeps a latent to read in context (no model work on receipt).
-Model work goes to replica actors as protocol bytes; a replica killed mid-call is retried on its restarted
-actor by the pool, and a failed delivery is re-sent with the same message id. Agents here live in the caller's
-process; ``agent_host.start_agent`` puts one in its own actor process.
+An ``Agent`` has a name, a role prompt and a ``ReplicaPool`` that does its model work. ``send(to, said, kind=...)``
+sends one protocol ``LatentMessage``: the replica method of ``SENDS[kind]`` makes and packs it, already addressed
+(a text is packed here), and the sender only appends the HMAC trailer (``protocols.sign``, when it has a key). The
+receiver verifies and parses the bytes once (``Incoming``), drops re-sent message ids (the first result is returned
+again; an id reused with other bytes is refused with ``ConflictingMessageError``, which the sender hears), runs each
+conversation's messages from one sender in the order they were sent, and calls the handler for the message's kind.
+The default handlers decode a latent to text (soft prompt to the receiver's frozen LLM), and return an embedding's
+vector or a text as is; ``keep_latent`` instead keeps a latent to read in context (no model work on receipt). A
+replica killed mid-call is retried on its restarted actor by the pool, and a failed delivery is re-sent with the
+same message id. Agents here live in the caller's process; ``agent_host.start_agent`` puts one in its own actor
+process.
 
 What an agent says is made of parts: strings and received messages (``Incoming``); a received latent enters
-the model's input as soft tokens. A latent is packed once, by the replica that makes it, already addressed;
-the sender only appends the HMAC trailer (``protocols.sign``), and the receiver verifies it once.
+the model's input as soft tokens. The replica reads a received message as the receiver parsed it (Ray ships the
+parsed ``LatentMessage``, fields and payload, without parsing it again): one parse per hop.
 
     solver, critic = Agent("solver", pool), Agent("critic", pool).on("latent", keep_latent)
-    draft = await solver.send_latent(critic, "What is 7 * 6?")   # the critic keeps the solver's latent
+    draft = await solver.send(critic, "What is 7 * 6?")            # the critic keeps the solver's latent
     answer = await critic.respond(["Check this answer:", draft])   # and reads it in its own prompt
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Literal, Protocol, Union
 
 import numpy as np
 from ray.exceptions import RayActorError
@@ -57,7 +58,8 @@ AGENT_KEYS = frozenset({SEQ_KEY, ACKED_KEY, STARTED_KEY})
 
 @dataclass(frozen=True)
 class Incoming:
-    """A verified message as a handler sees it, with the exact bytes that arrived."""
+    """A verified message as a handler sees it: parsed once on receipt (what a replica reads when the agent passes
+    it on) and the exact bytes that arrived (de-duplication, the trace)."""
 
     message: LatentMessage
     data: bytes
@@ -70,6 +72,9 @@ class Incoming:
 Handler = Callable[["Agent", Incoming], Awaitable[Any]]
 Said = Union[str, Incoming, Sequence[Union[str, Incoming]]]
 """What an agent reads or answers on: a text, a received message, or parts of both (its role prompt goes first)."""
+Kind = Literal["latent", "kv", "embedding", "text"]
+SENDS: dict[str, str | None] = {"latent": "compress", "kv": "prefill", "embedding": "embed_texts", "text": None}
+"""The replica method that makes a message of each kind from what an agent says (a text needs none)."""
 
 
 class Recipient(Protocol):
@@ -164,16 +169,16 @@ class Agent:
         """``text`` under this agent's role prompt (the input its model sees)."""
         return f"{self.role}\n\n{text}" if self.role else text
 
-    def parts(self, said: Said) -> list[str | bytes]:
+    def parts(self, said: Said) -> list[str | LatentMessage]:
         """``said`` under the role prompt as the parts a replica reads: strings, and received latents and KV prefixes
-        as their bytes (a received text is read as its text)."""
+        as the messages parsed on receipt (a received text is read as its text)."""
         items = [said] if isinstance(said, (str, Incoming)) else list(said)
-        parts: list[str | bytes] = [f"{self.role}\n\n"] if self.role else []
+        parts: list[str | LatentMessage] = [f"{self.role}\n\n"] if self.role else []
         for part in items:
             if isinstance(part, str):
                 parts.append(part)
             elif isinstance(part, Incoming) and part.kind in ("latent", "kv", "text"):
-                parts.append(part.message.text() if part.kind == "text" else part.data)
+                parts.append(part.message.text() if part.kind == "text" else part.message)
             else:
                 raise TypeError(f"{self.name} can read strings, latents, KV prefixes and texts, got "
                                 f"{type(part).__name__}"
@@ -181,53 +186,49 @@ class Agent:
         return parts
 
     # ---- sending ----------------------------------------------------------------------------------
-    async def send_latent(self, to: Recipient, said: Said, *, conversation_id: str = "default",
-                          metadata: Mapping[str, MetaValue] | None = None) -> Any:
-        """Compress ``said`` (under the role prompt; received latents read in context) into a latent — one forward
-        pass, no generation — and send it. The replica packs it addressed; here it is only signed."""
-        stream, routing = self._routing(to, conversation_id, metadata)
-        [data] = await self.pool.call("compress", [self.parts(said)], dtype=self.wire_dtype, routing=[routing])
-        return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
+    async def send(self, to: Recipient, said: Said, *, kind: Kind = "latent", generate: bool = False,
+                   conversation_id: str = "default", metadata: Mapping[str, MetaValue] | None = None) -> Any:
+        """Send ``said`` to ``to`` as a message of ``kind``; returns the receiver's handler result.
 
-    async def send_kv(self, to: Recipient, said: Said, *, conversation_id: str = "default",
-                      metadata: Mapping[str, MetaValue] | None = None) -> Any:
-        """Send the KV cache of ``said`` (under the role prompt, after a received KV prefix among it): one forward
-        pass, no generation; its size grows with what the agent read (``latentcomm.model.kv``). Packed by the replica."""
-        stream, routing = self._routing(to, conversation_id, metadata)
-        [data] = await self.pool.call("prefill", [self.parts(said)], dtype=self.wire_dtype, routing=[routing])
-        return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
-
-    async def send_embedding(self, to: Recipient, text: str, *, conversation_id: str = "default",
-                             metadata: Mapping[str, MetaValue] | None = None) -> Any:
-        """Embed ``text`` (under the role prompt) and send the (D,) vector. The replica packs it addressed."""
-        stream, routing = self._routing(to, conversation_id, metadata)
-        [data] = await self.pool.call("embed_texts", [self.prompt(text)], dtype=self.wire_dtype, routing=[routing])
-        return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
-
-    async def send_text(self, to: Recipient, said: Said, *, conversation_id: str = "default", generate: bool = False,
-                        metadata: Mapping[str, MetaValue] | None = None) -> Any:
-        """Send ``said`` (a string) as is, or with ``generate`` the backbone's full answer to it (the text
-        baseline; ``said`` may then hold received messages)."""
-        stream, routing = self._routing(to, conversation_id, metadata)
-        if generate:
-            text = await self.respond(said)
-        elif isinstance(said, str):
-            text = said
+        ``said`` is read under the role prompt, received latents and KV prefixes in context. The replica method of
+        ``SENDS[kind]`` makes the message with one forward pass, no generation, and packs it addressed; here it
+        is only signed. "latent": the compressed latent; "kv": the KV cache of what the agent read (it grows with
+        it, ``latentcomm.model.kv``); "embedding": the (D,) embedding of one string; "text": one string as is,
+        or with ``generate`` the agent's own answer to ``said`` (``respond``: the text baseline; the hop's
+        latency includes the generation).
+        """
+        if kind not in SENDS:
+            raise ValueError(f"unknown kind {kind!r}; send one of {tuple(SENDS)}")
+        if generate and kind != "text":
+            raise ValueError(f"generate=True sends the agent's generated answer as text: it needs kind='text', "
+                             f"not {kind!r}")
+        if (kind == "embedding" or (kind == "text" and not generate)) and not isinstance(said, str):
+            raise TypeError(f"kind={kind!r}{'' if kind == 'embedding' else ' without generate'} sends "
+                            f"one string, got {type(said).__name__}")  # before a sequence number is taken
+        stream, routing = self._routing(to, conversation_id, metadata)  # the hop starts before any generation
+        method = SENDS[kind]
+        if method is not None:
+            item = self.prompt(said) if kind == "embedding" else self.parts(said)
+            [data] = await self.pool.call(method, [item], dtype=self.wire_dtype, routing=[routing])
         else:
-            raise TypeError("send_text without generate sends one string")
-        data = pack(LatentMessage.from_text(text, **routing))
+            text = await self.respond(said) if generate else said
+            data = pack(LatentMessage.from_text(text, **routing))
         return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
+
+    def send_sync(self, to: Recipient, said: Said, **kwargs: Any) -> Any:
+        """``send`` from synchronous code (not from inside a running event loop)."""
+        return run_sync(self.send(to, said, **kwargs))
+
+    async def send_message(self, to: Recipient, message: LatentMessage, *, conversation_id: str = "default") -> Any:
+        """Address, sign and deliver an already built ``message``; returns the receiver's handler result."""
+        stream, routing = self._routing(to, conversation_id, message.metadata)
+        return await self._deliver(to, pack(address(message, created_ns=time.time_ns(), **routing)), stream,
+                                   routing["metadata"][SEQ_KEY])
 
     async def respond(self, said: Said) -> str:
         """This agent's own text answer to ``said`` (under the role prompt; latents read in context)."""
         [text] = await self.pool.call("respond", [self.parts(said)], max_new_tokens=self.max_new_tokens)
         return text
-
-    async def send(self, to: Recipient, message: LatentMessage, *, conversation_id: str = "default") -> Any:
-        """Address, sign and deliver an already built ``message``; returns the receiver's handler result."""
-        stream, routing = self._routing(to, conversation_id, message.metadata)
-        return await self._deliver(to, pack(address(message, created_ns=time.time_ns(), **routing)), stream,
-                                   routing["metadata"][SEQ_KEY])
 
     def _routing(self, to: Recipient, conversation_id: str, metadata: Mapping[str, MetaValue] | None
                  ) -> tuple[tuple[str, str], dict[str, Any]]:
@@ -365,27 +366,13 @@ class Agent:
     # ---- model work for handlers ----------------------------------------------------------------------
     async def decode(self, incoming: Incoming, *, max_new_tokens: int | None = None) -> str:
         """The text of a latent message, decoded by this agent's replicas."""
-        [text] = await self.pool.call("decode", [incoming.data], max_new_tokens=max_new_tokens or self.max_new_tokens)
+        [text] = await self.pool.call("decode", [incoming.message],
+                                      max_new_tokens=max_new_tokens or self.max_new_tokens)
         return text
 
     async def embed(self, incoming: Incoming) -> np.ndarray:
-        """The (D,) embedding of a latent message (needs the head that made the latent)."""
-        [data] = await self.pool.call("embed", [incoming.data])
+        """The (D,) embedding of a latent message (needs the head that made the latent); the replica's reply, a
+        packed "embedding" message, is parsed here."""
+        [data] = await self.pool.call("embed", [incoming.message])
         return message_embedding(unpack(data))
 
-    # ---- synchronous twins ----------------------------------------------------------------------------
-    def send_latent_sync(self, to: Recipient, said: Said, *, conversation_id: str = "default") -> Any:
-        return run_sync(self.send_latent(to, said, conversation_id=conversation_id))
-
-    def send_kv_sync(self, to: Recipient, said: Said, *, conversation_id: str = "default") -> Any:
-        return run_sync(self.send_kv(to, said, conversation_id=conversation_id))
-
-    def send_embedding_sync(self, to: Recipient, text: str, *, conversation_id: str = "default") -> Any:
-        return run_sync(self.send_embedding(to, text, conversation_id=conversation_id))
-
-    def send_text_sync(self, to: Recipient, said: Said, *, conversation_id: str = "default",
-                       generate: bool = False) -> Any:
-        return run_sync(self.send_text(to, said, conversation_id=conversation_id, generate=generate))
-
-    def receive_sync(self, data: bytes) -> Any:
-        return run_sync(self.receive(data))

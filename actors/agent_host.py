@@ -1,12 +1,12 @@
 """Agents in their own processes: ``AgentHost`` runs an ``Agent`` inside a Ray actor, ``RemoteAgent`` addresses it.
 
-A ``RemoteAgent`` can be the recipient of any ``Agent.send_*`` call: the packed protocol bytes travel to
-the host process, which verifies, de-duplicates, orders and handles them there. If the host dies, Ray
-restarts it (``max_restarts``) and the sender re-sends the same bytes (same message id): at-least-once
-delivery. De-duplication memory lives in the host, so it does not survive a restart of the host itself.
+A ``RemoteAgent`` can be the recipient of any ``Agent.send``: the packed protocol bytes travel to the host
+process, which verifies, de-duplicates, orders and handles them there. If the host dies, Ray restarts it
+(``max_restarts``) and the sender re-sends the same bytes (same message id): at-least-once delivery.
+De-duplication memory lives in the host, so it does not survive a restart of the host itself.
 
     host = start_agent("critic", pool, role="Check the answer.")
-    draft = await solver.send_latent(host, "What is 7 * 6?")
+    draft = await solver.send(host, "What is 7 * 6?")
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from latentcomm.actors.agent import Agent, Handler, Said
+from latentcomm.actors.agent import Agent, Handler, Recipient, Said
 from latentcomm.actors.trace import Hop
 from latentcomm.runtime.pool import ReplicaPool
 
@@ -27,27 +27,12 @@ class AgentHost:
         self.agent = Agent(name, pool, **options)
         for kind, handler in handlers.items():
             self.agent.on(kind, handler)
-        self.peers: dict[str, RemoteAgent] = {}
 
     async def receive(self, data: bytes) -> Any:
         return await self.agent.receive(data)
 
-    async def send_latent(self, to: "RemoteAgent", said: Said, conversation_id: str = "default",
-                          metadata: dict[str, Any] | None = None) -> Any:
-        return await self.agent.send_latent(to, said, conversation_id=conversation_id, metadata=metadata)
-
-    async def send_kv(self, to: "RemoteAgent", said: Said, conversation_id: str = "default",
-                      metadata: dict[str, Any] | None = None) -> Any:
-        return await self.agent.send_kv(to, said, conversation_id=conversation_id, metadata=metadata)
-
-    async def send_embedding(self, to: "RemoteAgent", text: str, conversation_id: str = "default",
-                             metadata: dict[str, Any] | None = None) -> Any:
-        return await self.agent.send_embedding(to, text, conversation_id=conversation_id, metadata=metadata)
-
-    async def send_text(self, to: "RemoteAgent", said: Said, conversation_id: str = "default",
-                        generate: bool = False, metadata: dict[str, Any] | None = None) -> Any:
-        return await self.agent.send_text(to, said, conversation_id=conversation_id, generate=generate,
-                                          metadata=metadata)
+    async def send(self, to: Recipient, said: Said, options: dict[str, Any]) -> Any:
+        return await self.agent.send(to, said, **options)
 
     def hops(self) -> list[Hop]:
         return self.agent.trace.hops
@@ -66,21 +51,10 @@ class RemoteAgent:
     async def receive(self, data: bytes) -> Any:
         return await self.handle.receive.remote(data)
 
-    async def send_latent(self, to: "RemoteAgent", said: Said, *, conversation_id: str = "default",
-                          metadata: dict[str, Any] | None = None) -> Any:
-        return await self.handle.send_latent.remote(to, said, conversation_id, metadata)
-
-    async def send_kv(self, to: "RemoteAgent", said: Said, *, conversation_id: str = "default",
-                      metadata: dict[str, Any] | None = None) -> Any:
-        return await self.handle.send_kv.remote(to, said, conversation_id, metadata)
-
-    async def send_embedding(self, to: "RemoteAgent", text: str, *, conversation_id: str = "default",
-                             metadata: dict[str, Any] | None = None) -> Any:
-        return await self.handle.send_embedding.remote(to, text, conversation_id, metadata)
-
-    async def send_text(self, to: "RemoteAgent", said: Said, *, conversation_id: str = "default",
-                        generate: bool = False, metadata: dict[str, Any] | None = None) -> Any:
-        return await self.handle.send_text.remote(to, said, conversation_id, generate, metadata)
+    async def send(self, to: Recipient, said: Said, **options: Any) -> Any:
+        """``Agent.send`` (same options: ``kind``, ``generate``, ``conversation_id``, ``metadata``), run in the host
+        process."""
+        return await self.handle.send.remote(to, said, options)
 
     async def hops(self) -> list[Hop]:
         return await self.handle.hops.remote()

@@ -136,13 +136,13 @@ async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: H
     said: Any = task.first_input(item)
     for hop, (sender, receiver) in enumerate(zip(chain, chain[1:]), 1):
         if mode == "text":
-            received = await sender.send_text(receiver, said, conversation_id=conversation, generate=True,
-                                              metadata=metadata)
+            received = await sender.send(receiver, said, kind="text", generate=True, conversation_id=conversation,
+                                         metadata=metadata)
         elif mode == "kv":
-            received = await sender.send_kv(receiver, said, conversation_id=conversation, metadata=metadata)
+            received = await sender.send(receiver, said, kind="kv", conversation_id=conversation, metadata=metadata)
             held.kv[received.message.message_id] = (sender, said)
         else:
-            received = await sender.send_latent(receiver, said, conversation_id=conversation, metadata=metadata)
+            received = await sender.send(receiver, said, conversation_id=conversation, metadata=metadata)
         if isinstance(received, Incoming) and received.kind == "latent":
             held.latents[received.message.message_id] = received.data
         said = task.later_input(item, received, last=hop == len(chain) - 1)

@@ -5,7 +5,8 @@ requests to it batch as they do for agents (``ReplicaConfig.batching``). Ray Ser
 proxy, routing between replicas, health checks (a replica that stops answering is replaced) and autoscaling
 between the bounds given by flags. A body declared (``Content-Length``) over the largest message the protocol's
 limits allow is refused with 413 before any of it is read; a chunked one as soon as it passes that size. Request
-bytes are verified (signature, limits, layout) before any model work.
+bytes are verified (signature, limits, layout) and parsed once, before any model work; the replica reads that
+parsed message, and packs its reply addressed to the request's routing, which the front door only signs.
 
     latentcomm serve --port 8000 --min-replicas 1 --max-replicas 4 --key-file key.hex
     curl -s -X POST localhost:8000/respond -H 'Content-Type: application/json' -d '{"text": "Hi!"}'
@@ -25,9 +26,9 @@ from latentcomm.cli.parser import add_config_arguments, backbone_source, config_
     head_folder, number, parser
 from latentcomm.errors import LatentcommError
 from latentcomm.http.api import JSON_TYPE, PROTOCOL_TYPE, ROUTES, parse_options
-from latentcomm.engine.messaging import address
+from latentcomm.engine.messaging import routing_of
 from latentcomm.protocols import DEFAULT_LIMITS, LatentMessage, Limits, LimitExceeded, MalformedMessage, \
-    ProtocolError, SignatureError, pack, unpack
+    ProtocolError, SignatureError, pack, sign, unpack
 from latentcomm.engine.replica import Replica, ReplicaConfig
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class LatentcommServer:
                 message, options = self._json(route, body)
             else:
                 raise HTTPError(415, f"send {PROTOCOL_TYPE} (a packed message) or {JSON_TYPE}, not {kind!r}")
-            reply = await getattr(self, f"_{route}")(message, body if kind == PROTOCOL_TYPE else None, options)
+            reply = await getattr(self, f"_{route}")(message, options)
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -166,10 +167,11 @@ class LatentcommServer:
             if status == 500:
                 log.exception("serving /%s failed", route)
             return PlainTextResponse(f"{type(err).__name__}: {err}", status_code=status)
-        wants_json = kind == JSON_TYPE or JSON_TYPE in request.headers.get("accept", "")
-        if reply.kind == "text" and wants_json:
-            return JSONResponse({"text": reply.text(), "conversation_id": reply.conversation_id})
-        return Response(pack(reply, key=key), media_type=PROTOCOL_TYPE)
+        if isinstance(reply, str):
+            if kind == JSON_TYPE or JSON_TYPE in request.headers.get("accept", ""):
+                return JSONResponse({"text": reply, "conversation_id": message.conversation_id})
+            reply = pack(LatentMessage.from_text(reply, **routing_of(message)))
+        return Response(reply if key is None else sign(reply, key), media_type=PROTOCOL_TYPE)
 
     # ---- parsing --------------------------------------------------------------------------------------
     def _verify(self, body: bytes) -> tuple[LatentMessage, bytes | None]:
@@ -201,40 +203,35 @@ class LatentcommServer:
             raise HTTPError(400, "conversation_id must be a string")
         return LatentMessage.from_text(text, conversation_id=conversation), parse_options(route, fields)
 
-    # ---- routes -----------------------------------------------------------------------------------------
-    async def _compress(self, message: LatentMessage, body: bytes | None, options: dict[str, Any]) -> LatentMessage:
-        [data] = await self.replica.compress([_text_of(message, "compress")], **options)
-        return _reply_to(message, unpack(data))
+    # ---- routes: a packed reply (unsigned, addressed to the request's routing) or a text ----------------------
+    async def _compress(self, message: LatentMessage, options: dict[str, Any]) -> bytes:
+        [data] = await self.replica.compress([_text_of(message, "compress")], routing=[routing_of(message)],
+                                             **options)
+        return data
 
-    async def _embed(self, message: LatentMessage, body: bytes | None, options: dict[str, Any]) -> LatentMessage:
-        dtype = options.get("dtype", "float32")
+    async def _embed(self, message: LatentMessage, options: dict[str, Any]) -> bytes:
         if message.kind == "latent":
-            [data] = await self.replica.embed([body or pack(message)], dtype=dtype)
+            [data] = await self.replica.embed([message], dtype=options.get("dtype", "float32"))
         else:
-            [data] = await self.replica.embed_texts([_text_of(message, "embed")], **options)
-        return _reply_to(message, unpack(data))
+            [data] = await self.replica.embed_texts([_text_of(message, "embed")], routing=[routing_of(message)],
+                                                    **options)
+        return data
 
-    async def _decode(self, message: LatentMessage, body: bytes | None, options: dict[str, Any]) -> LatentMessage:
+    async def _decode(self, message: LatentMessage, options: dict[str, Any]) -> str:
         if message.kind != "latent":
             raise MalformedMessage(f"/decode reads a latent message, got a {message.kind!r} one")
-        [text] = await self.replica.decode([body or pack(message)], **options)
-        return _reply_to(message, LatentMessage.from_text(text))
+        [text] = await self.replica.decode([message], **options)
+        return text
 
-    async def _respond(self, message: LatentMessage, body: bytes | None, options: dict[str, Any]) -> LatentMessage:
+    async def _respond(self, message: LatentMessage, options: dict[str, Any]) -> str:
         [text] = await self.replica.respond([_text_of(message, "respond")], **options)
-        return _reply_to(message, LatentMessage.from_text(text))
+        return text
 
 
 def _text_of(message: LatentMessage, route: str) -> str:
     if message.kind != "text":
         raise MalformedMessage(f"/{route} reads a text message, got a {message.kind!r} one")
     return message.text()
-
-
-def _reply_to(request: LatentMessage, reply: LatentMessage) -> LatentMessage:
-    """``reply`` with the request's conversation, sender, recipient and metadata."""
-    return address(reply, sender=request.sender, recipient=request.recipient,
-                   conversation_id=request.conversation_id, metadata=request.metadata)
 
 
 def start(config: ServeConfig, *, name: str = APP_NAME, route_prefix: str = "/") -> str:
@@ -272,10 +269,9 @@ _HELP = {
     "max_payload_bytes": "largest message payload accepted (protocol limit); larger bodies get 413",
     "backbone": "frozen backbone: the default alias, a Hugging Face folder/id or a .gguf file",
     "head": "saved head folder (default: the shipped head)",
-    "batching": "batch concurrent requests (--no-batching: each request alone)",
+    "batching": "batch concurrent requests (--no-batching: each request alone, generation one row at a time)",
     "max_batch_size": "most rows in one forward pass or running generation",
     "max_wait_s": "how long a compress/embed request waits for others to share its pass",
-    "generation": "continuous (rows join a running generation) or window batching",
     "num_threads": "torch CPU threads per replica",
 }
 

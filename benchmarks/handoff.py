@@ -83,12 +83,12 @@ async def handoff(questions: list, pool: ReplicaPool, max_new_tokens: int, wire_
         for mode in MODES:
             conversation, metadata = f"{mode}:{question.id}", {"mode": mode, "question": question.id}
             if mode == "latent->decode":
-                await sender.send_latent(reader, question.text, conversation_id=conversation, metadata=metadata)
+                await sender.send(reader, question.text, conversation_id=conversation, metadata=metadata)
             elif mode == "latent->embed":
-                await sender.send_latent(router, question.text, conversation_id=conversation, metadata=metadata)
+                await sender.send(router, question.text, conversation_id=conversation, metadata=metadata)
             else:
-                sent_texts[question.id] = await sender.send_text(reader, question.text, conversation_id=conversation,
-                                                                 generate=True, metadata=metadata)
+                sent_texts[question.id] = await sender.send(reader, question.text, kind="text", generate=True,
+                                                            conversation_id=conversation, metadata=metadata)
     return trace, sent_texts
 
 

@@ -6,9 +6,8 @@ least ``--min-requests`` requests per level. One replica (one actor, ``--threads
 configuration in turn, all in one run:
 
 * direct actor calls (``ReplicaPool``) for 1, 2, 4, 8, 16, 32 agents: the replica unbatched (each request
-  alone, in arrival order: the replica before batching), batched in windows (requests gathered before a
-  generation starts run together to the end) and batched continuously (rows join a running generation
-  between steps); compress has no generation, so window and continuous are one mode there;
+  alone, generation one row at a time, in arrival order) and batched (compress passes shared by the requests
+  that arrive together, decode rows joining the running generation between steps);
 * the continuously batched replica behind the HTTP front door (``latentcomm serve``, one keep-alive
   connection per agent) against direct actor calls to an identical replica, back to back per level.
 
@@ -41,10 +40,8 @@ from latentcomm.protocols import unpack
 from latentcomm.engine.replica import ReplicaConfig
 
 KINDS = ("compress", "decode")
-MODES: dict[str, BatchConfig] = {"unbatched": BatchConfig(batching=False),
-                                 "window": BatchConfig(generation="window"),
-                                 "continuous": BatchConfig()}
-"""The replica configurations compared; compress runs "unbatched" and "continuous" (its batching has no window)."""
+MODES: dict[str, BatchConfig] = {"unbatched": BatchConfig(batching=False), "continuous": BatchConfig()}
+"""The replica configurations compared."""
 
 
 @dataclass(frozen=True)
@@ -152,8 +149,6 @@ def batching_levels(args: argparse.Namespace, workloads: dict[str, Workload]) ->
         pool = pool_of(args, batching, f"bench-{mode}")
         try:
             for kind in KINDS:
-                if kind == "compress" and mode == "window":
-                    continue
                 rows += asyncio.run(measure(workloads[kind].actor_call(pool), kind, mode, "actor", args.agents, args))
         finally:
             pool.shutdown()
@@ -195,17 +190,12 @@ def ratios(rows: list[Level], args: argparse.Namespace) -> dict[str, Any]:
     many = 16 if 16 in args.agents else max(args.agents)
     for kind in KINDS:
         base_many, base_one = find(kind, "unbatched", "actor", many), find(kind, "unbatched", "actor", 1)
-        for mode in ("window", "continuous"):
-            got_many, got_one = find(kind, mode, "actor", many), find(kind, mode, "actor", 1)
-            if base_many and got_many:
-                out[f"{kind}/{mode}: throughput x unbatched at {many} agents"] = \
-                    got_many.requests_per_s / base_many.requests_per_s
-            if base_one and got_one:
-                out[f"{kind}/{mode}: p99 x unbatched at 1 agent"] = got_one.p99_ms / base_one.p99_ms
-        window, continuous = find(kind, "window", "actor", many), find(kind, "continuous", "actor", many)
-        if window and continuous:
-            out[f"{kind}: continuous throughput x window at {many} agents"] = \
-                continuous.requests_per_s / window.requests_per_s
+        got_many, got_one = find(kind, "continuous", "actor", many), find(kind, "continuous", "actor", 1)
+        if base_many and got_many:
+            out[f"{kind}/continuous: throughput x unbatched at {many} agents"] = \
+                got_many.requests_per_s / base_many.requests_per_s
+        if base_one and got_one:
+            out[f"{kind}/continuous: p99 x unbatched at 1 agent"] = got_one.p99_ms / base_one.p99_ms
         for n in args.http_agents:
             actor = [r for r in rows if (r.kind, r.path, r.agents) == (kind, "actor", n) and r.mode == "continuous"]
             http = find(kind, "continuous", "http", n)

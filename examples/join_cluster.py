@@ -25,7 +25,7 @@ async def work(backbone: str, replicas: int, gpus: float) -> None:
         print(f"replica pid {info['pid']} on {info['device']}: head {info['fingerprint']}")
     planner, worker = Agent("planner", pool), Agent("worker", pool)
     questions = ["Plan a picnic.", "Plan a birthday party.", "Plan a study week."]
-    replies = await asyncio.gather(*(planner.send_latent(worker, q, conversation_id=q) for q in questions))
+    replies = await asyncio.gather(*(planner.send(worker, q, conversation_id=q) for q in questions))
     for q, r in zip(questions, replies):
         print(f"{q} -> {r[:70]!r}")
     print(f"calls per replica: {pool.stats()['calls']}")

@@ -41,13 +41,14 @@ async def route(backbone: str) -> None:
     async def forward(agent: Agent, incoming: Incoming) -> tuple[str, str]:
         scores = profiles @ unit(await agent.embed(incoming))
         name = list(EXPERTS)[int(np.argmax(scores))]
-        reply = await agent.send(experts[name], incoming.message, conversation_id=incoming.message.conversation_id)
+        reply = await agent.send_message(experts[name], incoming.message,
+                                         conversation_id=incoming.message.conversation_id)
         return name, reply
 
     router.on("latent", forward)
     user = Agent("user", pool)
     for i, question in enumerate(QUESTIONS):
-        name, reply = await user.send_latent(router, question, conversation_id=f"q{i}")
+        name, reply = await user.send(router, question, conversation_id=f"q{i}")
         print(f"{question!r} -> {name}: {reply[:80]!r}")
     pool.shutdown()
 

@@ -19,8 +19,8 @@ async def converse(question: str, backbone: str) -> None:
     await pool.ready()
     alice = Agent("alice", pool, role="Answer briefly.")
     bob = Agent("bob", pool, trace=alice.trace)
-    read = await alice.send_latent(bob, question, conversation_id="demo")      # one forward pass at Alice
-    said = await alice.send_text(bob, question, conversation_id="demo", generate=True)  # generation at Alice
+    read = await alice.send(bob, question, conversation_id="demo")  # one forward pass at Alice
+    said = await alice.send(bob, question, kind="text", generate=True, conversation_id="demo")  # generation at Alice
     print(f"bob decoded the latent: {read}\nbob read the text:      {said}\n")
     print(bob.trace.table())
     pool.shutdown()

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import numpy as np
 import pytest
 import ray
 import torch
 
-from latentcomm.actors.agent import SEQ_KEY, Agent, embed_latent
+from latentcomm.actors.agent import SEQ_KEY, Agent, Incoming, decode_latent, embed_latent, keep_latent, \
+    read_embedding, read_text
 from latentcomm.actors.agent_host import start_agent
 from latentcomm.actors.trace import Trace
 from latentcomm.runtime.pool import PoolConfig, ReplicaPool
-from latentcomm.protocols import LatentMessage, SignatureError, pack
-from latentcomm.engine.replica import ReplicaConfig
+from latentcomm.protocols import LatentMessage, SignatureError, pack, wire
+from latentcomm.engine.replica import Replica, ReplicaConfig
 from conftest import TINY_HEAD
 
 QUESTION = "What is the capital of France?"
@@ -46,7 +48,7 @@ async def test_replicas_load_one_head_in_separate_processes(pool, tiny_model):
 
 async def test_latent_is_decoded_by_the_receiver(pair, tiny_model):
     solver, critic = pair
-    said = await solver.send_latent(critic, QUESTION, conversation_id="c1")
+    said = await solver.send(critic, QUESTION, conversation_id="c1")
     assert said == tiny_model.decode(tiny_model.compress(QUESTION), max_new_tokens=8)[0]
     [hop] = solver.trace.hops
     assert (hop.sender, hop.receiver, hop.kind, hop.text) == ("solver", "critic", "latent", said)
@@ -55,10 +57,10 @@ async def test_latent_is_decoded_by_the_receiver(pair, tiny_model):
 
 async def test_embedding_and_text_arrive(pair, tiny_model):
     solver, critic = pair
-    vector = await solver.send_embedding(critic, QUESTION)
+    vector = await solver.send(critic, QUESTION, kind="embedding")
     np.testing.assert_allclose(vector, tiny_model.encode(QUESTION), rtol=1e-4, atol=1e-5)
-    assert await solver.send_text(critic, "plain words") == "plain words"
-    generated = await solver.send_text(critic, QUESTION, generate=True)
+    assert await solver.send(critic, "plain words", kind="text") == "plain words"
+    generated = await solver.send(critic, QUESTION, kind="text", generate=True)
     assert generated == tiny_model.respond(QUESTION, max_new_tokens=8)[0]
     assert [h.kind for h in solver.trace.hops] == ["embedding", "text", "text"]
 
@@ -66,15 +68,15 @@ async def test_embedding_and_text_arrive(pair, tiny_model):
 async def test_embed_handler_matches_local_embedding(pair, tiny_model):
     solver, critic = pair
     critic.on("latent", embed_latent)
-    vector = await solver.send_latent(critic, QUESTION)
+    vector = await solver.send(critic, QUESTION)
     np.testing.assert_allclose(vector, tiny_model.encode(QUESTION), rtol=1e-4, atol=1e-5)
 
 
 def test_sync_api_outside_an_event_loop(pair):
     solver, critic = pair
-    assert solver.send_text_sync(critic, "sync hello") == "sync hello"
-    assert isinstance(solver.send_latent_sync(critic, QUESTION), str)
-    kept = solver.send_kv_sync(critic, QUESTION)  # kept by default: a KV prefix needs the receiver's own turn
+    assert solver.send_sync(critic, "sync hello", kind="text") == "sync hello"
+    assert isinstance(solver.send_sync(critic, QUESTION), str)
+    kept = solver.send_sync(critic, QUESTION, kind="kv")  # kept by default: a KV prefix needs the receiver's turn
     assert kept.kind == "kv" and kept.message.shape[2] > 1
 
 
@@ -125,7 +127,7 @@ async def test_sends_of_one_conversation_keep_their_order(pair):
 
     critic.on("text", record)
     texts = [f"step {i}" for i in range(6)]
-    await asyncio.gather(*(solver.send_text(critic, t, conversation_id="ordered") for t in texts))
+    await asyncio.gather(*(solver.send(critic, t, kind="text", conversation_id="ordered") for t in texts))
     assert seen == texts
 
 
@@ -153,7 +155,7 @@ async def test_killed_replica_loses_no_message(ray_local, replica_config):
         trace = Trace()
         solver, critic = Agent("solver", pool, trace=trace), Agent("critic", pool, trace=trace, max_new_tokens=64)
         texts = [f"message number {i}" for i in range(4)]
-        sends = [asyncio.create_task(solver.send_latent(critic, t, conversation_id="k")) for t in texts]
+        sends = [asyncio.create_task(solver.send(critic, t, conversation_id="k")) for t in texts]
         while sum(pool.calls) < 2 or not any(pool.in_flight):  # a call is on the replica: kill it there
             await asyncio.sleep(0.001)
         ray_local.kill(pool.actors[0], no_restart=False)
@@ -170,10 +172,10 @@ async def test_killed_replica_loses_no_message(ray_local, replica_config):
 async def test_forged_or_unsigned_messages_are_rejected_with_a_key(pool):
     key = b"s" * 32
     solver, critic = Agent("solver", pool, key=key), Agent("critic", pool, key=key)
-    assert await solver.send_text(critic, "signed") == "signed"
+    assert await solver.send(critic, "signed", kind="text") == "signed"
     forger = Agent("solver", pool, key=b"x" * 32)
     with pytest.raises(SignatureError):
-        await forger.send_text(critic, "forged")
+        await forger.send(critic, "forged", kind="text")
     with pytest.raises(SignatureError):
         await critic.receive(pack(LatentMessage.from_text("unsigned", sender="solver", recipient="critic")))
     tampered = bytearray(pack(LatentMessage.from_text("pay 10", sender="solver", recipient="critic"), key=key))
@@ -185,13 +187,24 @@ async def test_forged_or_unsigned_messages_are_rejected_with_a_key(pool):
 
 def test_trace_exports_jsonl_and_a_table(pair, tmp_path):
     solver, critic = pair
-    solver.send_text_sync(critic, "for the record", conversation_id="t")
+    solver.send_sync(critic, "for the record", kind="text", conversation_id="t")
     path = solver.trace.to_jsonl(tmp_path / "trace.jsonl")
     again = Trace.from_jsonl(path)
     assert again.hops == solver.trace.hops
     table = again.table()
     assert "for the record" in table and "solver" in table and "critic" in table
     assert again.summary()["solver->critic text"]["count"] == 1
+
+
+async def test_send_refuses_unknown_kinds_and_generation_outside_text():
+    alice, bob = Agent("alice", pool=None), Agent("bob", pool=None)  # refused before any model work
+    with pytest.raises(ValueError, match="kind='text'"):
+        await alice.send(bob, QUESTION, kind="latent", generate=True)
+    with pytest.raises(ValueError, match="unknown kind 'vector'"):
+        await alice.send(bob, QUESTION, kind="vector")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="one string"):
+        await alice.send(bob, [QUESTION], kind="text")
+    assert await alice.send(bob, "as is", kind="text") == "as is" and len(bob.trace) == 1
 
 
 def test_bad_pool_and_replica_configs_are_refused():
@@ -207,27 +220,27 @@ def test_bad_pool_and_replica_configs_are_refused():
 async def test_agents_in_their_own_processes_exchange_bytes(pool, tiny_model):
     critic, answerer = start_agent("critic", pool), start_agent("answerer", pool)
     solver = Agent("solver", pool, wire_dtype="float32")
-    draft = await solver.send_latent(critic, QUESTION, conversation_id="r")
+    draft = await solver.send(critic, QUESTION, conversation_id="r")
     assert draft == tiny_model.decode(tiny_model.compress(QUESTION), max_new_tokens=8)[0]
-    assert await critic.send_text(answerer, "relayed", conversation_id="r") == "relayed"
+    assert await critic.send(answerer, "relayed", kind="text", conversation_id="r") == "relayed"
     [hop] = await critic.hops()
     assert (hop.sender, hop.receiver, hop.kind, hop.text) == ("solver", "critic", "latent", draft)
-    vector = await critic.send_embedding(answerer, QUESTION, conversation_id="r", metadata={"question": "q1"})
+    vector = await critic.send(answerer, QUESTION, kind="embedding", conversation_id="r", metadata={"question": "q1"})
     assert vector.shape == tiny_model.encode(QUESTION).shape
     embedded = (await answerer.hops())[-1]
     assert (embedded.sender, embedded.kind, embedded.metadata) == ("critic", "embedding", {"question": "q1"})
     assert (await answerer.counters())["handled"] == 2
-    cache = await critic.send_kv(answerer, QUESTION, conversation_id="r")  # a KV hand-off between hosts
+    cache = await critic.send(answerer, QUESTION, kind="kv", conversation_id="r")  # a KV hand-off between hosts
     assert cache.kind == "kv" and cache.message.sender == "critic" and (await answerer.hops())[-1].kind == "kv"
 
 
 async def test_killed_agent_process_gets_the_message_again(ray_local, pool):
     critic = start_agent("critic", pool, max_new_tokens=300)  # a long decode: the kill lands while it runs
     solver = Agent("solver", pool)
-    assert await solver.send_text(critic, "warm up", conversation_id="k") == "warm up"
+    assert await solver.send(critic, "warm up", kind="text", conversation_id="k") == "warm up"
     pid_before = await _pid(critic)
     calls = sum(pool.calls)
-    sending = asyncio.create_task(solver.send_latent(critic, QUESTION, conversation_id="k"))
+    sending = asyncio.create_task(solver.send(critic, QUESTION, conversation_id="k"))
     while sum(pool.calls) == calls or any(pool.in_flight):  # wait until the solver's compress is done
         await asyncio.sleep(0.001)
     await asyncio.sleep(0.1)
@@ -246,3 +259,51 @@ async def _pid(remote) -> int:
         except ray.exceptions.ActorUnavailableError:
             await asyncio.sleep(0.2)
     raise TimeoutError("the agent host did not come back")
+
+
+class InProcess:
+    """One in-process replica behind ``ReplicaPool.call`` (no Ray, so that every parse can be counted)."""
+
+    name = "in-process"
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    async def call(self, method: str, *args, **kwargs):
+        return await getattr(self.replica, method)(*args, **kwargs)
+
+
+def count_parses(monkeypatch) -> list[str]:
+    """Count ``protocols.unpack`` calls in every module that imported it; the list grows by one per call."""
+    calls: list[str] = []
+    unpack = wire.unpack
+
+    def counted(*args, **kwargs):
+        calls.append(sys._getframe(1).f_code.co_name)
+        return unpack(*args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "unpack", None) is unpack:
+            monkeypatch.setattr(module, "unpack", counted)
+    return calls
+
+
+HOPS = {"latent": ("latent", False, keep_latent), "latent-decode": ("latent", False, decode_latent),
+        "kv": ("kv", False, keep_latent), "text": ("text", True, read_text),
+        "embedding": ("embedding", False, read_embedding), "latent-embed": ("latent", False, embed_latent)}
+"""The main job's modes and the other handlers: the kind sent, whether the sender generates, the receiver's handler."""
+
+
+@pytest.mark.parametrize("mode", HOPS)
+async def test_one_parse_per_hop(replica_config, monkeypatch, mode):
+    """A signed hop, until the receiver's model has read it: a kept latent or KV cache in the receiver's own turn.
+    The receiver parses the bytes once, and its replica reads that parse."""
+    kind, generate, handler = HOPS[mode]
+    pool, key = InProcess(Replica(replica_config)), b"k" * 32
+    sender, receiver = Agent("sender", pool, key=key), Agent("receiver", pool, key=key).on(kind, handler)
+    parses = count_parses(monkeypatch)
+    received = await sender.send(receiver, QUESTION, kind=kind, generate=generate)
+    if isinstance(received, Incoming):
+        assert isinstance(await receiver.respond(["Answer this:", received]), str)
+    replies = ["embed"] if handler is embed_latent else []  # the replica's embedding: a new message, parsed once
+    assert parses == ["receive", *replies], f"{mode}: {len(parses)} parses ({parses})"

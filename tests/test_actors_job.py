@@ -110,7 +110,6 @@ async def test_kv_mode_prefills_at_every_sender_and_the_cache_grows_along_the_ch
     assert after["prefills"] - before["prefills"] == 3 and after["kv_generations"] - before["kv_generations"] == 1
     # the relays generate nothing: the only steps are the answer's (at most max_new_tokens=4), after the cache
     assert 1 <= after["generation_steps"] - before["generation_steps"] <= 4
-    assert after["generation_batches"] == before["generation_batches"]
     assert [h.kind for h in trace.hops] == ["kv"] * 3 and all(h.text is None for h in trace.hops)
     sizes = [h.bytes for h in trace.hops]
     assert sizes[0] < sizes[1] < sizes[2]  # each relay's cache holds what it received plus its own turn
@@ -148,7 +147,8 @@ async def test_an_embedding_hop_is_packed_once_addressed_and_signed(replica, mon
     monkeypatch.setattr(agent_module, "pack", lambda *a, **kw: packs.append(1) or pack(*a, **kw))
     holder, answerer = chain_of("latent", 2, replica, key=b"k" * 32)[0]
     answerer.on("embedding", keep_latent)
-    incoming = await holder.send_embedding(answerer, "a note", conversation_id="c", metadata={"question": "q1"})
+    incoming = await holder.send(answerer, "a note", kind="embedding", conversation_id="c",
+                                   metadata={"question": "q1"})
     message = unpack(incoming.data, key=b"k" * 32)
     assert len(packs) == 1 and message.kind == "embedding"
     assert (message.sender, message.recipient, message.conversation_id) == ("holder", "answerer", "c")
@@ -159,7 +159,7 @@ async def test_signed_latents_verify_and_tampered_ones_are_refused(replica):
     [item] = FACTS.load(1, 0)
     chain, _, _ = chain_of("latent", 2, replica, key=b"k" * 32)
     holder, answerer = chain
-    incoming = await holder.send_latent(answerer, FACTS.first_input(item), conversation_id="c")
+    incoming = await holder.send(answerer, FACTS.first_input(item), conversation_id="c")
     assert incoming.message.signature is not None
     unpack(incoming.data, key=b"k" * 32)
 
@@ -172,11 +172,11 @@ async def test_signed_latents_verify_and_tampered_ones_are_refused(replica):
             return await answerer.receive(bytes(flipped))
 
     with pytest.raises(SignatureError):
-        await holder.send_latent(Tamper(), FACTS.first_input(item), conversation_id="c")
+        await holder.send(Tamper(), FACTS.first_input(item), conversation_id="c")
     assert answerer.rejected == 1
     stranger = Agent("holder", holder.pool, key=b"x" * 32)
     with pytest.raises(SignatureError):
-        await stranger.send_latent(answerer, "forged", conversation_id="d")
+        await stranger.send(answerer, "forged", conversation_id="d")
 
 
 def test_job_config_composes_replica_and_pool_configs():

@@ -214,7 +214,7 @@ HOSTILE: list[tuple[str, ...]] = [
     ("serve", "--max-wait-s", "-1"),
     ("serve", "--target-ongoing-requests", "0"),
     ("serve", "--head", "{missing}"),
-    ("serve", "--generation", "batchy"),
+    ("serve", "--max-batch-size", "0"),
     ("serve", "--weights-dtype", "int9"),
     # demo, convert, release, data
     ("demo", "--max-new-tokens", "0"),
@@ -421,10 +421,10 @@ async def test_a_reused_message_id_with_other_content_is_an_error_the_sender_hea
     key = os.urandom(32)  # correctly signed messages: the signature says nothing about a reused id
     alice, bob = Agent("alice", pool=None, key=key), Agent("bob", pool=None, key=key)  # text needs no model
     first = address(LatentMessage.from_text("bake sourdough"), message_id="m-1")
-    assert await alice.send(bob, first) == "bake sourdough"
+    assert await alice.send_message(bob, first) == "bake sourdough"
     forged = address(LatentMessage.from_text("quantum entanglement"), message_id="m-1")
     with pytest.raises(ConflictingMessageError, match="m-1"):
-        await alice.send(bob, forged)
+        await alice.send_message(bob, forged)
     data = pack(address(LatentMessage.from_text("bake bread"), message_id="m-2", sender="alice", recipient="bob"),
                 key=key)
     assert await bob.receive(data) == await bob.receive(data) == "bake bread"  # a true re-send: handled once

@@ -1,5 +1,6 @@
 """Batching in the replica, in-process on the tiny model: batched results equal unbatched ones, a bad request
-fails alone, and rows that join a running generation get the text they get alone."""
+fails alone, rows that join a running generation get the text they get alone, and unbatched generation is a
+batch of one."""
 from __future__ import annotations
 
 import asyncio
@@ -27,9 +28,8 @@ def _config(tiny_backbone_dir, **batching) -> ReplicaConfig:
 
 @pytest.fixture(scope="module")
 def replicas(tiny_backbone_dir) -> dict[str, Replica]:
-    """The same model batched continuously, batched in windows, and unbatched."""
+    """The same model batched and unbatched."""
     return {"continuous": Replica(_config(tiny_backbone_dir)),
-            "window": Replica(_config(tiny_backbone_dir, generation="window", max_wait_s=0.02)),
             "off": Replica(_config(tiny_backbone_dir, batching=False))}
 
 
@@ -75,6 +75,18 @@ async def test_a_bad_request_fails_alone_with_its_error(replicas, tiny):
     assert results[6] == await off.decode([good]) and results[9] == await off.respond(["fine"])
 
 
+async def test_a_message_parsed_by_its_receiver_reads_like_its_bytes(replicas):
+    on = replicas["continuous"]
+    [good] = await on.compress(["good"], dtype="float32")
+    parsed = unpack(good)
+    assert await on.decode([parsed]) == await on.decode([good])
+    np.testing.assert_array_equal(_arrays(await on.embed([parsed])), _arrays(await on.embed([good])))
+    read = await asyncio.gather(*(on.compress([["Read this:", part]], dtype="float32") for part in (parsed, good)))
+    np.testing.assert_allclose(_arrays(read[0]), _arrays(read[1]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(FingerprintMismatch):
+        await on.embed([dataclasses.replace(parsed, fingerprint="0" * 16, signature=None)])
+
+
 async def test_a_failing_joint_pass_is_rerun_request_by_request(replicas, monkeypatch):
     """The joint forward pass raises (a non-finite latent in one request): that request fails, the others not."""
     on = replicas["continuous"]
@@ -108,18 +120,40 @@ async def test_generations_joining_a_running_one_get_the_text_they_get_alone(rep
     assert [j[0] for j in joined[1::2]] == reference[1::2]
     for i in range(0, len(latents), 2):  # a shorter budget: the first tokens of the same text
         assert joined[i] == await off.decode([latents[i]], max_new_tokens=5 + i)
-    assert on._continuous.peak_rows > 1 and on.counters()["generation_steps"] - steps < 16 * len(latents)
+    assert on._generator.peak_rows > 1 and on.counters()["generation_steps"] - steps < 16 * len(latents)
     answers = await asyncio.gather(*(on.respond([t], max_new_tokens=10) for t in TEXTS), on.respond(TEXTS, max_new_tokens=10))
     assert [a[0] for a in answers[:-1]] == answers[-1] == on.model.respond(TEXTS, max_new_tokens=10)
 
 
-async def test_window_and_unbatched_generation_agree(replicas):
-    latents = [m for t in TEXTS[:4] for m in await replicas["off"].compress([t])]
-    for name in ("window", "off"):
-        got = await asyncio.gather(*(replicas[name].decode([m], max_new_tokens=10) for m in latents))
-        assert [g[0] for g in got] == replicas[name].model.decode(replicas[name].model.compress(TEXTS[:4]),
-                                                                  max_new_tokens=10)
-    assert replicas["window"].counters()["generation_batches"] < replicas["off"].counters()["generation_batches"]
+async def test_unbatched_generation_is_a_batch_of_one(replicas):
+    off = replicas["off"]
+    latents = [m for t in TEXTS[:4] for m in await off.compress([t])]
+    got = await asyncio.gather(*(off.decode([m], max_new_tokens=10) for m in latents), off.respond(TEXTS[:3]))
+    assert [g[0] for g in got[:-1]] == off.model.decode(off.model.compress(TEXTS[:4]), max_new_tokens=10)
+    assert got[-1] == off.model.respond(TEXTS[:3], max_new_tokens=12) and off._generator.peak_rows == 1
+
+
+def test_a_backbone_whose_cache_cannot_merge_generates_one_row_at_a_time():
+    """Sliding-window layers (Mistral here) cannot take rows joining or leaving: rows run alone, as ``generate``."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from latentcomm.engine.continuous import ContinuousGenerator
+    from latentcomm.model.generation import generate
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=4)).eval()
+    engine = ContinuousGenerator(model, ThreadPoolExecutor(1), max_batch_size=8, eos_token_ids={0})
+    assert not engine.merges and engine.max_batch_size == 1
+    prompts = [model.get_input_embeddings()(torch.tensor([3, 5, 7, 9, 11][:n])).detach() for n in (5, 2, 3)]
+
+    async def run() -> list[list[list[int]]]:
+        return await asyncio.gather(*(engine.generate([p], max_new_tokens=8) for p in prompts))
+
+    alone = [generate(model, p[None], torch.ones(1, len(p), dtype=torch.long), max_new_tokens=8, eos_token_ids={0},
+                      pad_token_id=0)[0] for p in prompts]
+    assert [got[0] for got in asyncio.run(run())] == alone and engine.peak_rows == 1
 
 
 async def test_seeded_sampling_does_not_depend_on_the_batch(replicas):
@@ -151,7 +185,7 @@ async def test_batcher_keeps_order_and_isolates_errors():
 
 
 def test_batch_config_is_validated():
-    for bad in ({"max_batch_size": 0}, {"max_wait_s": -1.0}, {"generation": "sometimes"}):
+    for bad in ({"max_batch_size": 0}, {"max_wait_s": -1.0}):
         with pytest.raises(ValueError):
             BatchConfig(**bad)
 
@@ -166,4 +200,4 @@ async def test_cancelled_generation_leaves_the_batch(replicas):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await on.decode([latent], max_new_tokens=3)) == await replicas["off"].decode([latent], max_new_tokens=3)
-    assert on._continuous._rows == [] and on.counters()["generation_steps"] - steps < 250
+    assert on._generator._rows == [] and on.counters()["generation_steps"] - steps < 250

@@ -117,10 +117,10 @@ async def test_answers_after_prefixes_share_the_continuous_batch(tiny_backbone_d
     alone = [kv.respond_after(replica.model, [p if isinstance(p, str) else message_kv(unpack(p)) for p in item],
                               max_new_tokens=6) for item in inputs]
     assert answers == alone  # the same greedy answers as each row run alone, plain or after its own cache
-    assert replica._continuous.peak_rows == 3 and steps <= 6
+    assert replica._generator.peak_rows == 3 and steps <= 6
     assert replica.counters()["kv_generations"] == 3
     unbatched = Replica(dataclasses.replace(replica.config, batching=BatchConfig(batching=False)))
-    assert await unbatched.respond(inputs) == answers  # without a continuous batch: one row at a time
+    assert await unbatched.respond(inputs) == answers  # without batching: one row at a time
 
 
 async def test_limits_bound_what_replicas_and_agents_unpack(tiny_backbone_dir):

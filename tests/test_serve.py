@@ -21,6 +21,7 @@ from latentcomm.http.api import PROTOCOL_TYPE
 from latentcomm.protocols import LatentMessage, pack, unpack
 from latentcomm.engine.replica import ReplicaConfig
 from conftest import TINY_HEAD, free_port
+from test_actors import count_parses
 
 PAYLOAD_LIMIT = 4096
 KEY = bytes(range(32))
@@ -173,3 +174,39 @@ def test_example_talks_to_the_server_with_plain_requests(urls):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "latent: (3, 64) float16" in done.stdout and "conversation 'demo'" in done.stdout
     assert "malformed bytes: HTTP 400" in done.stdout and "torch imported here: False" in done.stdout
+
+
+async def _post(server, route: str, body: bytes, content_type: str = PROTOCOL_TYPE):
+    """One request to a front door in this process (no Serve): its status and body."""
+    from starlette.requests import Request
+
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return chunks.pop() if chunks else {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "scheme": "http", "server": ("test", 80), "root_path": "",
+             "path": f"/{route}", "query_string": b"", "headers": [(b"content-type", content_type.encode())]}
+    reply = await server(Request(scope, receive))
+    return reply.status_code, reply.body
+
+
+async def test_the_front_door_parses_each_request_once_and_never_repacks(tiny_backbone_dir, monkeypatch):
+    from latentcomm.actors import serve
+
+    replica = ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, weights_dtype="float32",
+                            max_new_tokens=4)
+    server = serve.LatentcommServer(replica, keys=(KEY,))
+    question = pack(LatentMessage.from_text("hi", sender="ts", conversation_id="c"), key=KEY)
+    status, latent = await _post(server, "compress", question)
+    assert status == 200 and unpack(latent, key=KEY).sender == "ts"
+    parses = count_parses(monkeypatch)
+    packs = []
+    monkeypatch.setattr(serve, "pack", lambda *a, **kw: packs.append(1) or pack(*a, **kw))
+    for route, body in [("compress", question), ("embed", question), ("embed", latent), ("decode", latent),
+                        ("respond", question)]:
+        before = len(parses)
+        status, reply = await _post(server, route, body)
+        assert status == 200 and len(parses) - before == 1, (route, parses[before:])
+        assert unpack(reply, key=KEY).conversation_id == "c"
+    assert packs == [1, 1]  # the two texts; the replica packs latents and embeddings addressed, the server signs

@@ -7,8 +7,8 @@ bad input fails its own request only, with its own error.
 
 This is hand-written rather than Ray Serve's ``@serve.batch`` because the same replica also runs as a plain
 Ray actor (``ReplicaPool``) and in-process, where ``serve.batch`` cannot run (it asks for the Serve replica
-context and raises ``RayServeException`` elsewhere), and because generation batches continuously
-(``latentcomm.engine.continuous``), which ``serve.batch`` does not do.
+context and raises ``RayServeException`` elsewhere). Generation is not batched here: its rows join the replica's
+continuous engine (``latentcomm.engine.continuous``), which ``serve.batch`` cannot do either.
 """
 from __future__ import annotations
 
@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar, get_args
+from typing import Generic, TypeVar
 
 Q = TypeVar("Q")
 A = TypeVar("A")
-GenerationBatching = Literal["continuous", "window"]
 
 
 @dataclass(frozen=True)
@@ -30,23 +29,19 @@ class BatchConfig:
     """How one replica groups concurrent requests."""
 
     batching: bool = True
-    """Off: every request runs alone, in arrival order (the unbatched replica)."""
+    """Off: every compress/embed request runs alone and generation runs one row at a time, in arrival order (the
+    unbatched replica)."""
     max_batch_size: int = 32
     """Most rows (texts or latents) in one forward pass or one running generation."""
     max_wait_s: float = 0.005
     """How long the first compress/embed request waits for more before its pass starts (requests that arrive
-    while a pass runs always wait for the next one)."""
-    generation: GenerationBatching = "continuous"
-    """continuous: decode/respond rows join a running generation between steps and leave when done; window:
-    the requests gathered before a generation starts run as one batch to the end."""
+    while a pass runs always wait for the next one; generation rows never wait: they join between steps)."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if not self.max_wait_s >= 0:
             raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s}")
-        if self.generation not in get_args(GenerationBatching):
-            raise ValueError(f"generation must be one of {get_args(GenerationBatching)}, got {self.generation!r}")
 
 
 class Batcher(Generic[Q, A]):

@@ -1,12 +1,14 @@
-"""Continuous batching: generation requests join a running batch between steps, and leave it when done.
+"""The replica's generation engine: requests join a running batch between steps, and leave it when done.
 
-``ContinuousGenerator`` keeps one batch of rows in generation on a model thread. Before every step the rows of
+``ContinuousGenerator`` keeps one batch of rows in generation on a model thread; with ``max_batch_size=1`` rows
+run one at a time, in arrival order (generation without batching). Before every step the rows of
 requests that arrived meanwhile are prefilled (one pass over their prompts) and their KV caches are left-padded
 into the running cache; then one step feeds every row its last token. A row stops at its own EOS or its own
 request's ``max_new_tokens`` and leaves the batch at once (its cache rows are dropped; columns no row attends
 any more are trimmed). A request resolves when all its rows are done, with one token list per row, in order. A row
 may follow a KV prefix (``latentcomm.model.kv``: the answer after a received cache); it is prefilled after it on its own and
-then steps with the others.
+then steps with the others. A backbone whose KV cache is not a plain ``DynamicCache`` (sliding-window layers:
+Mistral, Gemma 2, ...) cannot have rows merged into or dropped from its cache: it runs one row at a time.
 
 Greedy rows give what ``generation.generate`` gives for the same prompts (the same model calls, other
 padding). A sampled row draws from its own generator, seeded from the request's ``seed`` and the row's index,
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +31,8 @@ from transformers.cache_utils import DynamicLayer
 from latentcomm.model.backbone import cache_keyword
 from latentcomm.model.generation import Sampling, accepts_logits_to_keep, max_new_tokens_allowed, next_token, \
     penalize_repeats
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -56,19 +61,26 @@ class _Row:
 class ContinuousGenerator:
     """Generation with rows joining and leaving between steps; ``await generate(prompts, ...)`` from any task.
 
-    At most ``max_batch_size`` rows run at once; further rows wait for a place (a request's rows may enter
-    over several steps). All model work runs on ``executor`` (the replica's one model thread).
+    At most ``max_batch_size`` rows run at once (one where the backbone's cache cannot be merged); further rows
+    wait for a place (a request's rows may enter over several steps). All model work runs on ``executor`` (the
+    replica's one model thread).
     """
 
     def __init__(self, model: PreTrainedModel, executor: Executor, *, max_batch_size: int, eos_token_ids: set[int]
                  ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
         self.executor = executor
-        self.max_batch_size = max_batch_size
         self.eos_token_ids = set(eos_token_ids)
         self._keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
         self._cache_kw = cache_keyword(model)
         self._device = model.get_input_embeddings().weight.device
+        self.merges = self._cache_merges()
+        """Whether rows can join and leave the backbone's KV cache; without it they run one at a time."""
+        self.max_batch_size = max_batch_size if self.merges else 1
+        if max_batch_size > self.max_batch_size:
+            log.warning("%s has no plain DynamicCache: generation runs one row at a time", type(model).__name__)
         self._waiting: collections.deque[_Request] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -157,6 +169,14 @@ class ContinuousGenerator:
             return None
         return torch.Generator().manual_seed((request.seed * 1_000_003 + index) % 2**63)
 
+    @torch.no_grad()
+    def _cache_merges(self) -> bool:
+        """One position through the backbone: is its KV cache made of plain ``DynamicLayer``s?"""
+        position = torch.zeros(1, 1, dtype=torch.long, device=self._device)
+        _, past = self._forward(self.model.get_input_embeddings()(position), position + 1, position, None)
+        layers = getattr(past, "layers", None)
+        return layers is not None and all(type(layer) is DynamicLayer for layer in layers)
+
     # ---- the model thread ------------------------------------------------------------------------------
     @torch.no_grad()
     def _step(self, admitted: list[_Row]) -> tuple[list[_Request], dict[_Request, Exception]]:
@@ -221,7 +241,8 @@ class ContinuousGenerator:
             mask = torch.cat([mask.new_ones(len(group), held), mask], dim=1)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, held:]
             logits, past = self._forward(embeds, mask, positions, prefix)
-            _layers(past)  # a cache this class can merge, checked before any state changes
+            if self.merges:
+                _layers(past)  # a cache this class can merge, checked before any state changes
             passes.append((group, logits, past, mask))
         for group, _, past, mask in passes:
             if self._past is None:
@@ -281,8 +302,7 @@ def left_pad(prompts: list[torch.Tensor], device: torch.device) -> tuple[torch.T
 def _layers(cache: Any) -> list[DynamicLayer]:
     layers = getattr(cache, "layers", None)
     if layers is None or not all(type(layer) is DynamicLayer for layer in layers):
-        raise NotImplementedError(f"continuous batching needs a plain DynamicCache, got {type(cache).__name__}; "
-                                  "use BatchConfig(generation='window') for this backbone")
+        raise NotImplementedError(f"rows join and leave a plain DynamicCache only, got {type(cache).__name__}")
     return layers
 
 

@@ -22,6 +22,8 @@ from latentcomm.protocols import LatentMessage, MalformedMessage, MetaValue
 
 MESSAGE_FIELDS = ("sender", "recipient", "conversation_id", "message_id", "created_ns", "metadata")
 """Routing fields a caller may set on any message (see ``address``)."""
+ROUTING_FIELDS = ("sender", "recipient", "conversation_id", "metadata")
+"""What a reply or a message made for another keeps of the message it answers (``routing_of``)."""
 
 
 def latent_message(latent: Latent, *, dtype: str = "float16", sender: str = "", recipient: str = "",
@@ -88,6 +90,11 @@ def address(msg: LatentMessage, **fields: Any) -> LatentMessage:
     if unknown:
         raise ValueError(f"cannot set {sorted(unknown)} on a message; settable: {MESSAGE_FIELDS}")
     return dataclasses.replace(msg, signature=None, **fields)
+
+
+def routing_of(msg: LatentMessage) -> dict[str, Any]:
+    """``msg``'s sender, recipient, conversation and metadata: the routing to pack a reply to it with."""
+    return {name: getattr(msg, name) for name in ROUTING_FIELDS}
 
 
 def _expect_kind(msg: LatentMessage, kind: str) -> None:

@@ -4,18 +4,21 @@
 ``latentcomm.runtime.pool.ReplicaPool`` runs N of them as Ray actors, for the agents (``actors/``) and for the response
 generation job (``training/``), and ``latentcomm serve`` behind Ray Serve. Only the ``ReplicaConfig`` is pickled
 to the actor: the backbone and head are loaded inside it, from a path or the default alias. Latents and
-embeddings leave and enter the actor as packed ``LatentMessage`` bytes, never as pickled tensors.
+embeddings leave the actor as packed ``LatentMessage`` bytes, addressed and ready to sign and send, never as
+pickled tensors. A message enters it packed (parsed here) or as the ``LatentMessage`` that the receiver who
+verified it parsed (an agent, the HTTP front door), which the replica reads as is: Ray ships a parsed message as
+its fields and payload bytes without parsing it again, so each message is parsed once.
 
 Concurrent calls are batched (``ReplicaConfig.batching``): compress and embed requests that arrive together run
-as one forward pass, decode and respond rows join the running generation between steps
-(``latentcomm.engine.continuous``). All model work runs on one thread of the replica, so the event loop keeps
-accepting requests meanwhile. Each call gets its own results, in order; a bad input fails its own call only.
+as one forward pass; every generation (decode, respond, an answer after a KV prefix) is rows of one continuous
+engine, which join the running batch between steps (``latentcomm.engine.continuous``; without batching, a batch
+of one). All model work runs on one thread of the replica, so the event loop keeps accepting requests meanwhile.
+Each call gets its own results, in order; a bad input fails its own call only.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,19 +32,23 @@ import torch
 from latentcomm.model.backbone import DEFAULT_BACKBONE, load_backbone, quantize_int8
 from latentcomm.engine.batching import BatchConfig, Batcher
 from latentcomm.model.config import HeadConfig
-from latentcomm.engine.continuous import ContinuousGenerator, left_pad
-from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling, generate
-from latentcomm.model.kv import KVPrefix, answer_prompt, prefill, respond_after
+from latentcomm.engine.continuous import ContinuousGenerator
+from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling
+from latentcomm.model.kv import KVPrefix, answer_prompt, prefill
 from latentcomm.model.latent import Latent
-from latentcomm.engine.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent
+from latentcomm.engine.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent, \
+    routing_of
 from latentcomm.model.embedder import GenerativeEmbedder, Part, load_embedder
-from latentcomm.protocols import DEFAULT_LIMITS, LatentMessage, Limits, pack, unpack
+from latentcomm.protocols import DEFAULT_LIMITS, FingerprintMismatch, LatentMessage, Limits, pack, unpack
 
 T = TypeVar("T")
-WireItem = Union[str, Sequence[Union[str, bytes]]]
-"""One input sent to a replica: a string, or parts in the user turn — strings and packed "latent" messages (read
-in context as soft tokens, the way ``GenerativeEmbedder.compress`` reads ``Latent`` parts), and for ``prefill``
-and ``respond`` at most one packed "kv" message (a KV prefix, attended to before the turn: ``latentcomm.model.kv``)."""
+Received = Union[bytes, LatentMessage]
+"""A message given to a replica: packed (parsed here, within ``ReplicaConfig.limits``), or parsed by the receiver
+that verified it (read as is)."""
+WireItem = Union[str, Sequence[Union[str, Received]]]
+"""One input sent to a replica: a string, or parts in the user turn — strings and "latent" messages (read in
+context as soft tokens, the way ``GenerativeEmbedder.compress`` reads ``Latent`` parts), and for ``prefill`` and
+``respond`` at most one "kv" message (a KV prefix, attended to before the turn: ``latentcomm.model.kv``)."""
 Routing = Mapping[str, Any]
 """Fields of the message a replica packs: sender, recipient, conversation_id, metadata (``messaging.address``)."""
 
@@ -85,16 +92,6 @@ class _TextRequest:
     embed: bool
 
 
-@dataclass(frozen=True)
-class _Generation:
-    """Prompts of one decode/respond call for the window (or unbatched) generation path."""
-
-    prompts: list[torch.Tensor]
-    max_new_tokens: int
-    sampling: Sampling
-    seed: int | None
-
-
 class Replica:
     """A frozen LLM with a compression head: compress, embed, decode and respond, over protocol bytes."""
 
@@ -116,12 +113,10 @@ class Replica:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-model")
         self._texts = Batcher(self._run_texts, self._thread, batching, rows=lambda r: len(r.texts))
         self._latents = Batcher(self._run_latents, self._thread, batching, rows=len)
-        self._window = Batcher(self._run_generations, self._thread, batching, rows=lambda r: len(r.prompts))
         self._kv_calls = {"prefills": 0, "kv_generations": 0}
-        self._continuous = ContinuousGenerator(self.model.backbone.model, self._thread,
-                                               max_batch_size=batching.max_batch_size,
-                                               eos_token_ids=self.model.stop_token_ids()) \
-            if batching.batching and batching.generation == "continuous" else None
+        self._generator = ContinuousGenerator(self.model.backbone.model, self._thread,
+                                              max_batch_size=batching.max_batch_size if batching.batching else 1,
+                                              eos_token_ids=self.model.stop_token_ids())
 
     def info(self) -> dict[str, Any]:
         """Identity of this replica: process id, backbone, head fingerprint, latent shape, load time, batching."""
@@ -132,10 +127,9 @@ class Replica:
                 "batching": dataclasses.asdict(self.config.batching)}
 
     def counters(self) -> dict[str, int]:
-        """Model calls made so far: forward passes of compress/embed, and generation batches or steps."""
-        steps = self._continuous.steps if self._continuous else 0
+        """Model calls made so far: forward passes of compress/embed, generation steps, KV prefills and answers."""
         return {"text_batches": self._texts.batches, "latent_batches": self._latents.batches,
-                "generation_batches": self._window.batches, "generation_steps": steps, **self._kv_calls}
+                "generation_steps": self._generator.steps, **self._kv_calls}
 
     # ---- the API (async: concurrent calls batch) -------------------------------------------------------
     async def compress(self, texts: list[WireItem], *, dtype: str = "float16", prompt: str | None = None,
@@ -151,16 +145,13 @@ class Replica:
         latent = await self._texts.submit(_TextRequest(items, prompt, embed=False))
         return [pack(latent_message(latent[i], dtype=dtype, **routing[i])) for i in range(len(latent))]
 
-    async def embed(self, messages: list[bytes], *, dtype: str = "float32") -> list[bytes]:
-        """Packed "latent" messages (made by this head) -> packed "embedding" messages with the same routing."""
-        parsed = [unpack(data, expect_fingerprint=self.model.fingerprint, limits=self.config.limits)
-                  for data in messages]
+    async def embed(self, messages: list[Received], *, dtype: str = "float32") -> list[bytes]:
+        """Latent messages (made by this head) -> packed "embedding" messages with the same routing."""
+        parsed = [_parsed(m, self.config.limits, expect_fingerprint=self.model.fingerprint) for m in messages]
         if not parsed:
             return []
         vectors = await self._latents.submit([message_latent(msg) for msg in parsed])
-        return [pack(self._embedding(v, dtype, {"sender": msg.sender, "recipient": msg.recipient,
-                                                "conversation_id": msg.conversation_id, "metadata": msg.metadata}))
-                for v, msg in zip(vectors, parsed)]
+        return [pack(self._embedding(v, dtype, routing_of(msg))) for v, msg in zip(vectors, parsed)]
 
     async def embed_texts(self, texts: list[str], *, dtype: str = "float32", prompt: str | None = None,
                           routing: Sequence[Routing] | None = None) -> list[bytes]:
@@ -184,12 +175,12 @@ class Replica:
             out.append(pack(kv_message(prefix, dtype=dtype, **address)))
         return out
 
-    async def decode(self, messages: list[bytes], *, max_new_tokens: int | None = None,
+    async def decode(self, messages: list[Received], *, max_new_tokens: int | None = None,
                      repetition_penalty: float = REPETITION_PENALTY,
                      no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE) -> list[str]:
-        """Packed "latent" messages -> text: the frozen LLM continues from each latent as a soft prompt (greedy,
-        with ``GenerativeEmbedder.decode``'s repetition controls)."""
-        latents = [message_latent(unpack(data, limits=self.config.limits)) for data in messages]
+        """Latent messages -> text: the frozen LLM continues from each latent as a soft prompt (greedy, with
+        ``GenerativeEmbedder.decode``'s repetition controls)."""
+        latents = [message_latent(_parsed(m, self.config.limits)) for m in messages]
         if not latents:
             return []
         vectors, _ = self.model.decode_prompts(Latent.concat(latents, same_head=False))  # checks only: no queueing
@@ -208,39 +199,24 @@ class Replica:
         sampling = Sampling(temperature, top_p, repetition_penalty, no_repeat_ngram_size)
         items = _items(texts, self.config.limits)
         if any(isinstance(p, KVPrefix) for item in items if not isinstance(item, str) for p in item):
-            return await self._respond_after_kv(items, max_new_tokens, sampling, seed)
+            # each row prefilled after its own cache (a row without one after none), then a row like any other
+            self._kv_calls["kv_generations"] += len(items)
+            prompts = await self._on_model_thread(lambda: [answer_prompt(self.model, item) for item in items])
+            return await self._generate([embeds for _, embeds in prompts], max_new_tokens, sampling, seed,
+                                        prefixes=[cache for cache, _ in prompts])
         # the prompts are built (and the prefix cache used) on the model thread only
         embeds, mask = await self._on_model_thread(self.model.respond_prompts, items)
         return await self._generate([e[m.bool()] for e, m in zip(embeds, mask)], max_new_tokens, sampling, seed)
 
     # ---- internals ------------------------------------------------------------------------------------
-    async def _respond_after_kv(self, items: list[str | list[Any]], max_new_tokens: int | None, sampling: Sampling,
-                                seed: int | None) -> list[str]:
-        """Answers to inputs of which some read a KV prefix: rows of the continuous batch, each prefilled after its
-        own cache (with window batching, one row at a time)."""
-        self._kv_calls["kv_generations"] += len(items)
-        if self._continuous is None:
-            answer = functools.partial(respond_after, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                                       sampling=sampling, seed=seed)
-            return [await self._on_model_thread(answer, self.model, item) for item in items]
-        prompts = await self._on_model_thread(lambda: [answer_prompt(self.model, item) for item in items])
-        return await self._generate([embeds for _, embeds in prompts], max_new_tokens, sampling, seed,
-                                    prefixes=[cache for cache, _ in prompts])
-
     async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def _generate(self, prompts: list[torch.Tensor], max_new_tokens: int | None, sampling: Sampling,
                         seed: int | None, prefixes: list[Any] | None = None) -> list[str]:
-        """Texts generated after ``prompts`` (and, in the continuous batch only, after each row's KV prefix)."""
-        budget = max_new_tokens or self.config.max_new_tokens
-        if self._continuous is not None:
-            ids = await self._continuous.generate(prompts, max_new_tokens=budget, sampling=sampling, seed=seed,
-                                                  prefixes=prefixes)
-        elif prefixes is not None:
-            raise NotImplementedError("window batching runs no rows after a KV prefix (kv.respond_after runs one)")
-        else:
-            ids = await self._window.submit(_Generation(prompts, budget, sampling, seed))
+        """Texts generated after ``prompts`` (each after its KV prefix, where given) as rows of the running batch."""
+        ids = await self._generator.generate(prompts, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                                             sampling=sampling, seed=seed, prefixes=prefixes)
         return self.model.detokenize(ids)
 
     def _run_texts(self, requests: list[_TextRequest]) -> list[Latent | np.ndarray]:
@@ -263,24 +239,6 @@ class Replica:
         bounds = np.cumsum([0] + [len(r) for r in requests])
         return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _run_generations(self, requests: list[_Generation]) -> list[list[list[int]]]:
-        """Requests with the same generation settings as one batched generation each (the window path)."""
-        out: list[list[list[int]]] = [[] for _ in requests]
-        model, tok = self.model.backbone.model, self.model.backbone.tokenizer
-        for key in dict.fromkeys((r.max_new_tokens, r.sampling, r.seed) for r in requests):
-            index = [i for i, r in enumerate(requests) if (r.max_new_tokens, r.sampling, r.seed) == key]
-            prompts = [p for i in index for p in requests[i].prompts]
-            ids = []
-            for start in range(0, len(prompts), self.config.batching.max_batch_size):
-                embeds, mask = left_pad(prompts[start:start + self.config.batching.max_batch_size], self.model.device)
-                ids += generate(model, embeds, mask, max_new_tokens=key[0], eos_token_ids=self.model.stop_token_ids(),
-                                pad_token_id=tok.pad_token_id, sampling=key[1], seed=key[2])
-            start = 0
-            for i in index:
-                out[i] = ids[start:start + len(requests[i].prompts)]
-                start += len(requests[i].prompts)
-        return out
-
     def _embedding(self, vector: Any, dtype: str, routing: Routing) -> LatentMessage:
         return embedding_message(vector, fingerprint=self.model.fingerprint,
                                  backbone_id=self.model.backbone.backbone_id, dtype=dtype, **routing)
@@ -295,9 +253,19 @@ def _routing_per_input(routing: Sequence[Routing] | None, count: int) -> Sequenc
     return routing
 
 
+def _parsed(message: Received, limits: Limits, *, expect_fingerprint: str | None = None) -> LatentMessage:
+    """``message`` parsed: unpacked within ``limits`` if packed, else as the receiver parsed it."""
+    if not isinstance(message, LatentMessage):
+        return unpack(message, limits=limits, expect_fingerprint=expect_fingerprint)
+    if expect_fingerprint is not None and message.fingerprint != expect_fingerprint:
+        raise FingerprintMismatch(f"message head fingerprint {message.fingerprint!r} != expected "
+                                  f"{expect_fingerprint!r}")
+    return message
+
+
 def _items(texts: list[WireItem], limits: Limits, *, kv: bool = True) -> list[str | list[Any]]:
-    """The inputs of one call as lists of parts (packed latents and, where ``kv``, KV prefixes unpacked), checked
-    here so that a bad one fails its own call, not a batch."""
+    """The inputs of one call as lists of parts (latents and, where ``kv``, KV prefixes as the model reads them),
+    checked here so that a bad one fails its own call, not a batch."""
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TypeError(f"texts must be a list of strings or of lists of parts, got {type(texts).__name__}")
     if not texts:
@@ -309,15 +277,15 @@ def _items(texts: list[WireItem], limits: Limits, *, kv: bool = True) -> list[st
             continue
         if not isinstance(item, (list, tuple)):
             raise TypeError(f"texts must be strings or lists of parts, got {type(item).__name__}")
-        bad = sorted({type(p).__name__ for p in item if not isinstance(p, (str, bytes))})
+        bad = sorted({type(p).__name__ for p in item if not isinstance(p, (str, bytes, LatentMessage))})
         if bad:
-            raise TypeError(f"parts must be strings or packed latent messages (bytes), got {bad}")
-        items.append([p if isinstance(p, str) else _part(unpack(p, limits=limits), kv) for p in item])
+            raise TypeError(f"parts must be strings or latent messages (LatentMessage or packed bytes), got {bad}")
+        items.append([p if isinstance(p, str) else _part(_parsed(p, limits), kv) for p in item])
     return items
 
 
 def _part(message: LatentMessage, kv: bool) -> Latent | KVPrefix:
-    """A packed part as what the model reads: a "latent" message as a Latent, a "kv" message (where taken) as a
+    """A message part as what the model reads: a "latent" message as a Latent, a "kv" message (where taken) as a
     KVPrefix."""
     if message.kind == "kv" and kv:
         return message_kv(message)

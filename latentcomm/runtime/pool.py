@@ -174,4 +174,5 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     except RuntimeError:
         return asyncio.run(coro)
     coro.close()
-    raise RuntimeError("called a *_sync method inside a running event loop: await the async method instead")
+    raise RuntimeError("called a synchronous twin (e.g. send_sync) inside a running event loop: await the async "
+                       "method instead")
