@@ -82,6 +82,7 @@ def test_the_committed_reports_regenerate_from_their_results():
 
 
 # ---- latent chaining end to end --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_step_chain_runs_end_to_end_and_resumes(tiny_backbone_dir, ray_local, tmp_path):
     from latentcomm.experiments import chain
 
@@ -144,6 +145,7 @@ def jepa_run(tmp_path_factory, tiny_backbone_dir) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_every_jepa_variant_trains_and_saves_a_loadable_head(jepa_run, tiny_backbone_dir, tmp_path):
     from test_bench import write_fixture_data
 
