@@ -103,15 +103,16 @@ def ratios(mode: ModeSummary, text: ModeSummary) -> Ratios:
                     ("wall_s", "hop_s", "answer_s", "bytes_per_message", "task_score")))
 
 
-def score_chain(runs: Mapping[str, ModeRun], floor: Sequence[Answer], hops: Sequence[Hop],
+def score_chain(k: int, runs: Mapping[str, ModeRun], floor: Sequence[Answer], hops: Sequence[Hop],
                 teacher: Teacher | None) -> tuple[ChainResult, dict[str, list[Answer]]]:
-    """One chain length's ``ChainResult``, and its answers (by mode, and the floor's) with their agreement."""
+    """The ``ChainResult`` of the chain of ``k`` agents, and its answers (by mode, and the floor's) with their
+    agreement."""
     answers = {name: run.answers for name, run in runs.items()} | {"floor": floor}
     agree = agreements(answers, teacher)
     summaries = {name: summarize(run, hops, agree[name]) for name, run in runs.items()}
     compared = [name for name in runs if name != BASELINE]
     text = runs[BASELINE].answers
-    result = ChainResult(next(iter(runs.values())).agents, summaries, summarize_floor(floor, agree["floor"]),
+    result = ChainResult(k, summaries, summarize_floor(floor, agree["floor"]),
                          {m: ratios(summaries[m], summaries[BASELINE]) for m in compared},
                          {m: against_text(runs[m].answers, text) for m in compared})
     return result, {name: with_agreement(rows, agree[name]) for name, rows in answers.items()}
@@ -121,8 +122,8 @@ def score_job(job: JobRun, config: JobConfig, teacher: Teacher | None) -> RunRes
     """Every chain length of ``job`` scored; the floor's answers carry their agreement with the last K's text."""
     runs, scored, floor = [], [], job.floor
     hops = job.trace.hops
-    for chain in job.chains.values():
-        result, answers = score_chain(chain, job.floor, hops, teacher)
+    for k, chain in job.chains.items():
+        result, answers = score_chain(k, chain, job.floor, hops, teacher)
         runs.append(result)
         floor = answers.pop("floor")
         scored += [a for rows in answers.values() for a in rows]
