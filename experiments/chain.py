@@ -35,7 +35,7 @@ from latentcomm.experiments.chain_train import ChainRecipe, write_chain_data
 from latentcomm.experiments.chaining import ANSWER_PROMPT, STEP_PROMPT
 from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
 from latentcomm.experiments.report import markdown_table, pyplot, save_figure, write_report
-from latentcomm.experiments.stats import format_interval, paired_sign_test, wilson_interval
+from latentcomm.stats import format_interval, paired_sign_test, wilson_interval
 
 TRAIN_DEFAULTS = {"out": "runs/experiments/chain", "max_steps": 300, "micro_batch": 8, "warmup_steps": 10,
                   "in_context_share": 0.5, "max_query_tokens": 256, "max_response_tokens": 32, "workers": 1,
@@ -267,11 +267,11 @@ def findings(results: dict[str, Any], alpha: float = 0.05) -> list[str]:
         lines.append(f"- {name}: accuracy {v['accuracy']:.3f} ({_interval(v['interval'])}) with "
                      f"{v['passes_per_question']:.1f} forward passes; the best latent row is "
                      f"{'above' if diff > 0 else 'below' if diff < 0 else 'level with'} it ({diff:+.3f}; "
-                     f"{test['only_a']} questions right "
-                     f"only in the latent row, {test['only_b']} only in {name}; McNemar p = {test['p_value']:.2f}).")
+                     f"{test['a_only']} questions right "
+                     f"only in the latent row, {test['b_only']} only in {name}; McNemar p = {test['p']:.2f}).")
     for name in TEXT_BASELINES:
-        apart = [f"{m} ({methods[m]['accuracy'] - methods[name]['accuracy']:+.3f}, p = {t[name]['p_value']:.3f})"
-                 for m, t in paired.items() if t[name]["p_value"] < alpha]
+        apart = [f"{m} ({methods[m]['accuracy'] - methods[name]['accuracy']:+.3f}, p = {t[name]['p']:.3f})"
+                 for m, t in paired.items() if t[name]["p"] < alpha]
         lines.append(f"- latent rows that differ from {name} at p < {alpha}: " + (", ".join(apart) if apart else
                      f"none — on {results['questions']} questions the latent chains cannot be told apart from it."))
     return lines

@@ -36,7 +36,7 @@ from latentcomm.training.train import run_training, train_with_ray
 from latentcomm.experiments.jepa_eval import JUDGE, heldout_job
 from latentcomm.experiments.jobs import experiment_main, prepare_folder, run_tasks, settings_of
 from latentcomm.experiments.report import markdown_table, pyplot, save_figure, write_report
-from latentcomm.experiments.stats import format_interval, wilson_interval
+from latentcomm.stats import format_interval, wilson_interval
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 answering the same questions differ.
 
 ``wilson_interval`` bounds a share of successes (it stays inside [0, 1] and is not degenerate at 0 or n
-successes, unlike the normal approximation). ``paired_sign_test`` compares two modes on the same questions by
-their discordant pairs only (McNemar's exact test: the questions one mode gets right and the other wrong).
+successes, unlike the normal approximation); ``format_interval`` writes one. ``paired_sign_test`` compares two
+modes on the same questions by their discordant pairs only (McNemar's exact test: the questions one mode gets
+right and the other wrong).
 """
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def format_interval(bounds: Sequence[float], sep: str = "–") -> str:
+    """An interval with two decimals, e.g. ``0.05–0.19``."""
+    low, high = bounds
+    return f"{low:.2f}{sep}{high:.2f}"
 
 
 def paired_sign_test(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | int]:

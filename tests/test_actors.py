@@ -40,12 +40,14 @@ def pair(pool):
     return Agent("solver", pool, trace=trace, wire_dtype="float32"), Agent("critic", pool, trace=trace, wire_dtype="float32")
 
 
+@pytest.mark.slow
 async def test_replicas_load_one_head_in_separate_processes(pool, tiny_model):
     infos = await pool.ready()
     assert len({i["pid"] for i in infos}) == 2
     assert {i["fingerprint"] for i in infos} == {tiny_model.fingerprint}
 
 
+@pytest.mark.slow
 async def test_latent_is_decoded_by_the_receiver(pair, tiny_model):
     solver, critic = pair
     said = await solver.send(critic, QUESTION, conversation_id="c1")
@@ -55,6 +57,7 @@ async def test_latent_is_decoded_by_the_receiver(pair, tiny_model):
     assert hop.bytes > TINY_HEAD.num_compression * 64 * 4 and hop.latency_s >= hop.handle_s > 0
 
 
+@pytest.mark.slow
 async def test_embedding_and_text_arrive(pair, tiny_model):
     solver, critic = pair
     vector = await solver.send(critic, QUESTION, kind="embedding")
@@ -65,6 +68,7 @@ async def test_embedding_and_text_arrive(pair, tiny_model):
     assert [h.kind for h in solver.trace.hops] == ["embedding", "text", "text"]
 
 
+@pytest.mark.slow
 async def test_embed_handler_matches_local_embedding(pair, tiny_model):
     solver, critic = pair
     critic.on("latent", embed_latent)
@@ -72,6 +76,7 @@ async def test_embed_handler_matches_local_embedding(pair, tiny_model):
     np.testing.assert_allclose(vector, tiny_model.encode(QUESTION), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sync_api_outside_an_event_loop(pair):
     solver, critic = pair
     assert solver.send_sync(critic, "sync hello", kind="text") == "sync hello"
@@ -80,6 +85,7 @@ def test_sync_api_outside_an_event_loop(pair):
     assert kept.kind == "kv" and kept.message.shape[2] > 1
 
 
+@pytest.mark.slow
 async def test_resent_message_id_runs_the_handler_once(pair):
     solver, critic = pair
     calls = []
@@ -97,6 +103,7 @@ async def test_resent_message_id_runs_the_handler_once(pair):
     assert len(calls) == 1 and critic.duplicates == 2 and len(critic.trace) == 1
 
 
+@pytest.mark.slow
 async def test_each_conversation_is_handled_in_send_order(pair):
     solver, critic = pair
     seen = []
@@ -117,6 +124,7 @@ async def test_each_conversation_is_handled_in_send_order(pair):
     assert [s for c, s in seen if c == "b"] == [0, 1]
 
 
+@pytest.mark.slow
 async def test_sends_of_one_conversation_keep_their_order(pair):
     solver, critic = pair
     seen = []
@@ -131,6 +139,7 @@ async def test_sends_of_one_conversation_keep_their_order(pair):
     assert seen == texts
 
 
+@pytest.mark.slow
 async def test_pool_bounds_requests_in_flight(pool):
     peak = 0
 
@@ -147,6 +156,7 @@ async def test_pool_bounds_requests_in_flight(pool):
     assert min(pool.calls) > 0  # both replicas got work
 
 
+@pytest.mark.slow
 async def test_killed_replica_loses_no_message(ray_local, replica_config):
     pool = ReplicaPool(replica_config, PoolConfig(num_replicas=1, num_cpus=0, max_restarts=2, retry_backoff_s=0.1),
                        name="fragile")
@@ -169,6 +179,7 @@ async def test_killed_replica_loses_no_message(ray_local, replica_config):
     assert len(trace.hops) == len(texts) and [h.conversation_id for h in trace.hops] == ["k"] * 4
 
 
+@pytest.mark.slow
 async def test_forged_or_unsigned_messages_are_rejected_with_a_key(pool):
     key = b"s" * 32
     solver, critic = Agent("solver", pool, key=key), Agent("critic", pool, key=key)
@@ -185,6 +196,7 @@ async def test_forged_or_unsigned_messages_are_rejected_with_a_key(pool):
     assert critic.rejected == 3 and len(critic.trace) == 1
 
 
+@pytest.mark.slow
 def test_trace_exports_jsonl_and_a_table(pair, tmp_path):
     solver, critic = pair
     solver.send_sync(critic, "for the record", kind="text", conversation_id="t")
@@ -217,6 +229,7 @@ def test_bad_pool_and_replica_configs_are_refused():
     assert torch.float32 is getattr(torch, ReplicaConfig(weights_dtype="float32").weights_dtype)
 
 
+@pytest.mark.slow
 async def test_agents_in_their_own_processes_exchange_bytes(pool, tiny_model):
     critic, answerer = start_agent("critic", pool), start_agent("answerer", pool)
     solver = Agent("solver", pool, wire_dtype="float32")
@@ -234,6 +247,7 @@ async def test_agents_in_their_own_processes_exchange_bytes(pool, tiny_model):
     assert cache.kind == "kv" and cache.message.sender == "critic" and (await answerer.hops())[-1].kind == "kv"
 
 
+@pytest.mark.slow
 async def test_killed_agent_process_gets_the_message_again(ray_local, pool):
     critic = start_agent("critic", pool, max_new_tokens=300)  # a long decode: the kill lands while it runs
     solver = Agent("solver", pool)

@@ -11,7 +11,10 @@ import pytest
 import latentcomm.actors.agent as agent_module
 import latentcomm.engine.replica as replica_module
 from latentcomm.actors.agent import Agent, keep_latent
-from latentcomm.actors.main_job import Held, JobConfig, answer, answer_held_kv, build_chain, main, parse_config
+from latentcomm.actors.job.config import JobConfig, parse_config
+from latentcomm.actors.job.main import main
+from latentcomm.actors.job.modes import MODES
+from latentcomm.actors.job.run import Held, answer, answer_held_kv, build_chain
 from latentcomm.actors.tasks import FACTS, GSM8K, get_task
 from latentcomm.actors.trace import Trace
 from latentcomm.errors import UsageError
@@ -47,7 +50,7 @@ def own_pools(chain: list[Agent], replica: Replica) -> dict[str, list[str]]:
 
 def chain_of(mode: str, k: int, replica: Replica, *, key: bytes | None = None) -> tuple[list[Agent], dict, Trace]:
     trace = Trace()
-    chain = build_chain(mode, k, FACTS, LocalPool(replica, "unused"), trace,
+    chain = build_chain(MODES[mode], k, FACTS, LocalPool(replica, "unused"), trace,
                         JobConfig(wire_dtype="float32", replica=ReplicaConfig(max_new_tokens=4)), key)
     return chain, own_pools(chain, replica), trace
 
@@ -76,7 +79,7 @@ async def test_latent_mode_generates_only_at_the_last_agent(replica):
     [item] = FACTS.load(1, 0)
     chain, logs, trace = chain_of("latent", 4, replica)
     held = Held()
-    result = await answer(item, "latent", chain, FACTS, held)
+    result = await answer(item, MODES["latent"], chain, FACTS, held)
     assert logs == {"holder": ["compress"], "relay1": ["compress"], "relay2": ["compress"], "answerer": ["respond"]}
     assert isinstance(result.final, str) and result.mode == "latent" and result.agents == 4
     assert len(trace.hops) == 3 and all(h.kind == "latent" and h.text is None for h in trace.hops)
@@ -90,11 +93,11 @@ async def test_latent_mode_generates_only_at_the_last_agent(replica):
 async def test_latent_decode_and_text_modes(replica):
     [item] = FACTS.load(1, 0)
     chain, logs, trace = chain_of("latent-decode", 3, replica)
-    await answer(item, "latent-decode", chain, FACTS, Held())
+    await answer(item, MODES["latent-decode"], chain, FACTS, Held())
     assert logs == {"holder": ["compress"], "relay1": ["decode", "compress"], "answerer": ["decode", "respond"]}
     assert all(h.text_from == "receiver" for h in trace.hops)
     chain, logs, trace = chain_of("text", 3, replica)
-    await answer(item, "text", chain, FACTS, Held())
+    await answer(item, MODES["text"], chain, FACTS, Held())
     assert logs == {"holder": ["respond"], "relay1": ["respond"], "answerer": ["respond"]}
     assert [h.kind for h in trace.hops] == ["text", "text"] and all(h.text_from == "message" for h in trace.hops)
 
@@ -104,7 +107,7 @@ async def test_kv_mode_prefills_at_every_sender_and_the_cache_grows_along_the_ch
     chain, logs, trace = chain_of("kv", 4, replica)
     before = replica.counters()
     held = Held()
-    result = await answer(item, "kv", chain, FACTS, held)
+    result = await answer(item, MODES["kv"], chain, FACTS, held)
     assert logs == {"holder": ["prefill"], "relay1": ["prefill"], "relay2": ["prefill"], "answerer": ["respond"]}
     after = replica.counters()
     assert after["prefills"] - before["prefills"] == 3 and after["kv_generations"] - before["kv_generations"] == 1
@@ -137,7 +140,7 @@ async def test_one_pack_per_hop_and_one_verification_at_the_receiver(replica, mo
     monkeypatch.setattr(agent_module, "unpack", counting("unpack", agent_module.unpack))
     [item] = FACTS.load(1, 0)
     chain, _, trace = chain_of(mode, 4, replica, key=b"k" * 32)
-    await answer(item, mode, chain, FACTS, Held())
+    await answer(item, MODES[mode], chain, FACTS, Held())
     assert len(trace.hops) == 3 and counts == {"pack": 3, "unpack": 3}
 
 
@@ -191,6 +194,7 @@ def test_job_config_composes_replica_and_pool_configs():
         parse_config(["--agents", "7"])
 
 
+@pytest.mark.slow
 def test_main_job_runs_every_mode_over_a_sweep(ray_local, tiny_backbone_dir, tmp_path, capsys):
     argv = ["--backbone", str(tiny_backbone_dir), "--questions", "2", "--max-new-tokens", "4", "--num-replicas", "1",
             "--num-cpus", "0", "--teacher", "none", "--sign", "--sweep", "2", "3", "--out", str(tmp_path)]
@@ -221,3 +225,126 @@ def test_main_job_runs_every_mode_over_a_sweep(ray_local, tiny_backbone_dir, tmp
     assert "task score" in out and "latent/text" in out and "kv/text" in out and "floor" in out
     assert "UNTRAINED head" in out
     assert "[decoded off the clock]" in out and "[answered off the clock]" in out and "sweep:" in out
+
+
+# ---- modes, scoring and results without Ray ---------------------------------------------------------------------
+class LetterTeacher:
+    """A teacher that embeds a text as the counts of the letters a..e (enough to tell the fixtures apart)."""
+
+    name, dim = "letters", 5
+
+    def embed(self, texts, **_: Any):
+        import numpy as np
+        return np.array([[t.count(c) + 0.01 for c in "abcde"] for t in texts], dtype=np.float32)
+
+
+def fake_job(modes: tuple[str, ...], finals: dict[str, list[str]]):
+    """A ``JobRun`` of one chain of 3 agents with the given final answers (two questions) and one hop per link."""
+    from latentcomm.actors.job.results import Answer
+    from latentcomm.actors.job.run import JobRun, ModeRun
+    from latentcomm.actors.trace import Hop
+
+    config = JobConfig(modes=modes, questions=2, teacher="none")
+    trace = Trace()
+    for mode in (m.name for m in config.run_modes):
+        for q in ("q0", "q1"):
+            for sender, receiver in (("holder", "relay1"), ("relay1", "answerer")):
+                trace.record(Hop(f"{mode}:{q}", f"{mode}-{q}-{sender}", sender, receiver, MODES[mode].kind, 100,
+                                 0.1, 0.0, 0.0, 0.2, metadata={"mode": mode, "question": q, "agents": 3}))
+    runs = {m.name: ModeRun(m.name, 3, [Answer(q, m.name, 3, f, f == "abc", 1.0, 0.5)
+                                        for q, f in zip(("q0", "q1"), finals[m.name])], 4.0, 2)
+            for m in config.run_modes}
+    floor = [Answer(q, "floor", 1, f, f == "abc", 0.0, 0.0) for q, f in zip(("q0", "q1"), finals["floor"])]
+    return config, JobRun(FACTS, {3: runs}, floor, trace, [{"fingerprint": "f"}], {}, "head", {})
+
+
+def test_modes_flag_picks_modes_and_text_always_runs(capsys):
+    assert [m.name for m in parse_config([]).run_modes] == ["latent", "latent-decode", "kv", "text"]
+    assert [m.name for m in parse_config(["--modes", "kv", "latent"]).run_modes] == ["latent", "kv", "text"]
+    assert [m.name for m in parse_config(["--modes", "text"]).run_modes] == ["text"]
+    with pytest.raises(UsageError, match="--modes.*unknown mode 'telepathy'"):
+        parse_config(["--modes", "telepathy"])
+    with pytest.raises(ValueError, match="unknown telepathy"):
+        JobConfig(modes=("telepathy",))
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(name in help_text for name in MODES) and "'text' always runs" in help_text
+
+
+def test_scoring_returns_new_values_and_changes_nothing_it_is_given():
+    from latentcomm.actors.job.score import score_job
+
+    finals = {"latent": ["abc", "xyz"], "latent-decode": ["abd", "abc"], "kv": ["abc", "abc"],
+              "text": ["abc", "ddd"], "floor": ["eee", "abc"]}
+    config, job = fake_job(tuple(MODES), finals)
+
+    def given() -> list[Any]:
+        return [*(run for chain in job.chains.values() for run in chain.values()), *job.floor, *job.trace.hops]
+
+    before = [dataclasses.asdict(v) for v in given()]
+    result = score_job(job, config, LetterTeacher())
+    assert [dataclasses.asdict(v) for v in given()] == before  # nothing scored in place
+    assert all(a.agreement is None for run in job.chains[3].values() for a in run.answers)
+    [run] = result.runs
+    assert list(run.summaries) == list(MODES) and list(run.over_text) == ["latent", "latent-decode", "kv"]
+    assert run.summaries["kv"].task_score == 1.0 and run.summaries["text"].task_score == 0.5
+    assert run.over_text["kv"].task_score == 2.0 and run.over_text["kv"].wall_s == 1.0
+    assert run.against_text["kv"] == {"a_only": 1, "b_only": 0, "p": 1.0}
+    assert run.summaries["text"].agreement_cosine == pytest.approx(1.0) and run.floor.task_score == 0.5
+    assert run.summaries["latent"].hops["holder->relay1"].bytes == 100 and run.summaries["latent"].hop_s == 0.2
+    assert [(a.mode, a.question_id) for a in result.answers][:3] == [("floor", "q0"), ("floor", "q1"),
+                                                                     ("latent", "q0")]
+    assert all(a.agreement is not None for a in result.answers)
+    text = [a for a in result.answers if a.mode == "text"]
+    assert [a.agreement for a in text] == pytest.approx([1.0, 1.0])
+
+
+def test_results_json_keeps_the_keys_of_the_runs_written_so_far():
+    from pathlib import Path
+
+    from latentcomm.actors.job.score import score_job
+
+    stored = json.loads((Path(__file__).parent.parent / "results/main-job/k4-36-warm/results.json").read_text())
+    finals = {name: ["abc", "abd"] for name in (*MODES, "floor")}
+    config, job = fake_job(tuple(MODES), finals)
+    written = json.loads(json.dumps(score_job(job, config, LetterTeacher()).to_dict()))
+    assert list(written) == list(stored)
+    [run], [old] = written["runs"], stored["runs"][:1]
+    assert list(run) == list(old) and list(run["summaries"]) == list(old["summaries"])
+    for mode in MODES:
+        assert list(run["summaries"][mode]) == list(old["summaries"][mode])
+        assert list(run["summaries"][mode]["hops"]["holder->relay1"]) == list(old["summaries"][mode]["hops"]
+                                                                             ["holder->relay1"])
+    assert run["floor"].keys() == old["floor"].keys() and run["over_text"]["kv"].keys() == old["over_text"]["kv"].keys()
+    assert run["against_text"]["kv"].keys() == old["against_text"]["kv"].keys()
+    assert list(written["answers"][0]) == list(stored["answers"][0])
+    assert set(written["config"]) - set(stored["config"]) == {"modes"}
+
+
+def test_tables_follow_the_modes_that_ran():
+    from latentcomm.actors.job.report import sweep_table, table
+    from latentcomm.actors.job.score import score_job
+
+    config, job = fake_job(("kv",), {"kv": ["abc", "abc"], "text": ["abc", "x"], "floor": ["x", "x"]})
+    [run] = score_job(job, config, None).runs
+    out = table(run)
+    header = out.splitlines()[0].split()
+    assert header == ["kv", "text", "floor", "kv/text"] and "latent" not in out
+    assert "1/0 (1.00)" in out and "0.34-1.00" in out and "n/a" in out  # no teacher: no agreement
+    assert sweep_table([run]).splitlines()[0].split() == ["K", "kv", "s", "text", "s", "kv/text", "time", "kv",
+                                                          "score", "text", "score", "floor"]
+
+
+@pytest.mark.slow
+def test_main_job_runs_only_the_modes_asked_for_and_text(ray_local, tiny_backbone_dir, tmp_path, capsys):
+    argv = ["--backbone", str(tiny_backbone_dir), "--questions", "2", "--agents", "2", "--max-new-tokens", "4",
+            "--num-replicas", "1", "--num-cpus", "0", "--teacher", "none", "--modes", "latent-decode",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    [folder] = tmp_path.iterdir()
+    [run] = json.loads((folder / "results.json").read_text())["runs"]
+    assert list(run["summaries"]) == ["latent-decode", "text"] and list(run["over_text"]) == ["latent-decode"]
+    assert {h.metadata["mode"] for h in Trace.from_jsonl(folder / "trace.jsonl").hops} == {"latent-decode", "text"}
+    out = capsys.readouterr().out
+    assert "decode/text" in out and "kv" not in out.split("K = 2 agents")[1]

@@ -258,6 +258,7 @@ def test_standard_specs_label_what_is_loaded(tmp_path, tiny_model) -> None:
 
 
 # ---- the Ray suite end to end -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_suite_runs_as_ray_jobs_and_resumes(bench_home, tiny_backbone_dir, ray_local, tmp_path) -> None:
     from latentcomm.benchmarks import suite
 
@@ -280,6 +281,7 @@ def test_suite_runs_as_ray_jobs_and_resumes(bench_home, tiny_backbone_dir, ray_l
 
 
 # ---- speed benchmarks on the tiny model (the numbers mean nothing here; the plumbing is what is tested) --------
+@pytest.mark.slow
 def test_bench_serve_measures_every_mode_and_the_http_path(tiny_backbone_dir, ray_local, tmp_path) -> None:
     from latentcomm.benchmarks import serve
 

@@ -72,21 +72,17 @@ def test_chain_samples_follow_the_curriculum_and_the_seed():
     assert len(data) == sum(min(t.hops + 1, 3) for t in train)
 
 
-def test_small_sample_statistics():
-    from latentcomm.experiments.stats import paired_sign_test, wilson_interval
+def test_the_committed_reports_regenerate_from_their_results():
+    from latentcomm.experiments import chain, jepa
 
-    lo, hi = wilson_interval(8, 80)
-    assert 0.05 < lo < 0.1 < hi < 0.19  # 8 of 80: the textbook Wilson interval 0.052-0.185
-    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
-    same = paired_sign_test([True, False, True], [True, False, True])
-    assert same == {"only_a": 0, "only_b": 0, "p_value": 1.0}
-    apart = paired_sign_test([True] * 10, [False] * 10)  # 10 discordant questions, all one way: p = 2 / 2**10
-    assert apart["only_a"] == 10 and abs(apart["p_value"] - 2 / 1024) < 1e-12
-    with pytest.raises(ValueError):
-        paired_sign_test([True], [True, False])
+    for name, module in (("chain", chain), ("jepa", jepa)):
+        folder = Path(__file__).resolve().parent.parent / "reports" / name
+        results = json.loads((folder / "results.json").read_text())
+        assert module.markdown(results) == (folder / "report.md").read_text(), name
 
 
 # ---- latent chaining end to end --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_step_chain_runs_end_to_end_and_resumes(tiny_backbone_dir, ray_local, tmp_path):
     from latentcomm.experiments import chain
 
@@ -149,6 +145,7 @@ def jepa_run(tmp_path_factory, tiny_backbone_dir) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_every_jepa_variant_trains_and_saves_a_loadable_head(jepa_run, tiny_backbone_dir, tmp_path):
     from test_bench import write_fixture_data
 

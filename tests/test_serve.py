@@ -55,6 +55,7 @@ def local(tiny_backbone_dir):
                                  max_new_tokens=8)).model
 
 
+@pytest.mark.slow
 def test_every_route_round_trips(urls, local):
     client = Client(urls[0])
     question = "What is the capital of France?"
@@ -70,6 +71,7 @@ def test_every_route_round_trips(urls, local):
     assert info["fingerprint"] == local.fingerprint and info["counters"]["text_batches"] >= 1
 
 
+@pytest.mark.slow
 def test_json_text_in_json_or_bytes_out(urls, local):
     answer = requests.post(f"{urls[0]}/respond", json={"text": "hi", "max_new_tokens": 5}, timeout=120)
     assert answer.status_code == 200 and answer.json()["text"] == local.respond("hi", max_new_tokens=5)[0]
@@ -114,6 +116,7 @@ def _length(reply: bytes) -> int:
     return 1 << 30
 
 
+@pytest.mark.slow
 def test_oversized_bodies_get_413_before_they_are_read(urls):
     host = urls[0].split("//")[1]
     declared = f"POST /decode HTTP/1.1\r\nHost: {host}\r\nContent-Type: {PROTOCOL_TYPE}\r\nContent-Length: {10**10}\r\n"
@@ -127,6 +130,7 @@ def test_oversized_bodies_get_413_before_they_are_read(urls):
     assert reply.status_code == 413 and "LimitExceeded" in reply.text
 
 
+@pytest.mark.slow
 def test_malformed_requests_get_400_with_the_protocol_error(urls, local):
     url = urls[0]
     cases = [("decode", b"not a message", PROTOCOL_TYPE, 400, "MalformedMessage"),
@@ -148,6 +152,7 @@ def test_malformed_requests_get_400_with_the_protocol_error(urls, local):
                          headers={"Content-Type": PROTOCOL_TYPE}).status_code == 400
 
 
+@pytest.mark.slow
 def test_keys_are_required_and_replies_signed(urls):
     signed = Client(urls[1], key=KEY)
     latent = signed.compress("hi")  # verified with KEY by the client: the reply was signed
@@ -168,6 +173,7 @@ def test_the_client_and_the_protocol_load_without_torch():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_example_talks_to_the_server_with_plain_requests(urls):
     done = subprocess.run([sys.executable, str(EXAMPLE), "--url", urls[0], "--max-new-tokens", "4"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, **QUIET_ENV})

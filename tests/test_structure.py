@@ -69,7 +69,8 @@ CORE_ALLOWED = {
 
 def _modules() -> dict[str, Path]:
     modules = {}
-    folders = {**FOLDERS, **{f"latentcomm/{sub}": f"latentcomm.{sub}" for sub in SUBPACKAGES}}
+    folders = {**FOLDERS, **{f"latentcomm/{sub}": f"latentcomm.{sub}" for sub in SUBPACKAGES},
+               "actors/job": "latentcomm.actors.job"}
     for folder, package in folders.items():
         for path in sorted((ROOT / folder).glob("*.py")):
             modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path

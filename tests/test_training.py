@@ -83,6 +83,7 @@ def tiny_run(tmp_path_factory, tiny_backbone_dir, ray_local) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_generation_skips_finished_shards_and_never_duplicates(tiny_run, tiny_backbone_dir):
     out = tiny_run / "responses"
     queries = read_queries(tiny_run / "queries.jsonl")
@@ -101,6 +102,7 @@ def test_generation_skips_finished_shards_and_never_duplicates(tiny_run, tiny_ba
 
 
 
+@pytest.mark.slow
 def test_responses_export_and_import_round_trip(tiny_run, tmp_path):
     from latentcomm.training.responses import export_responses, import_responses
 
@@ -116,6 +118,7 @@ def test_responses_export_and_import_round_trip(tiny_run, tmp_path):
         import_responses(archive, tmp_path / "other")
 
 
+@pytest.mark.slow
 def test_targets_are_cached_unit_vectors(tiny_run):
     targets = compute_targets(tiny_run / "responses", "self")
     assert targets.embeddings.shape == (40, 64)
@@ -154,6 +157,7 @@ def uninterrupted(tiny_run, tiny_backbone_dir, tmp_path_factory) -> tuple[Path, 
     return out, args
 
 
+@pytest.mark.slow
 def test_single_process_training_learns_and_writes_outputs(uninterrupted):
     out, _ = uninterrupted
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -167,6 +171,7 @@ def test_single_process_training_learns_and_writes_outputs(uninterrupted):
     assert model.config.num_compression == 3 and model.config.embed_dim == 64
 
 
+@pytest.mark.slow
 def test_training_ends_with_a_closed_form_align_head(tiny_run, tiny_backbone_dir, tmp_path):
     from latentcomm.model.embedder import GenerativeEmbedder
 
@@ -182,6 +187,7 @@ def test_training_ends_with_a_closed_form_align_head(tiny_run, tiny_backbone_dir
     assert model.config.embed_dim == 64
 
 
+@pytest.mark.slow
 def test_a_loss_that_stops_being_finite_stops_training_and_saves_no_head(uninterrupted, tmp_path):
     _, args = uninterrupted
     out = tmp_path / "diverged"
@@ -191,6 +197,7 @@ def test_a_loss_that_stops_being_finite_stops_training_and_saves_no_head(uninter
     assert "Traceback" not in done.stderr and not (out / "head").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_matches_uninterrupted(uninterrupted, tmp_path):
     reference, args = uninterrupted
     _train([*args, "--grad-accum", "2", "--out", str(tmp_path), "--stop-after", "2"])
@@ -203,6 +210,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(uninterrupted, tmp_pa
         np.testing.assert_allclose(got[name].numpy(), expected[name].numpy(), rtol=0, atol=1e-7, err_msg=name)
 
 
+@pytest.mark.slow
 def test_ray_train_two_workers_match_gradient_accumulation(uninterrupted, tmp_path):
     """2 workers x micro-batch 4 see the same global batches as 1 process x 4 x accumulation 2."""
     from latentcomm.training.train import train_with_ray
@@ -222,6 +230,7 @@ def test_ray_train_two_workers_match_gradient_accumulation(uninterrupted, tmp_pa
         np.testing.assert_allclose(got[name].numpy(), expected[name].numpy(), atol=1e-4, err_msg=name)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_every_method(uninterrupted, tiny_run, tiny_backbone_dir, tmp_path):
     from latentcomm.training.evaluate import evaluate, plot_evaluation
     from latentcomm.training.fidelity import retrieval_scores
@@ -270,6 +279,7 @@ def test_grounded_samples_hold_their_response_and_are_drawn_deterministically():
         TrainConfig(grounding_share=-0.1)
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_a_saved_head_and_refuses_another_shape(uninterrupted, tmp_path):
     reference, args = uninterrupted
     out = tmp_path / "warm"

@@ -54,7 +54,7 @@ EXPERIMENTS: dict[str, Command] = {
 }
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("latentcomm.actors.main_job", "the main job: agents talk in latents and in text, side by side"),
+    "run": Command("latentcomm.actors.job.main", "the main job: agents talk in latents and in text, side by side"),
     "serve": Command("latentcomm.actors.serve", "the replicas behind an HTTP front door (Ray Serve, protocol bytes)"),
     "info": Command("latentcomm.cli.info", "device, the backbone dtype chosen and why, threads, installed integrations"),
     "demo": Command("latentcomm.cli.demo", "compress, embed and decode a few queries on one process"),
