@@ -27,6 +27,7 @@ import collections
 import hashlib
 import logging
 import time
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ from ray.exceptions import RayActorError
 from latentcomm.actors.trace import Hop, Trace
 from latentcomm.errors import OrderingError, ConflictingMessageError
 from latentcomm.engine.messaging import address, message_embedding
+from latentcomm.model.optimise import OptimiseConfig
 from latentcomm.runtime.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
 from latentcomm.protocols import (DEFAULT_LIMITS, KINDS, LatentMessage, Limits, MetaValue, ProtocolError, pack, sign,
                                   unpack)
@@ -121,14 +123,16 @@ class Agent:
 
     ``key`` (bytes) signs every message it sends and makes it reject unsigned or forged messages.
     ``wire_dtype`` is the dtype of latents and embeddings it sends (``float16`` halves the bytes with
-    a cosine above 0.9999). ``limits`` bound what it unpacks (raise them for KV caches of big backbones). Every
-    handled message is recorded in ``trace``.
+    a cosine above 0.9999). ``limits`` bound what it unpacks (raise them for KV caches of big backbones). With
+    ``refine``, every latent it sends is fitted to what it read for up to ``refine.steps`` steps before it leaves
+    (``latentcomm.model.optimise``: the sender spends compute so that the latent carries its text). Every handled
+    message is recorded in ``trace``.
     """
 
     def __init__(self, name: str, pool: ReplicaPool, *, role: str = "", key: bytes | None = None,
                  trace: Trace | None = None, wire_dtype: str = "float16", max_new_tokens: int | None = None,
                  redeliver_for_s: float = 120.0, order_timeout_s: float = 120.0, remember: int = 100_000,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, refine: OptimiseConfig | None = None) -> None:
         if not name:
             raise ValueError("an agent needs a non-empty name")
         self.name = name
@@ -138,6 +142,7 @@ class Agent:
         self.trace = trace if trace is not None else Trace()
         self.wire_dtype = wire_dtype
         self.limits = limits
+        self.refine = refine
         self.max_new_tokens = max_new_tokens
         self.redeliver_for_s = redeliver_for_s
         self.order_timeout_s = order_timeout_s
@@ -209,7 +214,9 @@ class Agent:
         method = SENDS[kind]
         if method is not None:
             item = self.prompt(said) if kind == "embedding" else self.parts(said)
-            [data] = await self.pool.call(method, [item], dtype=self.wire_dtype, routing=[routing])
+            refine = {"refine": self.refine, "refine_targets": [self.restatement(said)]} \
+                if kind == "latent" and self.refine is not None else {}
+            [data] = await self.pool.call(method, [item], dtype=self.wire_dtype, routing=[routing], **refine)
         else:
             text = await self.respond(said) if generate else said
             data = pack(LatentMessage.from_text(text, **routing))
@@ -224,6 +231,19 @@ class Agent:
         stream, routing = self._routing(to, conversation_id, message.metadata)
         return await self._deliver(to, pack(address(message, created_ns=time.time_ns(), **routing)), stream,
                                    routing["metadata"][SEQ_KEY])
+
+    async def forward(self, to: Recipient, incoming: Incoming, *, conversation_id: str = "default") -> Any:
+        """Send a received message on unchanged (its kind, payload and the head that made it) as a new message of
+        this agent's; returns the receiver's handler result."""
+        return await self.send_message(to, address(incoming.message, message_id=uuid.uuid4().hex),
+                                       conversation_id=conversation_id)
+
+    def restatement(self, said: Said) -> str:
+        """The text this agent's refined latents are fitted to carry: what it read as text (strings and received
+        texts), without its role prompt (a received latent or KV prefix is no text to restate)."""
+        items = [said] if isinstance(said, (str, Incoming)) else list(said)
+        return "".join(p if isinstance(p, str) else p.message.text() for p in items
+                       if isinstance(p, str) or (isinstance(p, Incoming) and p.kind == "text")).strip()
 
     async def respond(self, said: Said) -> str:
         """This agent's own text answer to ``said`` (under the role prompt; latents read in context)."""

@@ -53,9 +53,10 @@ class Task:
         return f"{item.context}\n\nQuestion: {item.question}" if item.context != item.question else item.question
 
     def later_input(self, item: Item, message: Any, *, last: bool) -> list[Any]:
-        """The parts a later agent reads: the question, the message (a latent or a text), and for the last one
-        the task's ask."""
-        return [f"Question: {item.question}\n\n{EVALUATION_INSTRUCTION[0]}", message,
+        """The parts a later agent reads: the question, the message (a latent or a text; a list: several, in the
+        order they came), and for the last one the task's ask."""
+        messages = message if isinstance(message, list) else [message]
+        return [f"Question: {item.question}\n\n{EVALUATION_INSTRUCTION[0]}", *messages,
                 f"\n{self.ask}" if last else ""]
 
     def floor_input(self, item: Item) -> str:

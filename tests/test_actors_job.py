@@ -13,7 +13,7 @@ import latentcomm.engine.replica as replica_module
 from latentcomm.actors.agent import Agent, keep_latent
 from latentcomm.actors.job.config import JobConfig, parse_config
 from latentcomm.actors.job.main import main
-from latentcomm.actors.job.modes import MODES
+from latentcomm.actors.job.modes import MODES, mode_named
 from latentcomm.actors.job.run import Held, answer, answer_held_kv, build_chain
 from latentcomm.actors.tasks import FACTS, GSM8K, get_task
 from latentcomm.actors.trace import Trace
@@ -88,6 +88,56 @@ async def test_latent_mode_generates_only_at_the_last_agent(replica):
     trace.annotate({mid: "decoded" for mid in held.latents})
     assert {(h.text, h.text_from) for h in trace.hops} == {("decoded", "off the clock")}
     assert "[decoded off the clock] decoded" in trace.table()
+
+
+async def test_forward_mode_relays_what_it_received_beside_its_own_latent(replica, monkeypatch):
+    [item] = FACTS.load(1, 0)
+    chain, logs, trace = chain_of("latent-forward", 4, replica)
+    read: list[list] = []
+    respond = replica.respond
+
+    async def spy(texts, **kwargs):
+        read.append(texts[0])
+        return await respond(texts, **kwargs)
+
+    monkeypatch.setattr(replica, "respond", spy)
+    held = Held()
+    await answer(item, MODES["latent-forward"], chain, FACTS, held)
+    assert logs == {"holder": ["compress"], "relay1": ["compress"], "relay2": ["compress"], "answerer": ["respond"]}
+    hops = [(h.sender, h.receiver) for h in trace.hops]
+    assert hops == [("holder", "relay1"), ("relay1", "relay2"), ("relay1", "relay2"), ("relay2", "answerer"),
+                    ("relay2", "answerer"), ("relay2", "answerer")]
+    assert len({h.message_id for h in trace.hops}) == 6, "a forwarded message is a new message"
+    latents = [p for p in read[0] if not isinstance(p, str)]
+    assert len(latents) == 3 and all(m.kind == "latent" for m in latents)
+    original = unpack(held.latents[trace.hops[0].message_id])
+    assert latents[0].payload == original.payload and latents[0].fingerprint == original.fingerprint
+    assert latents[0].sender == "relay2" and latents[0].message_id != original.message_id
+    assert trace.hops[0].bytes == trace.hops[1].bytes == trace.hops[3].bytes, "forwarded unchanged"
+
+
+async def test_refine_mode_fits_every_sent_latent_to_its_senders_text(replica, monkeypatch):
+    [item] = FACTS.load(1, 0)
+    [mode] = parse_config(["--modes", "refine", "--refine-steps", "2"]).run_modes[:1]
+    chain, logs, trace = chain_of("latent-forward", 3, replica)
+    for agent in chain:
+        agent.refine = mode.refine
+    asked = []
+    compress = replica.compress
+
+    async def spy(texts, **kwargs):
+        asked.append(kwargs)
+        return await compress(texts, **kwargs)
+
+    monkeypatch.setattr(replica, "compress", spy)
+    await answer(item, mode, chain, FACTS, Held())
+    assert [a["refine"].steps for a in asked] == [2, 2]
+    assert asked[0]["refine_targets"] == [FACTS.first_input(item)], "the holder's text, without its role"
+    assert FACTS.first_role not in asked[0]["refine_targets"][0]
+    plain = await compress([[FACTS.first_input(item)]], dtype="float32")
+    refined = await compress([[FACTS.first_input(item)]], dtype="float32", refine=mode.refine,
+                             refine_targets=asked[0]["refine_targets"])
+    assert unpack(plain[0]).payload != unpack(refined[0]).payload
 
 
 async def test_latent_decode_and_text_modes(replica):
@@ -238,6 +288,10 @@ class LetterTeacher:
         return np.array([[t.count(c) + 0.01 for c in "abcde"] for t in texts], dtype=np.float32)
 
 
+FIRST_MODES = ("latent", "latent-decode", "kv", "text")
+"""The modes of the runs stored under results/main-job/ so far."""
+
+
 def fake_job(modes: tuple[str, ...], finals: dict[str, list[str]]):
     """A ``JobRun`` of one chain of 3 agents with the given final answers (two questions) and one hop per link."""
     from latentcomm.actors.job.results import Answer
@@ -249,7 +303,7 @@ def fake_job(modes: tuple[str, ...], finals: dict[str, list[str]]):
     for mode in (m.name for m in config.run_modes):
         for q in ("q0", "q1"):
             for sender, receiver in (("holder", "relay1"), ("relay1", "answerer")):
-                trace.record(Hop(f"{mode}:{q}", f"{mode}-{q}-{sender}", sender, receiver, MODES[mode].kind, 100,
+                trace.record(Hop(f"{mode}:{q}", f"{mode}-{q}-{sender}", sender, receiver, mode_named(mode).kind, 100,
                                  0.1, 0.0, 0.0, 0.2, metadata={"mode": mode, "question": q, "agents": 3}))
     runs = {m.name: ModeRun(m.name, 3, [Answer(q, m.name, 3, f, f == "abc", 1.0, 0.5)
                                         for q, f in zip(("q0", "q1"), finals[m.name])], 4.0, 2)
@@ -259,7 +313,14 @@ def fake_job(modes: tuple[str, ...], finals: dict[str, list[str]]):
 
 
 def test_modes_flag_picks_modes_and_text_always_runs(capsys):
-    assert [m.name for m in parse_config([]).run_modes] == ["latent", "latent-decode", "kv", "text"]
+    assert [m.name for m in parse_config([]).run_modes] == ["latent", "latent-forward", "latent-decode", "refine-5",
+                                                           "refine-20", "optimised", "kv", "text"]
+    refined = parse_config(["--modes", "refine", "optimised", "--refine-steps", "3", "7", "3", "--optimise-steps", "9"])
+    assert [(m.name, m.refine.steps, m.relay) for m in refined.run_modes[:3]] == [
+        ("refine-3", 3, "forward"), ("refine-7", 7, "forward"), ("optimised", 9, "forward")]
+    assert refined.run_modes[-1].name == "text" and refined.run_modes[-1].refine is None
+    with pytest.raises(UsageError, match="--refine-steps"):
+        parse_config(["--refine-steps", "0"])
     assert [m.name for m in parse_config(["--modes", "kv", "latent"]).run_modes] == ["latent", "kv", "text"]
     assert [m.name for m in parse_config(["--modes", "text"]).run_modes] == ["text"]
     with pytest.raises(UsageError, match="--modes.*unknown mode 'telepathy'"):
@@ -277,7 +338,7 @@ def test_scoring_returns_new_values_and_changes_nothing_it_is_given():
 
     finals = {"latent": ["abc", "xyz"], "latent-decode": ["abd", "abc"], "kv": ["abc", "abc"],
               "text": ["abc", "ddd"], "floor": ["eee", "abc"]}
-    config, job = fake_job(tuple(MODES), finals)
+    config, job = fake_job(FIRST_MODES, finals)
 
     def given() -> list[Any]:
         return [*(run for chain in job.chains.values() for run in chain.values()), *job.floor, *job.trace.hops]
@@ -287,7 +348,7 @@ def test_scoring_returns_new_values_and_changes_nothing_it_is_given():
     assert [dataclasses.asdict(v) for v in given()] == before  # nothing scored in place
     assert all(a.agreement is None for run in job.chains[3].values() for a in run.answers)
     [run] = result.runs
-    assert list(run.summaries) == list(MODES) and list(run.over_text) == ["latent", "latent-decode", "kv"]
+    assert list(run.summaries) == list(FIRST_MODES) and list(run.over_text) == ["latent", "latent-decode", "kv"]
     assert run.summaries["kv"].task_score == 1.0 and run.summaries["text"].task_score == 0.5
     assert run.over_text["kv"].task_score == 2.0 and run.over_text["kv"].wall_s == 1.0
     assert run.against_text["kv"] == {"a_only": 1, "b_only": 0, "p": 1.0}
@@ -306,20 +367,20 @@ def test_results_json_keeps_the_keys_of_the_runs_written_so_far():
     from latentcomm.actors.job.score import score_job
 
     stored = json.loads((Path(__file__).parent.parent / "results/main-job/k4-36-warm/results.json").read_text())
-    finals = {name: ["abc", "abd"] for name in (*MODES, "floor")}
-    config, job = fake_job(tuple(MODES), finals)
+    finals = {name: ["abc", "abd"] for name in (*FIRST_MODES, "floor")}
+    config, job = fake_job(FIRST_MODES, finals)
     written = json.loads(json.dumps(score_job(job, config, LetterTeacher()).to_dict()))
     assert list(written) == list(stored)
     [run], [old] = written["runs"], stored["runs"][:1]
     assert list(run) == list(old) and list(run["summaries"]) == list(old["summaries"])
-    for mode in MODES:
+    for mode in FIRST_MODES:
         assert list(run["summaries"][mode]) == list(old["summaries"][mode])
         assert list(run["summaries"][mode]["hops"]["holder->relay1"]) == list(old["summaries"][mode]["hops"]
                                                                              ["holder->relay1"])
     assert run["floor"].keys() == old["floor"].keys() and run["over_text"]["kv"].keys() == old["over_text"]["kv"].keys()
     assert run["against_text"]["kv"].keys() == old["against_text"]["kv"].keys()
     assert list(written["answers"][0]) == list(stored["answers"][0])
-    assert set(written["config"]) - set(stored["config"]) == {"modes"}
+    assert set(written["config"]) - set(stored["config"]) == {"modes", "refine_steps", "optimise_steps"}
 
 
 def test_tables_follow_the_modes_that_ran():

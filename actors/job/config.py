@@ -30,6 +30,10 @@ class JobConfig:
     """Chain lengths to run one after the other (e.g. 2 3 4 5) instead of ``agents``."""
     modes: tuple[str, ...] = tuple(MODES)
     """The modes to run (names of ``MODES``); the text baseline runs whatever is chosen."""
+    refine_steps: tuple[int, ...] = (5, 20)
+    """The ``refine`` modes: one per value, every latent fitted that many steps to its sender's text."""
+    optimise_steps: int = 100
+    """The most steps of the ``optimised`` mode (it stops where the receiver restates the text)."""
     concurrency: int = 2
     """Questions in flight at once, in every mode."""
     wire_dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float16"
@@ -50,6 +54,8 @@ class JobConfig:
             raise ValueError("questions and concurrency must be >= 1 and offset >= 0")
         if not self.modes:
             raise ValueError("modes: name at least one")
+        if any(k < 1 for k in self.refine_steps) or self.optimise_steps < 1:
+            raise ValueError("refine_steps and optimise_steps must be >= 1")
         modes_to_run(self.modes)
 
     @property
@@ -59,7 +65,8 @@ class JobConfig:
     @property
     def run_modes(self) -> tuple[Mode, ...]:
         """The modes that run, in table order: those chosen and the text baseline."""
-        return modes_to_run(self.modes)
+        return modes_to_run(self.modes, refine_steps=tuple(dict.fromkeys(self.refine_steps)),
+                            optimise_steps=self.optimise_steps)
 
 
 HELPS = {"task": f"what the chain answers: {', '.join(TASKS)}", "questions": "how many questions",
@@ -68,6 +75,8 @@ HELPS = {"task": f"what the chain answers: {', '.join(TASKS)}", "questions": "ho
          "modes": f"the modes to run ({', '.join(MODES)}); '{BASELINE}' always runs too (every ratio is against "
                   "it), and so does the floor (the last agent without any message). "
                   + "; ".join(f"{m.name}: {m.help}" for m in MODES.values()),
+         "refine_steps": "the refine modes: one per value, every latent fitted that many steps to its sender's text",
+         "optimise_steps": "the most steps of the optimised mode (it stops once the receiver restates the text)",
          "concurrency": "questions in flight",
          "wire_dtype": "dtype of the latents on the wire",
          "weights_dtype": "backbone dtype (default: the device's fast one)",
@@ -95,7 +104,8 @@ def parse_config(argv: list[str] | None) -> JobConfig:
     p = parser("run", DESCRIPTION)
     add_config_arguments(p, JobConfig, helps=HELPS, exclude=("head_config",),
                          flag_types={"questions": count(1), "offset": count(0), "agents": count(2),
-                                     "sweep": count(2), "modes": mode_name, "concurrency": count(1),
+                                     "sweep": count(2), "modes": mode_name,
+                                     "refine_steps": count(1), "optimise_steps": count(1), "concurrency": count(1),
                                      "backbone": backbone_source, "head": head_folder,
                                      "teacher": teacher_source("minilm", "none"), "out": output_dir,
                                      "num_threads": count(1), "max_new_tokens": count(1), "num_replicas": count(1)})

@@ -6,14 +6,17 @@ baseline every other mode is compared with: it always runs.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from latentcomm.actors.agent import Agent, Handler, Recipient, Said, decode_latent, keep_latent
+from latentcomm.model.optimise import OptimiseConfig
 from latentcomm.protocols import MetaValue
 
 HopKind = Literal["latent", "kv", "text"]
+Relay = Literal["fold", "forward"]
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,20 @@ class Mode:
     """Short name in the ratio columns (``label/text``); the name when empty."""
     color: str | None = None
     """Its line in ``run.png`` (None: matplotlib's next colour)."""
+    relay: Relay = "fold"
+    """What a relay sends: one message of all it read ("fold": a received latent is compressed again with the
+    relay's own input), or what it received, unchanged, beside its own message ("forward")."""
+    refine: OptimiseConfig | None = None
+    """Every latent a sender sends is fitted to its text for up to ``refine.steps`` steps first (None: the head's
+    latent as it is)."""
 
     def __post_init__(self) -> None:
         if self.generate and self.kind != "text":
             raise ValueError(f"mode {self.name!r}: only a text hop can be generated")
+        if self.relay == "forward" and self.kind != "latent":
+            raise ValueError(f"mode {self.name!r}: only latents are forwarded")
+        if self.refine is not None and self.kind != "latent":
+            raise ValueError(f"mode {self.name!r}: only latents are refined")
 
     @property
     def short(self) -> str:
@@ -43,17 +56,33 @@ class Mode:
 
 
 BASELINE = "text"
+REFINE = "refine"
+"""The family of modes ``refine-<k>``: latents fitted k steps, one mode per ``--refine-steps`` value."""
+OPTIMISE_STOP_LOSS = 0.05
+"""Where the optimised latent stops (nats per restated token: the receiver restates the text almost surely)."""
 MODES: dict[str, Mode] = {mode.name: mode for mode in (
     Mode("latent", "latent", "every agent but the last sends its latent (one forward pass), which the next one "
-         "reads in context", read=keep_latent, color="tab:blue"),
+         "reads in context; a relay compresses what it received again with its own input", read=keep_latent,
+         color="tab:blue"),
+    Mode("latent-forward", "latent", "as latent, but a relay forwards what it received unchanged beside its own "
+         "latent (the last agent reads K - 1 latents)", read=keep_latent, relay="forward", label="forward",
+         color="tab:cyan"),
     Mode("latent-decode", "latent", "as latent, but each receiver first decodes the latent to text and reads that",
          read=decode_latent, label="decode", color="tab:orange"),
+    Mode(REFINE, "latent", "as latent-forward, but every latent is first fitted to its sender's text for k steps "
+         "(refine-<k>, one mode per --refine-steps value)", read=keep_latent, relay="forward",
+         refine=OptimiseConfig(steps=0, stop_loss=OPTIMISE_STOP_LOSS), color="tab:purple"),
+    Mode("optimised", "latent", "as latent-forward, but every latent is fitted to its sender's text until the "
+         "receiver restates it (the bound; at most --optimise-steps steps)", read=keep_latent, relay="forward",
+         refine=OptimiseConfig(steps=0, stop_loss=OPTIMISE_STOP_LOSS), label="opt", color="tab:red"),
     Mode("kv", "kv", "every agent but the last sends the KV cache of all it read (one forward pass), the "
          "last one answers after it", color="tab:green"),
     Mode(BASELINE, "text", "every agent generates its answer and sends the text (the baseline)", generate=True,
          color="tab:gray"),
 )}
-"""Every mode, in the order they run and are tabulated."""
+"""Every mode, in the order they run and are tabulated (``refine`` and ``optimised`` take their steps from the
+job's flags: ``modes_to_run``)."""
+
 
 async def send(mode: Mode, sender: Agent, receiver: Recipient, said: Said, *, conversation_id: str,
                metadata: Mapping[str, MetaValue]) -> Any:
@@ -62,9 +91,36 @@ async def send(mode: Mode, sender: Agent, receiver: Recipient, said: Said, *, co
                              metadata=metadata)
 
 
-def modes_to_run(names: tuple[str, ...]) -> tuple[Mode, ...]:
-    """The modes named, in table order, with the baseline added (every ratio is against it)."""
+def refine_mode(steps: int) -> Mode:
+    """The ``refine-<steps>`` mode."""
+    mode = MODES[REFINE]
+    return dataclasses.replace(mode, name=f"{REFINE}-{steps}", label=f"r{steps}",
+                               refine=dataclasses.replace(mode.refine, steps=steps))
+
+
+def mode_named(name: str) -> Mode:
+    """The mode of a results row: an entry of ``MODES`` or a ``refine-<k>`` mode."""
+    prefix = f"{REFINE}-"
+    if name not in MODES and name.startswith(prefix) and name[len(prefix):].isdigit():
+        return refine_mode(int(name[len(prefix):]))
+    return MODES[name]
+
+
+def modes_to_run(names: tuple[str, ...], *, refine_steps: tuple[int, ...] = (), optimise_steps: int = 0
+                 ) -> tuple[Mode, ...]:
+    """The modes named, in table order, with the baseline added (every ratio is against it): ``refine`` becomes
+    one mode per value of ``refine_steps``, ``optimised`` gets ``optimise_steps`` steps at most."""
     unknown = sorted(set(names) - set(MODES))
     if unknown:
         raise ValueError(f"modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
-    return tuple(mode for name, mode in MODES.items() if name in names or name == BASELINE)
+    chosen: list[Mode] = []
+    for name, mode in MODES.items():
+        if name not in names and name != BASELINE:
+            continue
+        if name == REFINE:
+            chosen += [refine_mode(k) for k in refine_steps]
+        elif mode.refine is not None:
+            chosen.append(dataclasses.replace(mode, refine=dataclasses.replace(mode.refine, steps=optimise_steps)))
+        else:
+            chosen.append(mode)
+    return tuple(chosen)

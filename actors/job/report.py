@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from latentcomm.actors.job.modes import MODES
+from latentcomm.actors.job.modes import mode_named
 from latentcomm.actors.job.results import ChainResult, RunResult
 from latentcomm.actors.trace import Trace
 from latentcomm.stats import format_interval
@@ -50,7 +50,7 @@ def table(run: ChainResult) -> str:
     s, floor, q = run.summaries, run.floor, run.over_text
     modes, compared = list(s), list(q)
     blank = [""] * len(compared)
-    rows = [("", *modes, "floor", *(f"{MODES[m].short}/text" for m in compared))]
+    rows = [("", *modes, "floor", *(f"{mode_named(m).short}/text" for m in compared))]
 
     def row(name: str, key: str, spec: str, floor_value: Any = "", ratio: bool = True) -> None:
         cells = [fmt(getattr(s[m], key), spec) for m in modes]
@@ -76,7 +76,7 @@ def table(run: ChainResult) -> str:
 def sweep_table(runs: Sequence[ChainResult]) -> str:
     """Wall time and task score per K and mode, with each compared mode's time over text's."""
     modes, compared = list(runs[0].summaries), list(runs[0].over_text)
-    rows = [("K", *(f"{m} s" for m in modes), *(f"{MODES[m].short}/text time" for m in compared),
+    rows = [("K", *(f"{m} s" for m in modes), *(f"{mode_named(m).short}/text time" for m in compared),
              *(f"{m} score" for m in modes), "floor")]
     for run in runs:
         s = run.summaries
@@ -98,7 +98,7 @@ def plot(runs: Sequence[ChainResult], path: Path, title: str) -> None:
     for mode in runs[0].summaries:
         for ax, key in zip(axes, ("wall_s", "task_score", "agreement_cosine")):
             values = [getattr(run.summaries[mode], key) for run in runs]
-            ax.plot(ks, [np.nan if v is None else v for v in values], "o-", color=MODES[mode].color, label=mode)
+            ax.plot(ks, [np.nan if v is None else v for v in values], "o-", color=mode_named(mode).color, label=mode)
     axes[1].plot(ks, [run.floor.task_score for run in runs], "kx--", label="floor (no message)")
     axes[0].set(xlabel="agents in the chain (K)", ylabel="wall time of all questions (s)", xticks=ks)
     axes[1].set(xlabel="agents in the chain (K)", ylabel="task score", ylim=(-0.02, 1.02), xticks=ks)

@@ -74,7 +74,7 @@ def build_chain(mode: Mode, k: int, task: Task, pool: ReplicaPool, trace: Trace,
     names = agent_names(k)
     roles = [task.first_role, *[task.relay_role] * (k - 2), task.last_role]
     chain = [Agent(name, pool, role=role, key=key, trace=trace, wire_dtype=config.wire_dtype,
-                   max_new_tokens=config.replica.max_new_tokens, limits=config.replica.limits)
+                   max_new_tokens=config.replica.max_new_tokens, limits=config.replica.limits, refine=mode.refine)
              for name, role in zip(names, roles)]
     if mode.read is not None:
         for agent in chain[1:]:
@@ -89,13 +89,17 @@ async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: H
     conversation = f"{mode.name}:{len(chain)}:{item.id}"  # a unique stream name; nothing is parsed back out of it
     start = time.perf_counter()
     said: Any = task.first_input(item)
+    carried: list[Incoming] = []  # what the next sender forwards before its own message (mode.relay "forward")
     for hop, (sender, receiver) in enumerate(zip(chain, chain[1:]), 1):
-        received = await send(mode, sender, receiver, said, conversation_id=conversation, metadata=metadata)
+        received = [await sender.forward(receiver, message, conversation_id=conversation) for message in carried]
+        received.append(await send(mode, sender, receiver, said, conversation_id=conversation, metadata=metadata))
         if mode.kind == "kv":
-            held.kv[received.message.message_id] = (sender, said)
-        if isinstance(received, Incoming) and received.kind == "latent":
-            held.latents[received.message.message_id] = received.data
-        said = task.later_input(item, received, last=hop == len(chain) - 1)
+            held.kv[received[-1].message.message_id] = (sender, said)
+        for message in received:
+            if isinstance(message, Incoming) and message.kind == "latent":
+                held.latents[message.message.message_id] = message.data
+        carried = received if mode.relay == "forward" else []
+        said = task.later_input(item, received if len(received) > 1 else received[0], last=hop == len(chain) - 1)
     answer_start = time.perf_counter()
     final = await chain[-1].respond(said)
     done = time.perf_counter()

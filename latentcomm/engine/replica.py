@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from latentcomm.engine.continuous import ContinuousGenerator
 from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, Sampling
 from latentcomm.model.kv import KVPrefix, answer_prompt, prefill
 from latentcomm.model.latent import Latent
+from latentcomm.model.optimise import OptimiseConfig, optimise_latent
 from latentcomm.engine.messaging import embedding_message, kv_message, latent_message, message_kv, message_latent, \
     routing_of
 from latentcomm.model.embedder import GenerativeEmbedder, Part, load_embedder
@@ -133,16 +135,23 @@ class Replica:
 
     # ---- the API (async: concurrent calls batch) -------------------------------------------------------
     async def compress(self, texts: list[WireItem], *, dtype: str = "float16", prompt: str | None = None,
-                       routing: Sequence[Routing] | None = None) -> list[bytes]:
+                       routing: Sequence[Routing] | None = None, refine: OptimiseConfig | None = None,
+                       refine_targets: Sequence[str] | None = None) -> list[bytes]:
         """Inputs -> one packed "latent" message each (one forward pass, shared with concurrent calls).
 
         An input may hold received latents among its parts (an agent answering in a latent). ``routing`` (one
         per input) addresses each message, so it is packed once here, ready to send (unsigned: the sender
-        appends its HMAC trailer with ``protocols.sign``).
+        appends its HMAC trailer with ``protocols.sign``). With ``refine``, each latent is then fitted to its
+        input for up to ``refine.steps`` steps (``latentcomm.model.optimise``: the receiver restates
+        ``refine_targets``, default the input's text), on the model thread, one call at a time.
         """
         items = _items(texts, self.config.limits, kv=False)
         routing = _routing_per_input(routing, len(items))
         latent = await self._texts.submit(_TextRequest(items, prompt, embed=False))
+        if refine is not None and refine.steps:
+            fit = functools.partial(optimise_latent, self.model, items, config=refine, targets=refine_targets,
+                                    initial=latent, show_progress_bar=False)
+            latent = (await self._on_model_thread(fit)).latent
         return [pack(latent_message(latent[i], dtype=dtype, **routing[i])) for i in range(len(latent))]
 
     async def embed(self, messages: list[Received], *, dtype: str = "float32") -> list[bytes]:
