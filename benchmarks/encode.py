@@ -144,9 +144,8 @@ def plot(results: dict, path: Path) -> None:
 def variant(model: GenerativeEmbedder, *, backbone: Backbone | None = None, prefix_cache: bool = True
             ) -> GenerativeEmbedder:
     """The same head on ``backbone`` (default: the same one) with ``prefix_cache`` on or off."""
-    other = GenerativeEmbedder(backbone or model.backbone, model.config)
+    other = GenerativeEmbedder(backbone or model.backbone, model.config, prefix_cache=prefix_cache)
     other.head.load_state_dict(model.head.state_dict())
-    other.prefix_cache = prefix_cache
     return other
 
 

@@ -49,11 +49,12 @@ def padding_share(model: GenerativeEmbedder, chosen: list[Batch]) -> float:
     return 1 - real / padded
 
 
-def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, one_pass: bool) -> tuple[float, list[float]]:
-    """Seconds for forward + backward over ``chosen`` (after one warm-up batch), and each batch's loss."""
+def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, reference: bool) -> tuple[float, list[float]]:
+    """Seconds for forward + backward over ``chosen`` (after one warm-up batch), and each batch's loss; the split
+    step, or with ``reference`` the one-pass step."""
     def step(batch: Batch) -> float:
         queries, responses, targets, instructions = batch
-        out = model(queries, responses, targets, instructions=instructions, one_pass=one_pass)
+        out = model(queries, responses, targets, instructions=instructions, reference=reference)
         out.loss.backward()
         model.zero_grad(set_to_none=True)
         return float(out.loss.detach())
@@ -75,10 +76,10 @@ def run(cfg: TrainConfig, count: int) -> dict[str, Any]:
     samples = count * cfg.micro_batch
     results: dict[str, dict[str, float]] = {}
     losses = {}
-    for name, chosen, one_pass in (("one pass, random batches", random_batches, True),
-                                   ("split, random batches", random_batches, False),
-                                   ("split, bucketed batches", bucketed, False)):
-        seconds, losses[name] = time_steps(model, chosen, one_pass=one_pass)
+    for name, chosen, reference in (("one pass, random batches", random_batches, True),
+                                    ("split, random batches", random_batches, False),
+                                    ("split, bucketed batches", bucketed, False)):
+        seconds, losses[name] = time_steps(model, chosen, reference=reference)
         results[name] = {"seconds": seconds, "samples_per_s": samples / seconds,
                          "padding_share": padding_share(model, chosen)}
     baseline = results["one pass, random batches"]["samples_per_s"]

@@ -247,7 +247,7 @@ class TrainRecipe:
                 with self._autocast():
                     out = engine(queries, responses, targets.to(self.device), recon_weight=cfg.recon_weight,
                                  align_weight=cfg.align_weight, align_loss=cfg.align_loss,
-                                 instructions=instructions, one_pass=not cfg.split_prefix)
+                                 instructions=instructions, reference=not cfg.split_prefix)
                 engine.backward(out.loss)
                 engine.step()
                 sums += torch.tensor([float(out.loss.detach()), out.recon, out.align])
