@@ -14,12 +14,12 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, get_args
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from latentcomm.model.backbone import DEFAULT_BACKBONE, Backbone, WeightsDtype, default_dtype, quantize_int8
+from latentcomm.model.backbone import DEFAULT_BACKBONE, Backbone, default_dtype, quantize_int8
 from latentcomm.cli.parser import backbone_source, count, head_folder, output_dir, parser
 from latentcomm.model.generation import generate
 from latentcomm.model.embedder import MIN_TEMPLATE_CACHE, GenerativeEmbedder, load_embedder
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-batch", type=count(1), default=8)
     p.add_argument("--new-tokens", type=count(1), default=32)
     p.add_argument("--repeat", type=count(1), default=3)
-    p.add_argument("--weights-dtype", "--dtype", choices=get_args(WeightsDtype), default=None,
+    p.add_argument("--weights-dtype", "--dtype", choices=["bfloat16", "float32"], default=None,
                    help="backbone weights dtype (default: the device's fast one)")
     p.add_argument("--peer", choices=["none", "official"], default="none",
                    help="also time the official llm2vec-gen package (if installed) side by side")
