@@ -144,9 +144,8 @@ def plot(results: dict, path: Path) -> None:
 def variant(model: GenerativeEmbedder, *, backbone: Backbone | None = None, prefix_cache: bool = True
             ) -> GenerativeEmbedder:
     """The same head on ``backbone`` (default: the same one) with ``prefix_cache`` on or off."""
-    other = GenerativeEmbedder(backbone or model.backbone, model.config)
+    other = GenerativeEmbedder(backbone or model.backbone, model.config, prefix_cache=prefix_cache)
     other.head.load_state_dict(model.head.state_dict())
-    other.prefix_cache = prefix_cache
     return other
 
 
@@ -216,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-batch", type=count(1), default=8)
     p.add_argument("--new-tokens", type=count(1), default=32)
     p.add_argument("--repeat", type=count(1), default=3)
-    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto")
+    p.add_argument("--weights-dtype", "--dtype", choices=["bfloat16", "float32"], default=None,
+                   help="backbone weights dtype (default: the device's fast one)")
     p.add_argument("--peer", choices=["none", "official"], default="none",
                    help="also time the official llm2vec-gen package (if installed) side by side")
     p.add_argument("--int8", action="store_true", help="also time dynamically quantised int8 linears, with drift")
@@ -225,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=output_dir, default="runs/bench/encode")
     args = p.parse_args(argv)
 
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = load_embedder(args.head, backbone=args.backbone, dtype=dtype)
+    model = load_embedder(args.head, backbone=args.backbone,
+                          dtype=getattr(torch, args.weights_dtype) if args.weights_dtype else None)
     device, dtype = model.device, model.backbone.dtype
     peak = matmul_flops(dtype, device)
     texts = benchmark_texts(args.texts)

@@ -18,15 +18,15 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
-from latentcomm.model.backbone import load_backbone
+from latentcomm.model.backbone import WeightsDtype, load_backbone
 from latentcomm.cli.parser import backbone_source, count, existing_dir, number, output_dir, parser
 from latentcomm.model.embedder import GenerativeEmbedder
-from latentcomm.training.config import TrainConfig
+from latentcomm.training.config import TRAIN_HEAD, TrainConfig
 from latentcomm.training.train import TrainingData
 
 Batch = tuple[list[str], list[str], torch.Tensor, list]
@@ -49,11 +49,12 @@ def padding_share(model: GenerativeEmbedder, chosen: list[Batch]) -> float:
     return 1 - real / padded
 
 
-def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, one_pass: bool) -> tuple[float, list[float]]:
-    """Seconds for forward + backward over ``chosen`` (after one warm-up batch), and each batch's loss."""
+def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, reference: bool) -> tuple[float, list[float]]:
+    """Seconds for forward + backward over ``chosen`` (after one warm-up batch), and each batch's loss; the split
+    step, or with ``reference`` the one-pass step."""
     def step(batch: Batch) -> float:
         queries, responses, targets, instructions = batch
-        out = model(queries, responses, targets, instructions=instructions, one_pass=one_pass)
+        out = model(queries, responses, targets, instructions=instructions, reference=reference)
         out.loss.backward()
         model.zero_grad(set_to_none=True)
         return float(out.loss.detach())
@@ -67,7 +68,7 @@ def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, one_pass: bool
 def run(cfg: TrainConfig, count: int) -> dict[str, Any]:
     data = TrainingData.load(cfg)
     device = torch.device("cpu")
-    backbone = load_backbone(cfg.backbone, device=device, dtype=cfg.backbone_torch_dtype(device))
+    backbone = load_backbone(cfg.backbone, device=device, dtype=cfg.torch_weights_dtype)
     model = GenerativeEmbedder(backbone, cfg.head_config(data.targets.shape[1]), seed=cfg.seed)
     model.train()
     random_batches = batches(data, replace(cfg, bucket_by_length=False), count)
@@ -75,10 +76,10 @@ def run(cfg: TrainConfig, count: int) -> dict[str, Any]:
     samples = count * cfg.micro_batch
     results: dict[str, dict[str, float]] = {}
     losses = {}
-    for name, chosen, one_pass in (("one pass, random batches", random_batches, True),
-                                   ("split, random batches", random_batches, False),
-                                   ("split, bucketed batches", bucketed, False)):
-        seconds, losses[name] = time_steps(model, chosen, one_pass=one_pass)
+    for name, chosen, reference in (("one pass, random batches", random_batches, True),
+                                    ("split, random batches", random_batches, False),
+                                    ("split, bucketed batches", bucketed, False)):
+        seconds, losses[name] = time_steps(model, chosen, reference=reference)
         results[name] = {"seconds": seconds, "samples_per_s": samples / seconds,
                          "padding_share": padding_share(model, chosen)}
     baseline = results["one pass, random batches"]["samples_per_s"]
@@ -120,21 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", required=True, type=existing_dir,
                     help="run directory with responses and targets (as for 'train')")
     ap.add_argument("--backbone", type=backbone_source, default=TrainConfig.backbone)
-    ap.add_argument("--backbone-dtype", default=TrainConfig.backbone_dtype, choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--teacher", default=TrainConfig.teacher)
+    ap.add_argument("--weights-dtype", default=None, choices=get_args(WeightsDtype),
+                    help="backbone weights dtype (default: the device's fast one)")
+    ap.add_argument("--teacher", default=TRAIN_HEAD.teacher)
     ap.add_argument("--micro-batch", type=count(1), default=TrainConfig.micro_batch)
     ap.add_argument("--batches", type=count(1), default=8, help="timed batches per configuration")
     ap.add_argument("--in-context-share", type=number(0, 1), default=0.5)
-    ap.add_argument("--max-response-tokens", type=count(1), default=TrainConfig.max_response_tokens)
+    ap.add_argument("--max-response-tokens", type=count(1), default=TRAIN_HEAD.max_response_tokens)
     ap.add_argument("--threads", type=count(1), default=None, help="torch CPU threads")
     ap.add_argument("--out", type=output_dir, default=f"runs/bench/train-{time.strftime('%Y%m%d-%H%M%S')}")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(run=str(args.run), out=str(args.out), backbone=args.backbone,
-                      backbone_dtype=args.backbone_dtype, teacher=args.teacher,
-                      micro_batch=args.micro_batch, in_context_share=args.in_context_share,
-                      max_response_tokens=args.max_response_tokens)
+    head = replace(TRAIN_HEAD, teacher=args.teacher, max_response_tokens=args.max_response_tokens)
+    cfg = TrainConfig(run=str(args.run), out=str(args.out), backbone=args.backbone, weights_dtype=args.weights_dtype,
+                      head=head, micro_batch=args.micro_batch, in_context_share=args.in_context_share)
     cfg.check_inputs()
     result = run(cfg, args.batches)
     out = Path(args.out)

@@ -112,7 +112,7 @@ def train_step_head(cfg: ChainConfig, tasks: Sequence[ChainTask]) -> Path | None
     folder = cfg.out / "train"
     if (folder / "summary.json").is_file():
         return folder / "head"
-    data = write_chain_data(cfg.out / "data", tasks, cfg.train.teacher, max_hops=cfg.max_hops,
+    data = write_chain_data(cfg.out / "data", tasks, cfg.train.head.teacher, max_hops=cfg.max_hops,
                             curriculum=cfg.curriculum, backbone=cfg.train.backbone)
     train_cfg = replace(cfg.train, run=str(data), out=str(folder), resume=True)
     summary = train_with_ray(train_cfg, ChainRecipe) if train_cfg.workers else run_training(train_cfg, ChainRecipe)

@@ -82,7 +82,7 @@ class ChainData:
     def load(cls, cfg: TrainConfig) -> "ChainData":
         folder = Path(cfg.run)
         settings = json.loads((folder / SETTINGS_FILE).read_text())
-        stored = np.load(folder / targets_file(cfg.teacher))
+        stored = np.load(folder / targets_file(cfg.head.teacher))
         index = {str(text): i for i, text in enumerate(stored["texts"])}
         tasks = read_tasks(folder / TASKS_FILE)
         if not tasks:

@@ -51,8 +51,9 @@ class Variant:
     lora: bool = False
 
     def train_config(self, base: TrainConfig, out: Path, lora_rank: int) -> TrainConfig:
-        return replace(base, out=str(out), teacher=self.teacher, recon_weight=self.recon_weight,
-                       align_loss=self.align_loss, encoder_lora_rank=lora_rank if self.lora else 0, resume=True)
+        head = replace(base.head, teacher=self.teacher, encoder_lora_rank=lora_rank if self.lora else 0)
+        return replace(base, out=str(out), head=head, recon_weight=self.recon_weight, align_loss=self.align_loss,
+                       resume=True)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from latentcomm.training.config import current_form
+
 SETTINGS = "experiment.json"
 LAUNCH_FIELDS = frozenset({"resume", "address", "threads", "stop_after", "num_cpus", "cpus_per_worker", "report"})
 """Config fields that say how a run is launched or where its report goes, not what it computes: they may change
@@ -32,7 +34,10 @@ def prepare_folder(out: Path, settings: dict[str, Any], *, resume: bool) -> None
     if path.is_file():
         if not resume:
             raise FileExistsError(f"{out} holds an experiment already: pass --resume to continue it, or another --out")
-        old = _without_launch_fields(json.loads(path.read_text()))  # a folder recorded before a field became one
+        old = json.loads(path.read_text())
+        if isinstance(old.get("train"), dict):  # recorded before TrainConfig held a HeadConfig: today's form
+            old["train"] = current_form(old["train"])
+        old = _without_launch_fields(old)  # a folder recorded before a field became one
         if old != settings:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ValueError(f"{out} was started with other settings ({changed}); use another --out")

@@ -18,7 +18,7 @@ import torch
 from latentcomm import GenerativeEmbedder, Latent, LatentError
 from latentcomm.cli.main import main as cli_main
 from latentcomm.errors import ConflictingMessageError, UsageError
-from latentcomm.model.embedder import MIN_QUERY_TOKENS
+from latentcomm.model.prompt import MIN_QUERY_TOKENS
 from latentcomm.protocols import LatentMessage, pack, read_messages, unpack, write_message
 from conftest import TINY_HEAD
 
@@ -146,8 +146,8 @@ HOSTILE: list[tuple[str, ...]] = [
     ("train", *RUN_ARGS, "--grad-accum", "0"),
     ("train", *RUN_ARGS, "--epochs", "0"),
     ("train", *RUN_ARGS, "--zero-stage", "4"),
-    ("train", *RUN_ARGS, "--precision", "fp16"),
-    ("train", *RUN_ARGS, "--backbone-dtype", "int8"),
+    ("train", *RUN_ARGS, "--head-dtype", "float16"),
+    ("train", *RUN_ARGS, "--weights-dtype", "int8"),
     ("train", *RUN_ARGS, "--in-context-share", "2"),
     ("train", *RUN_ARGS, "--min-lr-ratio", "2"),
     ("train", *RUN_ARGS, "--warmup-steps", "-1"),
@@ -348,7 +348,7 @@ def test_a_prompt_that_leaves_no_query_room_is_refused_and_a_small_room_warned(t
     with pytest.raises(ValueError, match="no room is left for the query"):
         tiny_model.compress(["bake sourdough", "quantum entanglement"], prompt="word " * budget)
     def room(prompt: str) -> int:
-        return budget - sum(map(len, tiny_model._template(prompt)))
+        return budget - sum(map(len, tiny_model.layout.template(prompt)))
 
     short = next(p for p in ("word " * k for k in range(1, budget)) if 0 < room(p) < MIN_QUERY_TOKENS)
     with pytest.warns(UserWarning, match="leave only"):

@@ -59,11 +59,15 @@ def test_loss_weights_select_terms(tiny_model: GenerativeEmbedder) -> None:
         tiny_model(QUERIES[:2], ["a"], targets)
 
 
-def test_padding_side_and_batching_do_not_change_results(tiny_model: GenerativeEmbedder) -> None:
+def test_padding_side_and_batching_do_not_change_results(tiny_model: GenerativeEmbedder, tiny) -> None:
     left = tiny_model.compress(QUERIES, batch_size=4).vectors
-    tiny_model.padding_side = "right"
-    right = tiny_model.compress(QUERIES, batch_size=4).vectors
-    one_by_one = torch.cat([tiny_model.compress(q).vectors for q in QUERIES])
+    right_padded = GenerativeEmbedder(tiny, TINY_HEAD, seed=0, padding_side="right")
+    right = right_padded.compress(QUERIES, batch_size=4).vectors
+    one_by_one = torch.cat([right_padded.compress(q).vectors for q in QUERIES])
+    with pytest.raises(AttributeError):
+        right_padded.padding_side = "left"  # a constructor argument, not a switch
+    with pytest.raises(ValueError, match="padding_side"):
+        GenerativeEmbedder(tiny, TINY_HEAD, padding_side="middle")  # type: ignore[arg-type]
     torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(left, one_by_one, atol=1e-5, rtol=1e-4)
 
@@ -364,17 +368,17 @@ def _mixed_items(model: GenerativeEmbedder) -> list:
             latent[1]]
 
 
-def test_parts_compress_shapes_and_padding_side_invariance(tiny_model: GenerativeEmbedder) -> None:
+def test_parts_compress_shapes_and_padding_side_invariance(tiny_model: GenerativeEmbedder, tiny) -> None:
     items = _mixed_items(tiny_model)
     left = tiny_model.compress(items, batch_size=5).vectors
     assert left.shape == (5, TINY_HEAD.num_compression, 64)
-    tiny_model.padding_side = "right"
-    right = tiny_model.compress(items, batch_size=5).vectors
-    one_by_one = torch.cat([tiny_model.compress([item]).vectors for item in items])
+    right_padded = GenerativeEmbedder(tiny, TINY_HEAD, seed=0, padding_side="right")
+    right = right_padded.compress(items, batch_size=5).vectors
+    one_by_one = torch.cat([right_padded.compress([item]).vectors for item in items])
     torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(left, one_by_one, atol=1e-5, rtol=1e-4)
-    assert tiny_model.encode(items).shape == (5, TINY_HEAD.embed_dim)
-    torch.testing.assert_close(tiny_model.compress([["a plain string"]]).vectors, left[1:2], atol=1e-5, rtol=1e-4)
+    assert right_padded.encode(items).shape == (5, TINY_HEAD.embed_dim)
+    torch.testing.assert_close(right_padded.compress([["a plain string"]]).vectors, left[1:2], atol=1e-5, rtol=1e-4)
 
 
 def test_latent_parts_change_the_latent(tiny_model: GenerativeEmbedder) -> None:
@@ -383,49 +387,49 @@ def test_latent_parts_change_the_latent(tiny_model: GenerativeEmbedder) -> None:
     assert (one[0] - one[1]).abs().max() > 1e-3
 
 
-def test_kv_cached_split_equals_one_pass(tiny_model: GenerativeEmbedder) -> None:
+def test_kv_cached_split_equals_one_pass(tiny_model: GenerativeEmbedder, tiny) -> None:
     from latentcomm.model.reading import TRAINING_INSTRUCTIONS
 
     items = _mixed_items(tiny_model)
-    for side in ("left", "right"):
-        tiny_model.padding_side = side
-        split = tiny_model.latent_vectors(items, one_pass=False)
-        torch.testing.assert_close(split, tiny_model.latent_vectors(items, one_pass=True), atol=1e-5, rtol=1e-4)
-    latent = tiny_model.latent_vectors(items)
+    padded = {side: GenerativeEmbedder(tiny, TINY_HEAD, seed=0, padding_side=side) for side in ("left", "right")}
+    for model in padded.values():
+        split = model.latent_vectors(items)  # under autograd: the split
+        torch.testing.assert_close(split, model.latent_vectors(items, reference=True), atol=1e-5, rtol=1e-4)
+    model = padded["right"]
+    latent = model.latent_vectors(items)
     responses = ["Four.", "A string indeed, a plain one.", "Paris", "", "4"]
     instructions = [None, TRAINING_INSTRUCTIONS[2], TRAINING_INSTRUCTIONS[0], None, TRAINING_INSTRUCTIONS[6]]
     for ins in (None, instructions):
-        logits, labels = tiny_model.reconstruction_logits(latent, responses, ins, one_pass=False)
-        ref_logits, ref_labels = tiny_model.reconstruction_logits(latent, responses, ins, one_pass=True)
+        logits, labels = model.reconstruction_logits(latent, responses, ins)
+        ref_logits, ref_labels = model.reconstruction_logits(latent, responses, ins, reference=True)
         assert torch.equal(labels, ref_labels)
         torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
-    rows = tiny_model._query_rows([[p] if isinstance(p, str) else p for p in items], "Summarize this:")
+    rows = model.layout.query_rows([[p] if isinstance(p, str) else p for p in items], "Summarize this:")
     suffix = [[torch.ones(2, 64)]] * len(rows)
-    for side in ("left", "right"):
-        tiny_model.padding_side = side
-        reference, _ = tiny_model._run(rows, suffix, one_pass=True)
+    for model in padded.values():
+        reference, _ = model._one_pass(rows, suffix, template_cache=False)
         with torch.no_grad():
-            one_cached_pass, _ = tiny_model._run(rows, suffix)
-        split, _ = tiny_model._run(rows, suffix, one_pass=False)
+            one_cached_pass, _ = model._one_pass(rows, suffix)
+        split, _ = model._split_pass(rows, suffix)
         torch.testing.assert_close(one_cached_pass, reference, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(split, reference, atol=1e-5, rtol=1e-4)
-    assert tiny_model._template_kv  # the chat template + prompt run came from the cache
+    assert model._template_kv  # the chat template + prompt run came from the cache
     targets = torch.randn(5, TINY_HEAD.embed_dim)
-    split = tiny_model(items, responses, targets, instructions=instructions, one_pass=False)
-    reference = tiny_model(items, responses, targets, instructions=instructions, one_pass=True)
+    split = model(items, responses, targets, instructions=instructions)
+    reference = model(items, responses, targets, instructions=instructions, reference=True)
     assert split.loss.item() == pytest.approx(reference.loss.item(), rel=1e-4)
 
 
 @pytest.mark.parametrize("prompt", [None, "Summarize this text:"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_prefix_cached_compress_equals_uncached(tiny_model: GenerativeEmbedder, prompt, side) -> None:
+def test_prefix_cached_compress_equals_uncached(tiny, prompt, side) -> None:
     """compress takes the chat template + prompt run from a KV cache made once; the plain one pass agrees."""
-    tiny_model.padding_side = side
-    cached = tiny_model.compress(QUERIES, prompt=prompt, batch_size=3).vectors
-    before, _ = tiny_model._template(prompt)
-    assert [key for key in tiny_model._template_kv if list(key) == before]  # that run came from the cache
+    model = GenerativeEmbedder(tiny, TINY_HEAD, seed=0, padding_side=side)
+    cached = model.compress(QUERIES, prompt=prompt, batch_size=3).vectors
+    before, _ = model.layout.template(prompt)
+    assert [key for key in model._template_kv if list(key) == before]  # that run came from the cache
     with torch.no_grad():
-        uncached = tiny_model.latent_vectors(QUERIES, prompt, one_pass=True).float()
+        uncached = model.latent_vectors(QUERIES, prompt, reference=True).float()
     torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-4)
 
 
@@ -475,7 +479,7 @@ def test_state_layer_and_old_fingerprints(tiny) -> None:
     middle = GenerativeEmbedder(tiny, HeadConfig(**{**TINY_HEAD.to_dict(), "state_layer": 1}))
     items = ["What is the capital of France?", "hi"]
     assert middle.compress(items).shape == last.compress(items).shape
-    torch.testing.assert_close(middle.latent_vectors(items, one_pass=False), middle.latent_vectors(items, one_pass=True),
+    torch.testing.assert_close(middle.latent_vectors(items), middle.latent_vectors(items, reference=True),
                                atol=1e-5, rtol=1e-4)
     assert "state_layer" not in TINY_HEAD.to_json() and '"state_layer": 1' in middle.config.to_json()
     with pytest.raises(ValueError, match="layers"):

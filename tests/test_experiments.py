@@ -72,6 +72,25 @@ def test_chain_samples_follow_the_curriculum_and_the_seed():
     assert len(data) == sum(min(t.hops + 1, 3) for t in train)
 
 
+def test_an_experiment_recorded_with_the_flat_train_config_resumes(tmp_path):
+    """experiment.json written before TrainConfig held a HeadConfig is read in today's form on --resume."""
+    from latentcomm.experiments.chain import ChainConfig
+    from latentcomm.experiments.jobs import SETTINGS, prepare_folder, settings_of
+
+    settings = settings_of(ChainConfig(train=TrainConfig(out=str(tmp_path))))
+    old = json.loads(json.dumps(settings))
+    head = old["train"].pop("head")
+    old["train"].update({k: v for k, v in head.items() if k not in ("embed_dim", "chat_template")})
+    old["train"].update(backbone_dtype="auto", precision="fp32")
+    del old["train"]["weights_dtype"], old["train"]["head_dtype"]
+    (tmp_path / SETTINGS).write_text(json.dumps(old))
+    prepare_folder(tmp_path, settings, resume=True)
+    old["train"]["max_response_tokens"] = 7
+    (tmp_path / SETTINGS).write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="other settings"):
+        prepare_folder(tmp_path, settings, resume=True)
+
+
 def test_the_committed_reports_regenerate_from_their_results():
     from latentcomm.experiments import chain, jepa
 

@@ -79,11 +79,11 @@ def test_kv_messages_round_trip_and_keep_their_backbone(model, dtype):
 def test_bad_prefixes_are_refused(model):
     prefix = kv.prefill(model, [NOTE])
     with pytest.raises(LatentError, match="specific to their backbone"):
-        kv.split_prefix(model, [dataclasses.replace(prefix, backbone_id="other")])
+        kv.take_prefix(model, [dataclasses.replace(prefix, backbone_id="other")])
     with pytest.raises(LatentError, match="does not fit"):
-        kv.split_prefix(model, [kv.KVPrefix(prefix.tensor[:2], prefix.backbone_id)])
+        kv.take_prefix(model, [kv.KVPrefix(prefix.tensor[:2], prefix.backbone_id)])
     with pytest.raises(LatentError, match="at most one"):
-        kv.split_prefix(model, [prefix, ASK, prefix])
+        kv.take_prefix(model, [prefix, ASK, prefix])
     with pytest.raises(LatentError, match=r"\(2 x layers"):
         kv.KVPrefix(torch.zeros(3, 2, 4, 8), "b")
     with pytest.raises(LatentError, match="NaN"):

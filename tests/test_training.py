@@ -1,6 +1,7 @@
 """Training pipeline on the tiny random model: queries, resumable generation, targets, DeepSpeed loop, evaluation."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
-from latentcomm.training.config import TrainConfig
+from latentcomm.errors import UsageError
+from latentcomm.model.config import HeadConfig
+from latentcomm.training.config import TRAIN_HEAD, TrainConfig
 from latentcomm.training.queries import (Query, complete_json_items, file_queries, read_queries, split_queries,
                                          write_queries)
 from latentcomm.training.responses import GenerationConfig, generate_responses, read_responses, shard_path
@@ -300,8 +304,53 @@ def test_a_run_starts_from_a_saved_head_and_refuses_another_shape(uninterrupted,
 def test_train_config_rejects_bad_values():
     with pytest.raises(ValueError, match="zero_stage"):
         TrainConfig(zero_stage=4)
-    with pytest.raises(ValueError, match="precision"):
-        TrainConfig(precision="fp16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="head_dtype"):
+        TrainConfig(head_dtype="float16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weights_dtype"):
+        TrainConfig(weights_dtype="int8")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_compression"):
-        TrainConfig(num_compression=0)
+        TrainConfig(head=HeadConfig(num_compression=0))
+    with pytest.raises(ValueError, match="embed_dim"):
+        TrainConfig(head=HeadConfig(embed_dim=8))  # the teacher's width, set by training
     assert TrainConfig(micro_batch=4, grad_accum=3, workers=2).deepspeed_config()["train_batch_size"] == 24
+
+
+def test_train_config_holds_the_head_config_with_one_flag_per_field(tmp_path):
+    from latentcomm.cli.parser import parser
+
+    ap = parser("train", "")
+    TrainConfig.add_arguments(ap)
+    args = ["--run", str(tmp_path), "--out", str(tmp_path / "out")]
+    cfg = TrainConfig.from_args(ap.parse_args([*args, "--num-compression", "3", "--max-query-tokens", "64",
+                                               "--teacher", "self", "--weights-dtype", "float32",
+                                               "--head-dtype", "bfloat16"]))
+    assert cfg.head == dataclasses.replace(TRAIN_HEAD, num_compression=3, max_query_tokens=64, teacher="self")
+    assert cfg.weights_dtype == "float32" and cfg.torch_weights_dtype is torch.float32
+    assert cfg.deepspeed_config()["bf16"]["enabled"] and TrainConfig().torch_weights_dtype is None
+    assert TrainConfig.from_args(ap.parse_args(args)).head == TRAIN_HEAD
+    assert (TRAIN_HEAD.max_query_tokens, TRAIN_HEAD.max_response_tokens) == (256, 96)  # training's own defaults
+    with pytest.raises(UsageError, match="--num-compression"):
+        TrainConfig.from_args(ap.parse_args([*args, "--num-compression", "0"]))
+    with pytest.raises(UsageError):
+        ap.parse_args([*args, "--embed-dim", "8"])  # the teacher's width: no flag
+    narrow = parser("train", "")
+    TrainConfig.add_arguments(narrow, exclude=("max_response_tokens",))
+    assert TrainConfig.from_args(narrow.parse_args(args)).head.max_response_tokens == 96  # not HeadConfig's 256
+    assert cfg.head_config(384) == dataclasses.replace(cfg.head, embed_dim=384)
+    assert TrainConfig(head=HeadConfig(teacher="/models/my-teacher")).head_config(8).teacher == "my-teacher"
+
+
+def test_train_configs_of_older_runs_still_load(tmp_path):
+    """The flat form saved before the head was a HeadConfig (the shipped head's train_config.json) loads."""
+    from latentcomm.model.embedder import DEFAULT_HEAD_DIR
+
+    old = TrainConfig.load(DEFAULT_HEAD_DIR / "train_config.json")
+    assert old.head == dataclasses.replace(TRAIN_HEAD, max_response_tokens=64)
+    assert (old.weights_dtype, old.head_dtype, old.split_prefix, old.workers) == (None, "float32", True, 2)
+    assert TrainConfig.from_dict(old.to_dict()) == old
+    old.save(tmp_path / "train_config.json")
+    assert TrainConfig.load(tmp_path / "train_config.json") == old
+    flat = {"backbone_dtype": "bf16", "precision": "bf16", "teacher": "self", "num_compression": 4}
+    assert TrainConfig.from_dict(flat) == TrainConfig(weights_dtype="bfloat16", head_dtype="bfloat16",
+                                                      head=dataclasses.replace(TRAIN_HEAD, teacher="self",
+                                                                               num_compression=4))

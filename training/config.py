@@ -1,4 +1,5 @@
-"""TrainConfig: every knob of a training run in one dataclass, mirrored one-to-one by ``latentcomm train`` flags."""
+"""TrainConfig: every knob of a training run in one dataclass — the head it trains is a ``HeadConfig`` inside it —
+mirrored one-to-one by ``latentcomm train`` flags."""
 from __future__ import annotations
 
 import argparse
@@ -6,19 +7,24 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Collection, Literal, Mapping, get_args
+from typing import TYPE_CHECKING, Any, Collection, Literal, Mapping, get_args
 
-from latentcomm.model.backbone import DEFAULT_BACKBONE
 from latentcomm.cli.parser import add_config_arguments, config_from_args, existing_dir, output_dir
+from latentcomm.model.backbone import DEFAULT_BACKBONE, WeightsDtype
 from latentcomm.model.config import HeadConfig
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_ALIGN_FIT = 4096
 """Rows of the closed-form align fit when ``TrainConfig.align_fit`` is None and the fit applies."""
+TRAIN_HEAD = HeadConfig(max_query_tokens=256, max_response_tokens=96)
+"""The head a run trains unless flags say otherwise: ``HeadConfig``'s defaults with shorter queries and responses
+(a step's time grows with both)."""
 
-Precision = Literal["fp32", "bf16"]
-BackboneDtype = Literal["auto", "fp32", "bf16"]
+HeadDtype = Literal["float32", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -30,22 +36,17 @@ class TrainConfig:
     out: str = ""
     """Output directory: checkpoints/, metrics.jsonl, loss.png, head/, train_config.json."""
     backbone: str = DEFAULT_BACKBONE
-    backbone_dtype: BackboneDtype = "auto"
-    teacher: str = "minilm"
+    weights_dtype: WeightsDtype | None = None
+    """The frozen backbone's weights dtype; None: the device's fast one (``latentcomm info`` says which)."""
+    head: HeadConfig = TRAIN_HEAD
+    """The head this run trains; its ``teacher`` names the targets to align to (a teacher name or a
+    sentence-transformers folder) and ``embed_dim`` is left None: it is the teacher's width."""
     train_limit: int | None = None
     """Use only the first N training queries (in the run's shuffled order)."""
-    # head
-    num_thought: int = 10
-    num_compression: int = 10
-    recon_head: str = "linear"
-    align_head: str = "linear"
-    state_layer: int = -1
-    encoder_lora_rank: int = 0
-    max_query_tokens: int = 256
-    max_response_tokens: int = 96
     # DeepSpeed
     zero_stage: int = 0
-    precision: Precision = "fp32"
+    head_dtype: HeadDtype = "float32"
+    """The trainable head's dtype in DeepSpeed: bfloat16 trains it under bf16 autocast with fp32 master weights."""
     micro_batch: int = 8
     grad_accum: int = 1
     gradient_checkpointing: bool = False
@@ -97,10 +98,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
-        if self.precision not in get_args(Precision):
-            raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
-        if self.backbone_dtype not in get_args(BackboneDtype):
-            raise ValueError(f"backbone_dtype must be one of {get_args(BackboneDtype)}, got {self.backbone_dtype!r}")
+        if self.head_dtype not in get_args(HeadDtype):
+            raise ValueError(f"head_dtype must be one of {get_args(HeadDtype)}, got {self.head_dtype!r}")
+        if self.weights_dtype is not None and self.weights_dtype not in get_args(WeightsDtype):
+            raise ValueError(f"weights_dtype must be one of {get_args(WeightsDtype)}, got {self.weights_dtype!r}")
+        if not isinstance(self.head, HeadConfig):
+            raise ValueError(f"head must be a HeadConfig, got {type(self.head).__name__}")
+        if self.head.embed_dim is not None:
+            raise ValueError(f"head.embed_dim is the teacher's width, set by training; got {self.head.embed_dim}")
         for name in ("micro_batch", "grad_accum", "epochs", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -128,7 +133,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.cpus_per_worker) and self.cpus_per_worker >= 0):
             raise ValueError(f"cpus_per_worker must be a finite number >= 0, got {self.cpus_per_worker}")
-        self.head_config(embed_dim=1)  # validates the head fields with HeadConfig's own checks
 
     def check_inputs(self) -> None:
         """Refuse, before any work, a run without finished responses or without this teacher's targets, or an
@@ -140,31 +144,25 @@ class TrainConfig:
         read_responses(responses)
         if self.init_head is not None and not (Path(self.init_head) / "config.json").is_file():
             raise FileNotFoundError(f"no head at {self.init_head} (expected config.json and head.safetensors)")
-        if not targets_path(responses, self.teacher).is_file():
-            raise FileNotFoundError(f"no {self.teacher} targets in {responses} (run 'latentcomm targets --run "
-                                    f"{self.run} --teacher {self.teacher}')")
+        teacher = self.head.teacher
+        if not targets_path(responses, teacher).is_file():
+            raise FileNotFoundError(f"no {teacher} targets in {responses} (run 'latentcomm targets --run "
+                                    f"{self.run} --teacher {teacher}')")
 
     def head_config(self, embed_dim: int) -> HeadConfig:
-        """The head this run trains; ``embed_dim`` is the teacher's width."""
-        return HeadConfig(num_thought=self.num_thought, num_compression=self.num_compression,
-                          recon_head=self.recon_head, align_head=self.align_head,  # type: ignore[arg-type]
-                          state_layer=self.state_layer, encoder_lora_rank=self.encoder_lora_rank,
-                          embed_dim=embed_dim, max_query_tokens=self.max_query_tokens,
-                          max_response_tokens=self.max_response_tokens, teacher=Path(self.teacher).name)
+        """The head this run trains, ``embed_dim`` wide (the teacher's width), recording the teacher's name."""
+        return replace(self.head, embed_dim=embed_dim, teacher=Path(self.head.teacher).name)
 
-    def backbone_torch_dtype(self, device: "torch.device") -> "torch.dtype":
-        """The backbone's weights dtype on ``device`` (``auto``: bf16 where it computes natively, else fp32)."""
+    @property
+    def torch_weights_dtype(self) -> "torch.dtype | None":
+        """``weights_dtype`` as a torch dtype (None: ``load_backbone`` picks the device's fast one)."""
         import torch
 
-        from latentcomm.model.backbone import default_dtype
-
-        if self.backbone_dtype == "auto":
-            return default_dtype(device)
-        return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.backbone_dtype]
+        return getattr(torch, self.weights_dtype) if self.weights_dtype else None
 
     @property
     def _align_fit_applies(self) -> bool:
-        return self.align_head == "linear" and self.align_loss == "mse"
+        return self.head.align_head == "linear" and self.align_loss == "mse"
 
     @property
     def align_fit_rows(self) -> int:
@@ -188,7 +186,7 @@ class TrainConfig:
             "gradient_accumulation_steps": self.grad_accum,
             "train_batch_size": self.global_batch,
             "zero_optimization": {"stage": self.zero_stage},
-            "bf16": {"enabled": self.precision == "bf16"},
+            "bf16": {"enabled": self.head_dtype == "bfloat16"},
             "zero_allow_untested_optimizer": True,
             "gradient_clipping": 1.0,
             "steps_per_print": 10**9,
@@ -198,12 +196,21 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """The config of ``to_dict``'s form, or of the flat form that runs saved before the head was a ``HeadConfig``
+        (``current_form``)."""
+        data = current_form(data)
+        if "head" in data:
+            data["head"] = HeadConfig.from_dict(data["head"])
+        return cls(**data)
+
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
-        return cls(**json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
     # ---- command line: one flag per field ----------------------------------------------------------------
     @classmethod
@@ -214,8 +221,8 @@ class TrainConfig:
         A command that runs training inside something larger (an experiment) passes its own ``defaults``,
         leaves out the fields it sets itself (``exclude``) and may say what a flag means there (``helps``).
         """
-        add_config_arguments(ap, cls, helps={**_HELP, **(helps or {})}, defaults=defaults, exclude=exclude,
-                             flag_types=_FLAG_TYPES, required=("run", "out"))
+        add_config_arguments(ap, cls, helps={**_HELP, **(helps or {})}, defaults=defaults,
+                             exclude=(*exclude, "embed_dim"), flag_types=_FLAG_TYPES, required=("run", "out"))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **values: Any) -> "TrainConfig":
@@ -228,11 +235,12 @@ _HELP = {
     "run": "run directory with queries.jsonl and responses/ (from 'latentcomm generate' and 'targets')",
     "out": "output directory: checkpoints/, metrics.jsonl, loss.png, head/",
     "backbone": "frozen backbone: the default alias, a Hugging Face folder/id or a .gguf file",
-    "backbone_dtype": "backbone weights dtype; auto = bf16 where the device computes it natively",
+    "weights_dtype": "backbone weights dtype (default: the device's fast one)",
     "teacher": "targets to align to (a teacher name from 'latentcomm targets')",
+    "chat_template": "wrap each query as a user turn of the backbone's chat template",
     "train_limit": "use only the first N training queries",
     "zero_stage": "DeepSpeed ZeRO stage (0-3)",
-    "precision": "DeepSpeed precision of the trainable head (fp32 or bf16 with fp32 master weights)",
+    "head_dtype": "dtype of the trainable head in DeepSpeed (bfloat16: bf16 autocast, fp32 master weights)",
     "micro_batch": "queries per worker per forward pass",
     "grad_accum": "micro-batches accumulated per optimizer step",
     "gradient_checkpointing": "recompute backbone activations in backward (for big backbones)",
@@ -265,3 +273,23 @@ _HELP = {
 
 _FLAG_TYPES = {"run": existing_dir, "out": output_dir}
 """Flags checked as they are parsed beyond their type (the ranges of every field are ``__post_init__``'s)."""
+
+
+_HEAD_FIELDS = frozenset(f.name for f in dataclasses.fields(HeadConfig))
+_RENAMED = {"backbone_dtype": "weights_dtype", "precision": "head_dtype"}
+_OLD_DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16"}
+
+
+def current_form(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved ``TrainConfig`` dict in today's form: the flat head fields of older runs (``num_compression``,
+    ``max_query_tokens``, ``teacher``, ...) gathered into ``head`` over ``TRAIN_HEAD``, and ``backbone_dtype`` /
+    ``precision`` (auto, fp32, bf16) as ``weights_dtype`` / ``head_dtype`` (None, float32, bfloat16)."""
+    data = dict(data)
+    for old, new in _RENAMED.items():
+        if old in data:
+            value = data.pop(old)
+            data[new] = _OLD_DTYPES.get(value, value) if isinstance(value, str) else value
+    flat = {name: data.pop(name) for name in _HEAD_FIELDS & set(data)}
+    if flat:
+        data["head"] = {**TRAIN_HEAD.to_dict(), **data.get("head", {}), **flat}
+    return data

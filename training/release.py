@@ -13,10 +13,11 @@ from typing import Any
 from latentcomm.cli.parser import count, existing_dir, existing_file, head_folder, output_dir, parser
 from latentcomm.model.embedder import DEFAULT_HEAD_DIR
 from latentcomm.training.evaluate import CALIBRATION_QUERIES
+from latentcomm.training.config import TrainConfig
 from latentcomm.training.metrics import MetricsLog, plot_losses
 
 
-def training_card(cfg: dict[str, Any], summary: dict[str, Any], metrics: list[dict[str, Any]],
+def training_card(cfg: TrainConfig, summary: dict[str, Any], metrics: list[dict[str, Any]],
                   evaluation: dict[str, Any], commands: str, notes: str) -> str:
     """TRAINING.md: data, exact commands, configuration, training curve and held-out figures."""
     return "".join((_CARD_INTRO, _data_section(summary, evaluation), _commands_section(commands),
@@ -57,21 +58,20 @@ def _commands_section(commands: str) -> str:
 """
 
 
-def _configuration_section(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
-    workers = max(cfg["workers"], 1)
-    length = f"{summary['total_steps']} steps" + (f" (`--max-steps`, under {cfg['epochs']} epoch(s))"
-                                                 if cfg.get("max_steps") else f" ({cfg['epochs']} epoch(s))")
+def _configuration_section(cfg: TrainConfig, summary: dict[str, Any]) -> str:
+    length = f"{summary['total_steps']} steps" + (f" (`--max-steps`, under {cfg.epochs} epoch(s))"
+                                                 if cfg.max_steps else f" ({cfg.epochs} epoch(s))")
     fit = summary.get("align_fit")
     align = (f" After the last step MLP_align was solved in closed form (ridge {fit['ridge']:g} × rows, chosen on a "
              f"held-back tenth) on the latents of {fit['rows']:,} training queries (`--align-fit`)." if fit else "")
     return f"""## Configuration
-DeepSpeed ZeRO-{cfg['zero_stage']}, {cfg['precision']} head with torch AdamW, frozen backbone in dtype
-`{cfg['backbone_dtype']}` (auto: bf16 where the CPU computes it natively, else fp32); Ray Train
-`TorchTrainer` with {cfg['workers']} CPU workers (gloo), micro-batch {cfg['micro_batch']} per worker (global batch
-{cfg['micro_batch'] * cfg['grad_accum'] * workers}); lr {cfg['lr']}, {cfg['warmup_steps']} warm-up steps, cosine decay
-to {cfg['min_lr_ratio']}× over {length}; loss = reconstruction + squared error to the MiniLM
-target; {cfg['num_thought']} thought + {cfg['num_compression']} compression tokens. A share of
-{cfg.get('in_context_share', 0):g} of the samples reconstruct the response from the latent inside a user turn
+DeepSpeed ZeRO-{cfg.zero_stage}, {cfg.head_dtype} head with torch AdamW, frozen backbone in dtype
+`{cfg.weights_dtype or 'auto'}` (auto: bf16 where the CPU computes it natively, else fp32); Ray Train
+`TorchTrainer` with {cfg.workers} CPU workers (gloo), micro-batch {cfg.micro_batch} per worker (global batch
+{cfg.global_batch}); lr {cfg.lr}, {cfg.warmup_steps} warm-up steps, cosine decay
+to {cfg.min_lr_ratio}× over {length}; loss = reconstruction + squared error to the MiniLM
+target; {cfg.head.num_thought} thought + {cfg.head.num_compression} compression tokens. A share of
+{cfg.in_context_share:g} of the samples reconstruct the response from the latent inside a user turn
 with a reading instruction drawn from `latentcomm/model/reading.py` (the rest from the bare latent).{align}
 `train_config.json` has every field.
 
@@ -136,7 +136,7 @@ def release(train_dir: Path, head_dir: Path, eval_dir: Path, dest: Path, *, unti
         raise ValueError(f"{train_dir / 'metrics.jsonl'} has no step <= {until_step}")
     (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     plot_losses(metrics, dest / "loss.png", title=f"default head: training loss ({metrics[-1]['step']} steps)")
-    cfg = json.loads((train_dir / "train_config.json").read_text())
+    cfg = TrainConfig.load(train_dir / "train_config.json")
     summary = json.loads((train_dir / "summary.json").read_text())
     evaluation = json.loads((eval_dir / "eval.json").read_text())
     (dest / "TRAINING.md").write_text(training_card(cfg, summary, metrics, evaluation, commands, notes))

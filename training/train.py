@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,7 +62,7 @@ class TrainingData:
         if not records:
             raise ValueError(f"no training responses in {responses_dir}")
         ids = [r["id"] for r in records]
-        targets = load_targets(responses_dir, cfg.teacher).rows(ids)
+        targets = load_targets(responses_dir, cfg.head.teacher).rows(ids)
         return cls(ids, [r["query"] for r in records], [r["response"] for r in records], targets)
 
     def __len__(self) -> int:
@@ -184,7 +184,7 @@ class TrainRecipe:
         self.steps_per_epoch = self.data.steps_per_epoch(cfg.global_batch)
         self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
 
-        backbone = load_backbone(cfg.backbone, device=self.device, dtype=cfg.backbone_torch_dtype(self.device))
+        backbone = load_backbone(cfg.backbone, device=self.device, dtype=cfg.torch_weights_dtype)
         if cfg.gradient_checkpointing:
             backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             backbone.model.train()  # HF checkpoints only in train mode; Llama-style backbones have no dropout
@@ -228,7 +228,7 @@ class TrainRecipe:
         return self.data.micro_batch(self.cfg, step, micro, self.rank)
 
     def _autocast(self):
-        if self.cfg.precision == "bf16":
+        if self.cfg.head_dtype == "bfloat16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
@@ -247,7 +247,7 @@ class TrainRecipe:
                 with self._autocast():
                     out = engine(queries, responses, targets.to(self.device), recon_weight=cfg.recon_weight,
                                  align_weight=cfg.align_weight, align_loss=cfg.align_loss,
-                                 instructions=instructions, one_pass=not cfg.split_prefix)
+                                 instructions=instructions, reference=not cfg.split_prefix)
                 engine.backward(out.loss)
                 engine.step()
                 sums += torch.tensor([float(out.loss.detach()), out.recon, out.align])
@@ -317,7 +317,7 @@ def run_training(cfg: TrainConfig, recipe: RecipeFactory = TrainRecipe) -> dict[
 
 # ---- launchers -------------------------------------------------------------------------------------------
 def _ray_train_worker(loop_config: dict[str, Any]) -> None:
-    run_training(TrainConfig(**loop_config["config"]), loop_config["recipe"])
+    run_training(TrainConfig.from_dict(loop_config["config"]), loop_config["recipe"])
 
 
 def train_with_ray(cfg: TrainConfig, recipe: RecipeFactory = TrainRecipe) -> dict[str, Any]:
@@ -328,7 +328,7 @@ def train_with_ray(cfg: TrainConfig, recipe: RecipeFactory = TrainRecipe) -> dic
     from latentcomm.runtime.cluster import init_ray
 
     out = Path(cfg.out).resolve()
-    cfg = TrainConfig(**{**cfg.to_dict(), "run": str(Path(cfg.run).resolve()), "out": str(out)})
+    cfg = replace(cfg, run=str(Path(cfg.run).resolve()), out=str(out))
     init_ray(cfg.address, num_cpus=None if cfg.address else max(1, math.ceil(cfg.workers * cfg.cpus_per_worker)))
     trainer = TorchTrainer(
         _ray_train_worker,

@@ -184,18 +184,25 @@ def add_config_arguments(ap: argparse.ArgumentParser, cls: type, *, helps: Mappi
 def config_from_args(cls: Callable[..., C], args: argparse.Namespace, **values: Any) -> C:
     """The config of ``cls`` that the flags of ``add_config_arguments`` describe (``values`` fills fields without
     a flag); a value the config refuses raises ``UsageError`` with the field named as its flag."""
+    return _from_args(cls, args, values, None)
+
+
+def _from_args(cls: Callable[..., C], args: argparse.Namespace, values: dict[str, Any], base: Any) -> C:
+    """``config_from_args`` over ``base`` (a nested config's default, whose values fields without a flag keep)."""
     hints, given = typing.get_type_hints(cls), set(values)
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         if field.name in given:
             continue
         if dataclasses.is_dataclass(hints[field.name]):
-            values[field.name] = config_from_args(hints[field.name], args)
+            default = _default(field, base)
+            values[field.name] = _from_args(hints[field.name], args, {}, default if dataclasses.is_dataclass(default)
+                                            else None)
         elif hasattr(args, field.name):
             value = getattr(args, field.name)
             values[field.name] = str(value) if isinstance(value, Path) else tuple(value) if isinstance(value, list) \
                 else value
     try:
-        return cls(**values)
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
     except ValueError as err:
         names = "|".join(sorted((name for name, _, _ in _flags(cls, given)), key=len, reverse=True))
         message = re.sub(rf"(?<![\w'-])({names})(?![\w'])", lambda m: "--" + m[1].replace("_", "-"), str(err))
@@ -211,14 +218,7 @@ def _flags(cls: type, exclude: Collection[str] = (), instance: Any = None) -> li
         if field.name in exclude:
             continue
         kind = hints[field.name]
-        if instance is not None:
-            default = getattr(instance, field.name)
-        elif field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
-            default = None
+        default = _default(field, instance)
         if dataclasses.is_dataclass(kind):
             flags += _flags(kind, exclude, default if dataclasses.is_dataclass(default) else None)
             continue
@@ -226,6 +226,17 @@ def _flags(cls: type, exclude: Collection[str] = (), instance: Any = None) -> li
         if scalar is not None:
             flags.append((field.name, scalar, default))
     return flags
+
+
+def _default(field: dataclasses.Field, instance: Any) -> Any:
+    """A field's default: its value in ``instance`` where given, else the dataclass's default (None without one)."""
+    if instance is not None:
+        return getattr(instance, field.name)
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def _scalar(kind: Any) -> Any:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from filelock import FileLock
@@ -48,9 +48,12 @@ class DtypeChoice:
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 """CPU feature flags (``/proc/cpuinfo``: x86 ``flags``, aarch64 ``Features``) of hardware that computes bf16 itself.
 oneDNN also "supports" bf16 on plain AVX-512 or AVX2 by emulating it, at about a third of fp32's speed."""
+WeightsDtype = Literal["float32", "bfloat16", "float16"]
+"""A backbone's weights dtype by its torch name (``weights_dtype`` of the replica and training configs)."""
 DTYPE_ENV = "LATENTCOMM_DTYPE"
-"""Environment override of the automatic choice: ``fp32``, ``bf16`` or ``fp16``."""
-_DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Environment override of the automatic choice: a ``WeightsDtype`` or its short name ``fp32``, ``bf16``, ``fp16``."""
+_DTYPE_NAMES = {**{name: getattr(torch, name) for name in get_args(WeightsDtype)},
+                "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_flags() -> frozenset[str] | None:

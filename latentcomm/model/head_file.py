@@ -1,5 +1,6 @@
-"""Reading a saved head strictly: ``config.json`` and ``head.safetensors`` checked against each other before any
-tensor is allocated, so that every broken or hostile head folder raises ``HeadMismatchError`` and nothing else.
+"""A head folder (``config.json`` + ``head.safetensors``): written by ``write_head``, read strictly by ``read_head`` —
+the two files checked against each other and the backbone before any tensor is allocated, so that every broken
+or hostile head folder raises ``HeadMismatchError`` and nothing else.
 
 The safetensors header (8-byte little-endian length, JSON) is parsed here with bounded sizes, every tensor's
 dtype, shape and byte range is checked against the file, and the shapes must be exactly those the config's head
@@ -7,17 +8,22 @@ would have (worked out on the meta device: no memory). Only then are the bytes r
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from latentcomm.model.config import HeadConfig
 from latentcomm.errors import HeadMismatchError
+from latentcomm.model.config import HeadConfig
+from latentcomm.model.lora import lora_targets
+
+if TYPE_CHECKING:
+    from latentcomm.model.backbone import Backbone
 
 HEAD_FORMAT = "latentcomm-head"
 HEAD_FORMAT_VERSION = 2
@@ -136,3 +142,56 @@ def check_folder(folder: Path) -> HeadConfig:
     _, shape = tensor_header(path).get("special.weight", ("", ()))
     check_tensors(path, config, shape[-1] if len(shape) == 2 and shape[-1] > 0 else 1)
     return config
+
+
+def head_fingerprint(backbone_id: str, config: HeadConfig, state: Mapping[str, torch.Tensor]) -> str:
+    """Hash of the backbone identity, the head config and the head weights (16 hex digits)."""
+    digest = hashlib.sha256(backbone_id.encode())
+    digest.update(config.to_json().encode())
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def head_lora_targets(backbone: Backbone, config: HeadConfig) -> dict[str, tuple[int, int]] | None:
+    """The backbone linears a head's encoder LoRA adapts (None for a head without one)."""
+    return lora_targets(backbone.model) if config.encoder_lora_rank else None
+
+
+def write_head(directory: str | os.PathLike, state: Mapping[str, torch.Tensor], config: HeadConfig,
+               backbone: Backbone, fingerprint: str) -> Path:
+    """Write a head folder: ``head.safetensors`` (fp32) and ``config.json``; never a non-finite head."""
+    from safetensors.torch import save_file
+
+    if not all(torch.isfinite(t).all() for t in state.values()):
+        raise ValueError("the head holds NaN or Inf weights: refusing to save it")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    save_file(tensors, directory / "head.safetensors", metadata={"fingerprint": fingerprint})
+    meta = {"format": HEAD_FORMAT, "format_version": HEAD_FORMAT_VERSION, "backbone": backbone.name,
+            "backbone_id": backbone.backbone_id, "fingerprint": fingerprint, "head": config.to_dict()}
+    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def read_head(directory: Path, meta: dict[str, Any], config: HeadConfig, backbone: Backbone
+              ) -> dict[str, torch.Tensor]:
+    """The tensors of the head folder ``directory`` (its ``read_config`` gave ``meta`` and ``config``) on
+    ``backbone``, after checking that they fit the config and the backbone."""
+    config_path = directory / "config.json"
+    if backbone.backbone_id != meta["backbone_id"]:
+        raise HeadMismatchError(f"head {directory} was trained on backbone {meta['backbone_id']} "
+                                f"({meta['backbone']}), not on {backbone.backbone_id} ({backbone.name})")
+    if config.state_layer > backbone.num_layers:
+        raise HeadMismatchError(f"{config_path}: state_layer {config.state_layer} > the backbone's layers")
+    try:
+        targets = head_lora_targets(backbone, config)
+    except ValueError as err:
+        raise HeadMismatchError(f"{config_path}: {err}") from None
+    check_tensors(directory / "head.safetensors", config, backbone.hidden_size, targets)
+    state = read_tensors(directory / "head.safetensors", backbone.device)
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise HeadMismatchError(f"head weights in {directory} hold NaN or Inf")
+    return state

@@ -25,7 +25,8 @@ from latentcomm.errors import LatentError
 from latentcomm.model.generation import Sampling, generate, max_new_tokens_allowed
 
 if TYPE_CHECKING:
-    from latentcomm.model.embedder import GenerativeEmbedder, Part
+    from latentcomm.model.embedder import GenerativeEmbedder
+    from latentcomm.model.prompt import Part
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def kv_shape(model: "GenerativeEmbedder") -> tuple[int, int, int]:
     return 2 * cfg.num_hidden_layers, int(heads), int(head_dim)
 
 
-def split_prefix(model: "GenerativeEmbedder", parts: str | Sequence[Any]) -> tuple[KVPrefix | None, list["Part"]]:
+def take_prefix(model: "GenerativeEmbedder", parts: str | Sequence[Any]) -> tuple[KVPrefix | None, list["Part"]]:
     """The one KV prefix among ``parts`` (a string is one part; checked against ``model``'s backbone) and the other
     parts."""
     parts = [parts] if isinstance(parts, str) else parts
@@ -97,7 +98,7 @@ def _turn(model: "GenerativeEmbedder", parts: str | Sequence[Any], *, answers: b
     """The cache of the prefix among ``parts`` (None without one), the user turn of the other parts embedded
     (1, T, H) — opening the conversation without a prefix, ending in the generation prompt where ``answers`` — and
     the positions before the turn."""
-    prefix, rest = split_prefix(model, parts)
+    prefix, rest = take_prefix(model, parts)
     bb = model.backbone
     embeds, _ = model.respond_prompts([rest], model.turn_template(opens=prefix is None, answers=answers))
     held = prefix.length if prefix is not None else 0

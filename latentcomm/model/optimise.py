@@ -21,10 +21,12 @@ from tqdm.auto import tqdm
 
 from latentcomm.model.heads import embedding_statistics
 from latentcomm.model.latent import Latent
+from latentcomm.model.prompt import as_items
 from latentcomm.model.reading import Instruction
 
 if TYPE_CHECKING:
-    from latentcomm.model.embedder import GenerativeEmbedder, Item
+    from latentcomm.model.embedder import GenerativeEmbedder
+    from latentcomm.model.prompt import Item
 
 RESTATE: Instruction = ("Here is a message from a colleague:\n", "\nRepeat the message word for word.")
 """The reading objective: the receiver reads the vectors inside a user turn and restates the message."""
@@ -80,8 +82,6 @@ class Optimised:
 
 def restatement_targets(items: Sequence["Item"]) -> list[str]:
     """What each input's receiver should restate: its text parts, in order (a latent part is not text to restate)."""
-    from latentcomm.model.embedder import _as_items as as_items
-
     return ["".join(p for p in parts if isinstance(p, str)).strip() for parts in as_items(list(items))]
 
 
@@ -102,8 +102,6 @@ def optimise_latent(model: "GenerativeEmbedder", inputs: "Item | Sequence[Item]"
     (``init="random"``). Inputs run ``batch_size`` at a time; an input whose loss falls below ``stop_loss`` leaves
     its batch. Gradients reach the vectors only: the backbone and the head are unchanged.
     """
-    from latentcomm.model.embedder import _as_items as as_items
-
     items = as_items(inputs)
     targets = list(targets) if targets is not None else restatement_targets(items)
     if len(targets) != len(items):
