@@ -13,16 +13,19 @@ import json
 import os
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from latentcomm.model.backbone import DEFAULT_BACKBONE, Backbone, default_dtype, quantize_int8
+from latentcomm.model.backbone import DEFAULT_BACKBONE, Backbone, choose_dtype, default_dtype, load_backbone, \
+    quantize_int8
 from latentcomm.cli.parser import backbone_source, count, head_folder, output_dir, parser
 from latentcomm.model.generation import generate
-from latentcomm.model.embedder import MIN_TEMPLATE_CACHE, GenerativeEmbedder, load_embedder
+from latentcomm.model.embedder import MIN_TEMPLATE_CACHE, PASS_COST_POSITIONS, GenerativeEmbedder, load_embedder, \
+    padding_groups
 
 TOPICS = ["the French revolution", "photosynthesis", "binary search", "sourdough bread", "black holes",
           "the stock market", "climate change", "the immune system", "jazz music", "electric cars",
@@ -64,17 +67,21 @@ def matmul_flops(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...
 
 
 def positions_run(model: GenerativeEmbedder, texts: list[str], batch_size: int) -> tuple[int, int]:
-    """(positions the backbone computes, of which cached) over ``texts`` in ``encode``'s length-sorted batches,
-    padding included; the cached ones are the chat-template run taken from the prefix cache."""
-    order = sorted(texts, key=len, reverse=True)
+    """(positions the backbone computes, of which cached) over ``texts`` in ``encode``'s batches (sorted by width,
+    each split into padded passes by ``padding_groups``), padding included; the cached ones are the chat-template
+    run taken from the prefix cache."""
+    rows = sorted(model.query_token_ids(texts), key=len, reverse=True)
+    pass_cost = PASS_COST_POSITIONS if model.device.type == "cpu" else None
     computed = cached = 0
-    for start in range(0, len(order), batch_size):
-        rows = model.query_token_ids(order[start:start + batch_size])
-        head = len(os.path.commonprefix(rows)) if model.prefix_cache else 0
-        head = head if head >= MIN_TEMPLATE_CACHE else 0
-        width = max(len(r) for r in rows) + model.config.num_special
-        computed += len(rows) * (width - head)
-        cached += len(rows) * head
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        for group in padding_groups([len(r) for r in batch], pass_cost):
+            chosen = [batch[i] for i in group]
+            head = len(os.path.commonprefix(chosen)) if model.prefix_cache else 0
+            head = head if head >= MIN_TEMPLATE_CACHE else 0
+            width = max(len(r) for r in chosen) + model.config.num_special
+            computed += len(chosen) * (width - head)
+            cached += len(chosen) * head
     return computed, cached
 
 
@@ -124,15 +131,16 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     side = results["side_by_side"]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(side["texts_per_s"])), 4.5))
     names = list(side["texts_per_s"])
-    ax.bar(names, [side["texts_per_s"][n] for n in names], color="#4c72b0")
+    ax.bar([n.replace(" ", "\n", 1).replace(", ", ",\n") for n in names], [side["texts_per_s"][n] for n in names],
+           color=["#dd8452" if n.startswith("official") else "#4c72b0" for n in names])
     for i, name in enumerate(names):
         ax.text(i, side["texts_per_s"][name], f"{side['texts_per_s'][name]:.1f}\n{side['positions_per_text'][name]:.0f} "
                 "pos/text", ha="center", va="bottom", fontsize=8)
     ax.set_ylim(top=max(side["texts_per_s"].values()) * 1.3)
     ax.set_ylabel("texts / s")
-    ax.set_title(f"{side['texts']} texts, batch {side['batch_size']}, {results['dtype']}, median of {side['rounds']} "
+    ax.set_title(f"{side['texts']} texts, batch {side['batch_size']}, {side['threads']} threads, median of {side['rounds']} "
                  f"rounds; load {side['load_average']['before']:.1f} -> {side['load_average']['after']:.1f}"
                  + ("" if side["peer"] is None else f"\nofficial: {side['peer']}"), fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
@@ -149,61 +157,96 @@ def variant(model: GenerativeEmbedder, *, backbone: Backbone | None = None, pref
     return other
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def unit(rows: Any) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.float64)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
+def plain_embeddings(model: GenerativeEmbedder, texts: list[str], batch_size: int) -> np.ndarray:
+    """Embeddings from the plain path: one pass per batch in the given order, no prefix cache, no padding groups
+    (``latent_vectors(reference=True)``); on an fp32 backbone, what every fast path is compared with."""
+    with torch.no_grad():
+        return torch.cat([model.head.embed(model.latent_vectors(texts[i:i + batch_size], reference=True)).float()
+                          for i in range(0, len(texts), batch_size)]).cpu().numpy()
+
+
+def cosines(got: Any, reference: np.ndarray) -> dict[str, float]:
+    cos = (unit(got) * unit(reference)).sum(-1)
+    return {"min": float(cos.min()), "mean": float(cos.mean())}
+
+
 def side_by_side(model: GenerativeEmbedder, texts: list[str], args: Any) -> dict[str, Any]:
-    """latentcomm with and without the prefix cache (and int8, and the official package) on the same texts."""
+    """latentcomm with and without the prefix cache (and int8, and the official package) on the same texts, in
+    each dtype of ``args.side_dtypes`` (default: ``model``'s), every run of every dtype in each round."""
     from latentcomm.benchmarks import official
 
-    load_before = os.getloadavg()[0]
     batch = args.side_batch
-    uncached = variant(model, prefix_cache=False)
+    names = list(dict.fromkeys(getattr(args, "side_dtypes", None) or [dtype_name(model.backbone.dtype)]))
+    models = {name: model if dtype_name(model.backbone.dtype) == name else
+              variant(model, backbone=load_backbone(args.backbone, device=model.device, dtype=getattr(torch, name)))
+              for name in names}
+    peer = official.missing() if args.peer == "official" else "not asked for (--peer official)"
 
     def ours(m: GenerativeEmbedder) -> Callable[[], np.ndarray]:
         return lambda: m.encode(texts, batch_size=batch, show_progress_bar=False)
 
-    runs: dict[str, Callable[[], Any]] = {"latentcomm": ours(model), "latentcomm, no prefix cache": ours(uncached)}
-    positions = {"latentcomm": positions_run(model, texts, batch)[0],
-                 "latentcomm, no prefix cache": positions_run(uncached, texts, batch)[0]}
-    drift = None
-    if args.int8:
-        quantized = variant(model, backbone=quantize_int8(model.backbone))
-        runs["latentcomm int8"] = ours(quantized)
-        positions["latentcomm int8"] = positions["latentcomm"]
-        reference, got = model.compress(texts, batch_size=batch), quantized.compress(texts, batch_size=batch)
-        cos = (unit(model.embed_latent(reference)) * unit(model.embed_latent(got))).sum(-1)
-        error = ((got.vectors - reference.vectors).norm(dim=-1) / reference.vectors.norm(dim=-1)).mean()
-        drift = {"embedding_cosine_mean": float(cos.mean()), "embedding_cosine_min": float(cos.min()),
-                 "latent_relative_error": float(error)}
-    peer = official.missing() if args.peer == "official" else "not asked for (--peer official)"
-    if peer is None:
-        encoder = official.OfficialEncoder(args.backbone, model.config, model.config.embed_dim, model.backbone.dtype)
-        runs["official llm2vec-gen"] = lambda: encoder.encode(texts, batch)
-        positions["official llm2vec-gen"] = encoder.tokens(texts, batch)
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    runs: dict[str, Callable[[], Any]] = {}
+    positions: dict[str, int] = {}
+    cosine, drift = {}, None
+    plain = models.get("float32") or variant(model, backbone=load_backbone(args.backbone, device=model.device,
+                                                                          dtype=torch.float32))
+    reference = plain_embeddings(plain, texts, batch)
+    for name, m in models.items():
+        uncached = variant(m, prefix_cache=False)
+        runs[f"latentcomm {name}"] = ours(m)
+        runs[f"latentcomm {name}, no prefix cache"] = ours(uncached)
+        positions[f"latentcomm {name}"] = positions_run(m, texts, batch)[0]
+        positions[f"latentcomm {name}, no prefix cache"] = positions_run(uncached, texts, batch)[0]
+        cosine[f"latentcomm {name}"] = cosines(m.encode(texts, batch_size=batch), reference)
+        if args.int8 and name == "float32":
+            quantized = variant(m, backbone=quantize_int8(m.backbone))
+            runs["latentcomm int8"] = ours(quantized)
+            positions["latentcomm int8"] = positions[f"latentcomm {name}"]
+            reference_latent, got = m.compress(texts, batch_size=batch), quantized.compress(texts, batch_size=batch)
+            cos = cosines(quantized.embed_latent(got), m.embed_latent(reference_latent))
+            cosine["latentcomm int8"] = cosines(quantized.embed_latent(got), reference)
+            error = ((got.vectors - reference_latent.vectors).norm(dim=-1) / reference_latent.vectors.norm(dim=-1))
+            drift = {"embedding_cosine_mean": cos["mean"], "embedding_cosine_min": cos["min"],
+                     "latent_relative_error": float(error.mean())}
+        if peer is None:
+            encoder = official.OfficialEncoder(args.backbone, m.config, m.config.embed_dim, m.backbone.dtype)
+            runs[f"official llm2vec-gen {name}"] = partial(encoder.encode, texts, batch)
+            positions[f"official llm2vec-gen {name}"] = encoder.tokens(texts, batch)
+    seconds: dict[str, list[float]] = {run: [] for run in runs}
     for fn in runs.values():
         fn()  # warm-up
+    loads = [os.getloadavg()[0]]
     for _ in range(args.rounds):
-        for name, fn in runs.items():
+        for run, fn in runs.items():
             start = time.perf_counter()
             fn()
-            seconds[name].append(time.perf_counter() - start)
-    speed = {name: len(texts) / statistics.median(times) for name, times in seconds.items()}
-    ratios = {"prefix cache: texts/s x without": speed["latentcomm"] / speed["latentcomm, no prefix cache"]}
+            seconds[run].append(time.perf_counter() - start)
+        loads.append(os.getloadavg()[0])
+    speed = {run: len(texts) / statistics.median(times) for run, times in seconds.items()}
+    ratios = {}
+    for name in models:
+        ours_speed = speed[f"latentcomm {name}"]
+        ratios[f"{name}: prefix cache, texts/s x without"] = ours_speed / speed[f"latentcomm {name}, no prefix cache"]
+        for other in models:
+            if f"official llm2vec-gen {other}" in speed:
+                ratios[f"latentcomm {name}: texts/s x official {other}"] = \
+                    ours_speed / speed[f"official llm2vec-gen {other}"]
     if "latentcomm int8" in speed:
-        ratios["int8: texts/s x float"] = speed["latentcomm int8"] / speed["latentcomm"]
-    if "official llm2vec-gen" in speed:
-        for name in [n for n in speed if n.startswith("latentcomm")]:
-            ratios[f"{name}: texts/s x official"] = speed[name] / speed["official llm2vec-gen"]
+        ratios["int8: texts/s x float32"] = speed["latentcomm int8"] / speed["latentcomm float32"]
     return {"texts": len(texts), "batch_size": batch, "rounds": args.rounds, "threads": torch.get_num_threads(),
-            "seconds": seconds, "texts_per_s": speed, "positions_per_text": {k: v / len(texts) for k, v in
-                                                                              positions.items()},
-            "ratios": ratios, "int8_drift": drift,
-            "peer": None if peer is None else peer,
-            "load_average": {"before": load_before, "after": os.getloadavg()[0]}}
+            "dtypes": names, "seconds": seconds, "texts_per_s": speed,
+            "positions_per_text": {k: v / len(texts) for k, v in positions.items()}, "ratios": ratios,
+            "cosine_to_plain_float32": cosine, "int8_drift": drift, "peer": peer,
+            "load_average": {"before": loads[0], "after": loads[-1], "rounds": loads[1:]}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,9 +264,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time the official llm2vec-gen package (if installed) side by side")
     p.add_argument("--int8", action="store_true", help="also time dynamically quantised int8 linears, with drift")
     p.add_argument("--side-batch", type=count(1), default=32, help="batch size of the side-by-side comparison")
+    p.add_argument("--side-dtypes", choices=["bfloat16", "float32"], nargs="+", default=None,
+                   help="backbone dtypes of the side-by-side comparison, all in each round (default: float32, and "
+                        "bfloat16 where the CPU computes it natively)")
+    p.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--rounds", type=count(1), default=5, help="rounds of the side-by-side comparison")
     p.add_argument("--out", type=output_dir, default="runs/bench/encode")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = load_embedder(args.head, backbone=args.backbone,
                           dtype=getattr(torch, args.weights_dtype) if args.weights_dtype else None)
@@ -241,11 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     decode_texts = texts[: args.decode_batch]
     cached = decode_speed(model, decode_texts, args.new_tokens, True, args.repeat)
     uncached = decode_speed(model, decode_texts, args.new_tokens, False, max(1, args.repeat - 1))
+    if args.side_dtypes is None:
+        args.side_dtypes = list(dict.fromkeys(["float32", dtype_name(default_dtype(device))]))
     side = side_by_side(model, texts, args)
     results = {
         "backbone": model.backbone.name, "backbone_id": model.backbone.backbone_id, "head": model.fingerprint,
         "device": str(device), "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-        "matmul_flops": peak, "default_dtype": str(default_dtype(device)), "encode": encode_rows,
+        "matmul_flops": peak, "default_dtype": dtype_name(default_dtype(device)),
+        "default_dtype_reason": choose_dtype(device).reason, "encode": encode_rows,
         "decode": {"batch": len(decode_texts), "new_tokens": args.new_tokens, "cached_tokens_per_s": cached,
                    "uncached_tokens_per_s": uncached, "speedup": cached / uncached},
         "side_by_side": side,
@@ -262,14 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     d = results["decode"]
     print(f"decode batch {d['batch']} x {d['new_tokens']} tokens: KV cache {d['cached_tokens_per_s']:.1f} tok/s, "
           f"no cache {d['uncached_tokens_per_s']:.1f} tok/s, speed-up x{d['speedup']:.2f}")
-    print(f"\nside by side: {side['texts']} texts, batch {side['batch_size']}, median of {side['rounds']} rounds, "
-          f"load average {side['load_average']['before']:.2f} -> {side['load_average']['after']:.2f}")
+    print(f"\ndefault dtype {results['default_dtype']}: {results['default_dtype_reason']}")
+    print(f"side by side: {side['texts']} texts, batch {side['batch_size']}, {side['threads']} threads, median of "
+          f"{side['rounds']} rounds, load average {side['load_average']['before']:.2f} -> "
+          f"{side['load_average']['after']:.2f}")
     for name, speed in side["texts_per_s"].items():
-        print(f"  {name:<30} {speed:>7.2f} texts/s  {side['positions_per_text'][name]:>5.1f} positions/text")
+        print(f"  {name:<40} {speed:>7.2f} texts/s  {side['positions_per_text'][name]:>5.1f} positions/text")
     if side["peer"]:
         print(f"  official llm2vec-gen: {side['peer']}")
     for name, value in side["ratios"].items():
         print(f"  {name}: {value:.2f}")
+    for name, cos in side["cosine_to_plain_float32"].items():
+        print(f"  {name}: embedding cosine to the plain float32 path min {cos['min']:.5f} mean {cos['mean']:.5f}")
     if side["int8_drift"]:
         print(f"  int8 drift: {side['int8_drift']}")
     print(f"wrote {args.out / 'encode.json'}, {args.out / 'encode.png'} and {args.out / 'encode_side_by_side.png'}")

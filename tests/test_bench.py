@@ -9,6 +9,7 @@ from pathlib import Path
 import mteb
 import numpy as np
 import pytest
+import torch
 
 from latentcomm.benchmarks import data
 from latentcomm.benchmarks.encoders import EncoderSpec, standard_specs
@@ -316,10 +317,13 @@ def test_bench_encode_side_by_side_says_when_the_official_package_is_missing(tin
     assert "llm2vec_gen" in reason and "not installed" in reason and "pip install --no-deps" in reason
     args = argparse.Namespace(side_batch=3, rounds=1, int8=True, peer="official", backbone="unused")
     side = encode.side_by_side(tiny_model, encode.benchmark_texts(6), args)
-    assert "not installed" in side["peer"] and "official llm2vec-gen" not in side["texts_per_s"]
-    assert set(side["texts_per_s"]) == {"latentcomm", "latentcomm, no prefix cache", "latentcomm int8"}
-    assert side["positions_per_text"]["latentcomm"] < side["positions_per_text"]["latentcomm, no prefix cache"]
+    assert tiny_model.backbone.dtype == torch.float32 and side["dtypes"] == ["float32"]
+    assert "not installed" in side["peer"] and not any(n.startswith("official") for n in side["texts_per_s"])
+    assert set(side["texts_per_s"]) == {"latentcomm float32", "latentcomm float32, no prefix cache", "latentcomm int8"}
+    assert side["positions_per_text"]["latentcomm float32"] < \
+        side["positions_per_text"]["latentcomm float32, no prefix cache"]
     assert side["int8_drift"]["embedding_cosine_mean"] > 0.9
+    assert side["cosine_to_plain_float32"]["latentcomm float32"]["min"] > 0.9999  # cache and groups: same numbers
     texts = encode.benchmark_texts(6)  # the in-run baseline computes the same latents, only without the cache
     np.testing.assert_allclose(encode.variant(tiny_model, prefix_cache=False).compress(texts).numpy(),
                                tiny_model.compress(texts).numpy(), rtol=1e-4, atol=1e-5)

@@ -501,3 +501,28 @@ def test_fit_alignment_solves_the_align_head(tiny) -> None:
     with pytest.raises(ValueError, match="linear"):
         GenerativeEmbedder(tiny, HeadConfig(**{**TINY_HEAD.to_dict(), "align_head": "mlp"})).fit_alignment(
             texts, targets.numpy())
+
+
+def test_padding_groups_split_a_batch_where_the_padding_saved_outweighs_a_pass() -> None:
+    from latentcomm.model.embedder import padding_groups
+
+    assert padding_groups([40] * 4 + [10] * 4, 32) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # 264 positions, not 352
+    assert padding_groups([40, 39, 38], 32) == [[0, 1, 2]]
+    assert padding_groups([40, 10], None) == [[0, 1]] and padding_groups([7], 32) == [[0]]
+    assert padding_groups([50, 50, 30, 30, 30, 5], 16) == [[0, 1], [2, 3, 4], [5]]
+
+
+def test_compress_runs_rows_of_different_widths_in_separate_passes(tiny_model: GenerativeEmbedder) -> None:
+    texts = ["short"] * 3 + [" ".join(["a much longer query"] * 12)] * 3 + ["mid length query text"]
+    passes = []
+    hook = tiny_model.backbone.model.base_model.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        tiny_model.compress(texts[:1])  # fills the template cache
+        passes.clear()
+        latent = tiny_model.compress(texts, batch_size=8)
+    finally:
+        hook.remove()
+    assert len(passes) == 2  # the long rows, then the short ones with the middle one
+    with torch.no_grad():
+        reference = tiny_model.latent_vectors(texts, reference=True).float()
+    torch.testing.assert_close(latent.vectors, reference, atol=1e-5, rtol=1e-4)

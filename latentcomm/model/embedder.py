@@ -31,7 +31,7 @@ from latentcomm.model.heads import CompressionHead, FeatureStandardize, embeddin
 from latentcomm.model.latent import Latent, LatentError
 from latentcomm.model.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
 from latentcomm.model.prompt import (Item, Part, PromptLayout, Segment, Template, as_items, check_backbone,
-                                     common_head, item_size, positions_of)
+                                     common_head, item_size, positions_of, row_width)
 from latentcomm.model.reading import Instruction
 
 if TYPE_CHECKING:
@@ -45,6 +45,9 @@ DEFAULT_HEAD_DIR = Path(__file__).parents[1] / "pretrained" / DEFAULT_BACKBONE
 """The trained head shipped for the default backbone (made by ``latentcomm train``)."""
 MIN_TEMPLATE_CACHE = 4
 """Shortest shared token run worth a cached KV (shorter ones are recomputed)."""
+PASS_COST_POSITIONS = 32
+"""What one more forward pass costs on CPU, in positions of a row (Python and per-layer overhead): a batch of rows
+of different widths is split where the padding saved exceeds it (``padding_groups``)."""
 TEMPLATE_CACHE_ENTRIES = 32
 """Distinct shared runs (prompts, instructions) whose KV cache is kept."""
 States = tuple[torch.Tensor, torch.Tensor]
@@ -68,6 +71,24 @@ def _batches(order: list[int], batch_size: int, show: bool | None, desc: str) ->
         show = len(starts) > 1 and sys.stderr.isatty()
     for start in tqdm(starts, desc=desc, disable=not show, unit="batch"):
         yield order[start:start + batch_size]
+
+
+def padding_groups(widths: list[int], pass_cost: int | None) -> list[list[int]]:
+    """Split a batch of rows, ``widths`` in descending order, into runs of neighbours, each one padded pass: the
+    split with the fewest computed positions (each run's size x its widest row) plus ``pass_cost`` per pass.
+    ``pass_cost`` None: one pass."""
+    n = len(widths)
+    if pass_cost is None or n < 2:
+        return [list(range(n))]
+    best = [0] * (n + 1)  # best[j]: cost of rows [0, j); cut[j]: where its last run starts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        best[j], cut[j] = min((best[i] + (j - i) * widths[i] + pass_cost, i) for i in range(j))
+    groups, j = [], n
+    while j:
+        groups.append(list(range(cut[j], j)))
+        j = cut[j]
+    return groups[::-1]
 
 
 class GenerativeEmbedder(nn.Module):
@@ -229,7 +250,10 @@ class GenerativeEmbedder(nn.Module):
         A head with encoder LoRA runs this pass, and only this one, with its adapters on; the whole input then
         depends on trainable weights, so it always runs as the plain pass.
         """
-        rows = self.layout.query_rows(as_items(items), prompt)
+        return self._row_latents(self.layout.query_rows(as_items(items), prompt), reference=reference)
+
+    def _row_latents(self, rows: list[list[Segment]], *, reference: bool = False) -> torch.Tensor:
+        """``latent_vectors`` of rows already laid out (``PromptLayout.query_rows``)."""
         special = self.head.special().to(self.backbone.dtype)
         lora = self.head.encoder_lora
         with lora.active(self.backbone.model) if lora is not None else nullcontext():
@@ -361,11 +385,15 @@ class GenerativeEmbedder(nn.Module):
     @torch.no_grad()
     def _compress(self, texts: Item | Sequence[Item], batch_size: int, prompt: str | None,
                   show_progress_bar: bool | None) -> Latent:
-        items = as_items(texts)
-        order = sorted(range(len(items)), key=lambda i: -item_size(items[i]))
-        out = torch.empty(len(items), self.config.num_compression, self.backbone.hidden_size)
+        rows = self.layout.query_rows(as_items(texts), prompt)
+        widths = [row_width(row) for row in rows]
+        order = sorted(range(len(rows)), key=lambda i: -widths[i])
+        out = torch.empty(len(rows), self.config.num_compression, self.backbone.hidden_size)
+        pass_cost = PASS_COST_POSITIONS if self.device.type == "cpu" else None
         for idx in _batches(order, batch_size, show_progress_bar, "compress"):
-            out[idx] = self.latent_vectors([items[i] for i in idx], prompt).float().cpu()
+            for group in padding_groups([widths[i] for i in idx], pass_cost):
+                chosen = [idx[j] for j in group]
+                out[chosen] = self._row_latents([rows[i] for i in chosen]).float().cpu()
         if not torch.isfinite(out).all():
             raise LatentError("compress produced NaN or Inf (a broken head, or a received latent far outside the "
                               "backbone's range)")

@@ -54,6 +54,11 @@ def item_size(parts: list[Part]) -> int:
     return sum(len(p) if isinstance(p, str) else 4 * p.vectors.shape[1] for p in parts)
 
 
+def row_width(row: list[Segment]) -> int:
+    """Positions a row of segments takes."""
+    return sum(len(seg) for seg in row)
+
+
 def common_head(rows: list[list[Segment]]) -> list[int]:
     """The token ids that every non-empty row starts with (within its first segment, when that holds ids)."""
     firsts = [row[0] for row in rows if row]
