@@ -10,11 +10,15 @@ configuration sees the same head):
 * ``split, bucketed batches`` — the same number of samples, batched by length (what ``train`` now does).
 
 Also reports padding: the share of computed positions that are padding, random against bucketed batches.
+With ``--short-answers K`` two more, on the same bucketed batches with every latent read inside a reading
+instruction and each response cut to its first K words (objectives that answer from a latent in a few tokens):
+``one pass, short answers`` and ``split, short answers``, losses compared.
 Writes ``train.json`` and ``train.png``.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +30,7 @@ import torch
 from latentcomm.model.backbone import WeightsDtype, load_backbone
 from latentcomm.cli.parser import backbone_source, count, existing_dir, number, output_dir, parser
 from latentcomm.model.embedder import GenerativeEmbedder
+from latentcomm.model.reading import draw_instruction
 from latentcomm.training.config import TRAIN_HEAD, TrainConfig
 from latentcomm.training.train import TrainingData
 
@@ -35,6 +40,13 @@ Batch = tuple[list[str], list[str], torch.Tensor, list]
 def batches(data: TrainingData, cfg: TrainConfig, count: int) -> list[Batch]:
     """The first ``count`` micro-batches of epoch 0 under ``cfg`` (one process)."""
     return [data.micro_batch(cfg, step, 0, 0) for step in range(count)]
+
+
+def short_answers(chosen: list[Batch], words: int) -> list[Batch]:
+    """``chosen`` with every latent read inside a reading instruction and each response cut to ``words`` words."""
+    return [(queries, [" ".join(r.split()[:words]) for r in responses], targets,
+             [draw_instruction(f"short:{step}:{i}", 1.0) for i in range(len(queries))])
+            for step, (queries, responses, targets, _) in enumerate(chosen)]
 
 
 def padding_share(model: GenerativeEmbedder, chosen: list[Batch]) -> float:
@@ -65,7 +77,8 @@ def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, reference: boo
     return time.perf_counter() - start, losses
 
 
-def run(cfg: TrainConfig, count: int) -> dict[str, Any]:
+def run(cfg: TrainConfig, count: int, short: int = 0) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     data = TrainingData.load(cfg)
     device = torch.device("cpu")
     backbone = load_backbone(cfg.backbone, device=device, dtype=cfg.torch_weights_dtype)
@@ -76,21 +89,30 @@ def run(cfg: TrainConfig, count: int) -> dict[str, Any]:
     samples = count * cfg.micro_batch
     results: dict[str, dict[str, float]] = {}
     losses = {}
-    for name, chosen, reference in (("one pass, random batches", random_batches, True),
-                                    ("split, random batches", random_batches, False),
-                                    ("split, bucketed batches", bucketed, False)):
+    runs = [("one pass, random batches", random_batches, True), ("split, random batches", random_batches, False),
+            ("split, bucketed batches", bucketed, False)]
+    if short:
+        runs += [("one pass, short answers", short_answers(bucketed, short), True),
+                 ("split, short answers", short_answers(bucketed, short), False)]
+    for name, chosen, reference in runs:
         seconds, losses[name] = time_steps(model, chosen, reference=reference)
         results[name] = {"seconds": seconds, "samples_per_s": samples / seconds,
                          "padding_share": padding_share(model, chosen)}
-    baseline = results["one pass, random batches"]["samples_per_s"]
-    for entry in results.values():
-        entry["speedup"] = entry["samples_per_s"] / baseline
+    for name, entry in results.items():
+        baseline = "one pass, short answers" if "short" in name else "one pass, random batches"
+        entry["speedup"] = entry["samples_per_s"] / results[baseline]["samples_per_s"]
     diff = np.abs(np.array(losses["one pass, random batches"]) - np.array(losses["split, random batches"]))
-    return {"backbone": backbone.backbone_id, "dtype": str(backbone.dtype).removeprefix("torch."),
-            "threads": torch.get_num_threads(), "micro_batch": cfg.micro_batch, "batches": count,
-            "in_context_share": cfg.in_context_share, "results": results,
-            "same_batches_max_loss_difference": float(diff.max()),
-            "same_batches_mean_loss": float(np.mean(losses["one pass, random batches"]))}
+    out = {"backbone": backbone.backbone_id, "dtype": str(backbone.dtype).removeprefix("torch."),
+           "threads": torch.get_num_threads(), "micro_batch": cfg.micro_batch, "batches": count,
+           "in_context_share": cfg.in_context_share, "results": results,
+           "same_batches_max_loss_difference": float(diff.max()),
+           "same_batches_mean_loss": float(np.mean(losses["one pass, random batches"])),
+           "load_average": {"before": load_before, "after": os.getloadavg()[0]}}
+    if short:
+        diff = np.abs(np.array(losses["one pass, short answers"]) - np.array(losses["split, short answers"]))
+        out |= {"short_answer_words": short, "short_answers_max_loss_difference": float(diff.max()),
+                "short_answers_mean_loss": float(np.mean(losses["one pass, short answers"]))}
+    return out
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -101,8 +123,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     names = list(result["results"])
     values = [result["results"][n]["samples_per_s"] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    bars = ax.bar([n.replace(", ", ",\n") for n in names], values, color=["tab:gray", "tab:blue", "tab:green"])
+    fig, ax = plt.subplots(figsize=(max(8, 2 * len(names)), 4))
+    bars = ax.bar([n.replace(", ", ",\n") for n in names], values, color=["tab:gray", "tab:blue", "tab:green", "tab:gray", "tab:purple"][:len(names)])
     for bar, name in zip(bars, names):
         entry = result["results"][name]
         ax.annotate(f"{entry['speedup']:.2f}x\npadding {entry['padding_share']:.0%}",
@@ -129,15 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-context-share", type=number(0, 1), default=0.5)
     ap.add_argument("--max-response-tokens", type=count(1), default=TRAIN_HEAD.max_response_tokens)
     ap.add_argument("--threads", type=count(1), default=None, help="torch CPU threads")
+    ap.add_argument("--short-answers", type=count(0), default=0, metavar="K",
+                    help="also time in-context reading with responses cut to K words (0: not)")
+    ap.add_argument("--train-limit", type=count(1), default=None,
+                    help="read only the first N training samples of --run (the batches are drawn from those)")
     ap.add_argument("--out", type=output_dir, default=f"runs/bench/train-{time.strftime('%Y%m%d-%H%M%S')}")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     head = replace(TRAIN_HEAD, teacher=args.teacher, max_response_tokens=args.max_response_tokens)
     cfg = TrainConfig(run=str(args.run), out=str(args.out), backbone=args.backbone, weights_dtype=args.weights_dtype,
-                      head=head, micro_batch=args.micro_batch, in_context_share=args.in_context_share)
+                      head=head, micro_batch=args.micro_batch, in_context_share=args.in_context_share,
+                      train_limit=args.train_limit)
     cfg.check_inputs()
-    result = run(cfg, args.batches)
+    result = run(cfg, args.batches, args.short_answers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -147,5 +174,9 @@ def main(argv: list[str] | None = None) -> int:
               f"padding {entry['padding_share']:.0%}")
     print(f"same batches: max |loss difference| {result['same_batches_max_loss_difference']:.2e} "
           f"(mean loss {result['same_batches_mean_loss']:.3f})")
+    if args.short_answers:
+        print(f"short answers, same batches: max |loss difference| {result['short_answers_max_loss_difference']:.2e} "
+              f"(mean loss {result['short_answers_mean_loss']:.3f})")
+    print(f"load average {result['load_average']['before']:.2f} -> {result['load_average']['after']:.2f}")
     print(f"wrote {out / 'train.json'} and {out / 'train.png'}")
     return 0

@@ -526,3 +526,28 @@ def test_compress_runs_rows_of_different_widths_in_separate_passes(tiny_model: G
     with torch.no_grad():
         reference = tiny_model.latent_vectors(texts, reference=True).float()
     torch.testing.assert_close(latent.vectors, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_reconstruction_runs_responses_of_different_widths_in_separate_passes(tiny) -> None:
+    """Rows of very different widths go in separate passes; logits and labels keep the batch's order."""
+    from dataclasses import replace
+
+    from latentcomm.model.reading import TRAINING_INSTRUCTIONS
+
+    tiny_model = GenerativeEmbedder(tiny, replace(TINY_HEAD, max_response_tokens=128))
+    queries = ["What is the capital of France?", "hi", "Tell me a long story.", "Count."]
+    responses = ["Paris.", " ".join(["and then the story went on"] * 20), "4", " ".join(["one two three"] * 30)]
+    instructions = [TRAINING_INSTRUCTIONS[1], None, TRAINING_INSTRUCTIONS[3], None]
+    passes = []
+    hook = tiny_model.backbone.model.base_model.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        latent = tiny_model.latent_vectors(queries)
+        passes.clear()
+        logits, labels = tiny_model.reconstruction_logits(latent, responses, instructions)
+        grouped = len(passes)
+    finally:
+        hook.remove()
+    ref_logits, ref_labels = tiny_model.reconstruction_logits(latent, responses, instructions, reference=True)
+    assert grouped >= 3  # the instruction prefixes, then the long responses and the short ones apart
+    assert torch.equal(labels, ref_labels)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)

@@ -73,6 +73,12 @@ def _batches(order: list[int], batch_size: int, show: bool | None, desc: str) ->
         yield order[start:start + batch_size]
 
 
+def _runs(order: list[int], states: list[States]) -> list[list[int]]:
+    """``order`` cut into the rows of each pass of ``states``."""
+    bounds = np.cumsum([0] + [len(h) for h, _ in states])
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def padding_groups(widths: list[int], pass_cost: int | None) -> list[list[int]]:
     """Split a batch of rows, ``widths`` in descending order, into runs of neighbours, each one padded pass: the
     split with the fewest computed positions (each run's size x its widest row) plus ``pass_cost`` per pass.
@@ -234,6 +240,19 @@ class GenerativeEmbedder(nn.Module):
                                      cache=cache, layer=layer)
         return hidden, suffix_mask
 
+    def _in_groups(self, prefix: list[list[Segment]], suffix: list[list[Segment]], widths: list[int], *,
+                   reference: bool, layer: int = -1) -> tuple[list[int], list[States]]:
+        """States of ``_path(reference)`` over rows of similar ``widths`` at a time (``padding_groups``; one pass
+        on other devices than the CPU and for a reference): the row order of the passes, and each pass's states."""
+        order = sorted(range(len(widths)), key=lambda i: -widths[i])
+        pass_cost = PASS_COST_POSITIONS if self.device.type == "cpu" and not reference else None
+        path, rows, states = self._path(reference), [], []
+        for group in padding_groups([widths[i] for i in order], pass_cost):
+            chosen = [order[j] for j in group]
+            rows += chosen
+            states.append(path([prefix[i] for i in chosen], [suffix[i] for i in chosen], layer=layer))
+        return rows, states
+
     def _path(self, reference: bool) -> Callable[..., States]:
         """Which way computes states: the plain one pass for a ``reference``; else the split under autograd
         (training: backward through the suffix only), one pass with the template cache without (inference)."""
@@ -257,8 +276,9 @@ class GenerativeEmbedder(nn.Module):
         special = self.head.special().to(self.backbone.dtype)
         lora = self.head.encoder_lora
         with lora.active(self.backbone.model) if lora is not None else nullcontext():
-            hidden, _ = self._path(reference or lora is not None)(rows, [[special]] * len(rows),
-                                                                  layer=self.config.state_layer)
+            order, states = self._in_groups(rows, [[special]] * len(rows), [row_width(r) for r in rows],
+                                            reference=reference or lora is not None, layer=self.config.state_layer)
+        hidden = torch.cat([h for h, _ in states])[torch.argsort(torch.tensor(order))]  # (B, num_special, H)
         return self.head.latent(hidden[:, self.config.num_thought:self.config.num_special])
 
     def reconstruction_logits(self, latent: torch.Tensor, responses: list[str],
@@ -285,19 +305,23 @@ class GenerativeEmbedder(nn.Module):
         for vectors, answer, ins in zip(latent, answers, instructions):
             if ins is None:
                 prefix.append([])
-                suffix.append([vectors, answer])
+                suffix.append([vectors, answer[:-1]])  # the last token is only a label: nothing reads it
                 starts.append(vectors.shape[0])
             else:
                 before, after = next(encoded), next(encoded) + template_after
                 prefix.append([template_before + before])
-                suffix.append([vectors, after, answer])
+                suffix.append([vectors, after, answer[:-1]])
                 starts.append(vectors.shape[0] + len(after))
-        hidden, _ = self._path(reference)(prefix, suffix)
-        labels = torch.full(hidden.shape[:2], IGNORE_INDEX, dtype=torch.long, device=bb.device)
-        for i, (answer, start) in enumerate(zip(answers, starts)):
-            labels[i, start - 1:start - 1 + len(answer)] = torch.tensor(answer, device=bb.device)
-        keep = labels != IGNORE_INDEX
-        return bb.model.get_output_embeddings()(hidden[keep]), labels[keep]
+        order, states = self._in_groups(prefix, suffix, [row_width(s) for s in suffix], reference=reference)
+        kept, labels, owners = [], [], []
+        for rows, (hidden, _) in zip(_runs(order, states), states):
+            for row, i in enumerate(rows):  # row i's states from the one before its answer to its last token
+                start = starts[i] - 1
+                kept.append(hidden[row, start:start + len(answers[i])])
+                labels.append(torch.tensor(answers[i], device=bb.device))
+                owners.append(i)
+        rows = sorted(range(len(owners)), key=owners.__getitem__)  # the batch's order
+        return bb.model.get_output_embeddings()(torch.cat([kept[r] for r in rows])), torch.cat([labels[r] for r in rows])
 
     def forward(self, queries: Sequence[Item], responses: list[str], targets: torch.Tensor, *,
                 recon_weight: float = 1.0, align_weight: float = 1.0, align_loss: AlignLoss = "mse",
@@ -386,14 +410,10 @@ class GenerativeEmbedder(nn.Module):
     def _compress(self, texts: Item | Sequence[Item], batch_size: int, prompt: str | None,
                   show_progress_bar: bool | None) -> Latent:
         rows = self.layout.query_rows(as_items(texts), prompt)
-        widths = [row_width(row) for row in rows]
-        order = sorted(range(len(rows)), key=lambda i: -widths[i])
+        order = sorted(range(len(rows)), key=lambda i: -row_width(rows[i]))
         out = torch.empty(len(rows), self.config.num_compression, self.backbone.hidden_size)
-        pass_cost = PASS_COST_POSITIONS if self.device.type == "cpu" else None
         for idx in _batches(order, batch_size, show_progress_bar, "compress"):
-            for group in padding_groups([widths[i] for i in idx], pass_cost):
-                chosen = [idx[j] for j in group]
-                out[chosen] = self._row_latents([rows[i] for i in chosen]).float().cpu()
+            out[idx] = self._row_latents([rows[i] for i in idx]).float().cpu()
         if not torch.isfinite(out).all():
             raise LatentError("compress produced NaN or Inf (a broken head, or a received latent far outside the "
                               "backbone's range)")
