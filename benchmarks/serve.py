@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,12 @@ class Level:
     requests_per_s: float
     p50_ms: float
     p99_ms: float
+    passes: int | None = None
+    """Compress forward passes the replica ran during the level (its ``counters``; None: not read)."""
+    rows_per_pass: float | None = None
+    model_share: float | None = None
+    """Share of the level's wall time the replica's model thread spent in those passes."""
+    ms_per_pass: float | None = None
 
 
 Call = Callable[[int, int], Awaitable[Any]]
@@ -117,16 +124,33 @@ class Workload:
         return call
 
 
-async def measure(call: Call, kind: str, mode: str, path: str, agents: list[int], args: argparse.Namespace
-                  ) -> list[Level]:
+Counters = Callable[[], Awaitable[dict[str, int]]]
+"""The replica's ``counters()``, read through the same path as the calls."""
+
+
+def with_passes(row: Level, before: dict[str, int], after: dict[str, int]) -> Level:
+    """``row`` with the compress passes the replica ran between two readings of its counters."""
+    passes = after["text_batches"] - before["text_batches"]
+    busy_ms = after["text_busy_ms"] - before["text_busy_ms"]
+    return replace(row, passes=passes, rows_per_pass=(after["text_rows"] - before["text_rows"]) / max(passes, 1),
+                   model_share=busy_ms / 1e3 / row.seconds, ms_per_pass=busy_ms / max(passes, 1))
+
+
+async def measure(call: Call, kind: str, mode: str, path: str, agents: list[int], args: argparse.Namespace,
+                  counters: Counters | None = None) -> list[Level]:
     await closed_loop(call, 1, 0.0, 2)  # warm-up: the first calls fill caches
     rows = []
     for n in agents:
+        before = await counters() if counters else None
         latencies, wall = await closed_loop(call, n, args.level_seconds, max(n, args.min_requests))
         rows.append(level(kind, mode, path, n, latencies, wall))
-        print(f"{kind:<9}{mode:<11}{path:<6}{n:>4} agents {rows[-1].requests_per_s:>8.2f} req/s  "
-              f"p50 {rows[-1].p50_ms:>8.1f} ms  p99 {rows[-1].p99_ms:>8.1f} ms  ({len(latencies)} requests)",
-              flush=True)
+        if counters and kind == "compress":
+            rows[-1] = with_passes(rows[-1], before, await counters())
+        r = rows[-1]
+        passes = "" if r.passes is None else \
+            f"  {r.passes} passes of {r.rows_per_pass:.1f} rows, {r.ms_per_pass:.0f} ms each, model {r.model_share:.0%}"
+        print(f"{kind:<9}{mode:<11}{path:<6}{n:>4} agents {r.requests_per_s:>8.2f} req/s  "
+              f"p50 {r.p50_ms:>8.1f} ms  p99 {r.p99_ms:>8.1f} ms  ({len(latencies)} requests){passes}", flush=True)
     return rows
 
 
@@ -160,19 +184,25 @@ def http_levels(args: argparse.Namespace, workloads: dict[str, Workload]) -> lis
     from ray import serve
 
     from latentcomm.actors.serve import ServeConfig, start
+    from latentcomm.http.client import Client
 
     url = start(ServeConfig(port=args.port, num_cpus=0, max_ongoing_requests=256,
                             replica=replica_config(args, MODES["continuous"])))
     pool = pool_of(args, MODES["continuous"], "bench-actor")
     rows: list[Level] = []
+    info = Client(url)
+
+    async def http_counters() -> dict[str, int]:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: info.info()["counters"])
+
     try:
         with ThreadPoolExecutor(max(args.http_agents)) as executor:
             for kind in KINDS:
                 for n in args.http_agents:
                     http = workloads[kind].http_call(url, n, executor)
                     rows += asyncio.run(measure(workloads[kind].actor_call(pool), kind, "continuous", "actor", [n],
-                                                args))
-                    rows += asyncio.run(measure(http, kind, "continuous", "http", [n], args))
+                                                args, partial(pool.call, "counters")))
+                    rows += asyncio.run(measure(http, kind, "continuous", "http", [n], args, http_counters))
     finally:
         pool.shutdown()
         serve.shutdown()

@@ -39,10 +39,13 @@ def _arrays(messages: list[bytes]) -> np.ndarray:
 
 async def test_batched_compress_and_embed_equal_unbatched(replicas):
     on, off = replicas["continuous"], replicas["off"]
-    before = on.counters()["text_batches"]
+    before = on.counters()
     calls = [([t], None) for t in TEXTS] + [(TEXTS[:3], "Summarize:"), (TEXTS[3:5], None)]
     batched = await asyncio.gather(*(on.compress(texts, dtype="float32", prompt=p) for texts, p in calls))
-    assert on.counters()["text_batches"] - before < len(calls)  # they shared forward passes
+    after = on.counters()
+    assert after["text_batches"] - before["text_batches"] < len(calls)  # they shared forward passes
+    assert after["text_rows"] - before["text_rows"] == sum(len(texts) for texts, _ in calls)
+    assert after["text_busy_ms"] >= before["text_busy_ms"]
     for (texts, prompt), got in zip(calls, batched):
         alone = await off.compress(texts, dtype="float32", prompt=prompt)
         np.testing.assert_allclose(_arrays(got), _arrays(alone), rtol=1e-4, atol=1e-5)

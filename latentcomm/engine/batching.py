@@ -63,6 +63,10 @@ class Batcher(Generic[Q, A]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         """Model calls made (a re-run of a failed batch's requests counts once per request)."""
+        self.rows = 0
+        """Rows those calls ran."""
+        self.busy_s = 0.0
+        """Seconds those calls took on the executor."""
 
     async def submit(self, request: Q) -> A:
         loop = asyncio.get_running_loop()
@@ -117,12 +121,16 @@ class Batcher(Generic[Q, A]):
         if not requests:
             return []
         self.batches += 1
+        self.rows += sum(self._rows(r) for r in requests)
+        start = time.perf_counter()
         try:
             outcomes = list(self._run(requests))
         except Exception as err:
+            self.busy_s += time.perf_counter() - start
             if len(requests) == 1:
                 return [err]
             return [self._run_isolated([request])[0] for request in requests]
+        self.busy_s += time.perf_counter() - start
         if len(outcomes) != len(requests):
             raise RuntimeError(f"batch function returned {len(outcomes)} results for {len(requests)} requests")
         return outcomes

@@ -129,8 +129,10 @@ class Replica:
                 "batching": dataclasses.asdict(self.config.batching)}
 
     def counters(self) -> dict[str, int]:
-        """Model calls made so far: forward passes of compress/embed, generation steps, KV prefills and answers."""
-        return {"text_batches": self._texts.batches, "latent_batches": self._latents.batches,
+        """Model calls made so far: forward passes of compress/embed (with their rows and model time in ms),
+        generation steps, KV prefills and answers."""
+        return {"text_batches": self._texts.batches, "text_rows": self._texts.rows,
+                "text_busy_ms": round(self._texts.busy_s * 1e3), "latent_batches": self._latents.batches,
                 "generation_steps": self._generator.steps, **self._kv_calls}
 
     # ---- the API (async: concurrent calls batch) -------------------------------------------------------
