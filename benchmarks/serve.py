@@ -172,7 +172,7 @@ def batching_levels(args: argparse.Namespace, workloads: dict[str, Workload]) ->
     for mode, batching in MODES.items():
         pool = pool_of(args, batching, f"bench-{mode}")
         try:
-            for kind in KINDS:
+            for kind in args.kinds:
                 rows += asyncio.run(measure(workloads[kind].actor_call(pool), kind, mode, "actor", args.agents, args))
         finally:
             pool.shutdown()
@@ -197,7 +197,7 @@ def http_levels(args: argparse.Namespace, workloads: dict[str, Workload]) -> lis
 
     try:
         with ThreadPoolExecutor(max(args.http_agents)) as executor:
-            for kind in KINDS:
+            for kind in args.kinds:
                 for n in args.http_agents:
                     http = workloads[kind].http_call(url, n, executor)
                     rows += asyncio.run(measure(workloads[kind].actor_call(pool), kind, "continuous", "actor", [n],
@@ -218,7 +218,7 @@ def ratios(rows: list[Level], args: argparse.Namespace) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     many = 16 if 16 in args.agents else max(args.agents)
-    for kind in KINDS:
+    for kind in args.kinds:
         base_many, base_one = find(kind, "unbatched", "actor", many), find(kind, "unbatched", "actor", 1)
         got_many, got_one = find(kind, "continuous", "actor", many), find(kind, "continuous", "actor", 1)
         if base_many and got_many:
@@ -298,6 +298,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=count(1), default=32, help="rows per forward pass / running generation")
     p.add_argument("--port", type=count(1), default=8765, help="port of the HTTP front door (127.0.0.1)")
     p.add_argument("--no-http", action="store_true", help="skip the HTTP part")
+    p.add_argument("--kinds", choices=KINDS, nargs="+", default=list(KINDS), help="request kinds measured")
     p.add_argument("--note", default="", help="what else ran on the machine (recorded with the figures)")
     p.add_argument("--out", type=output_dir, default="runs/bench/serve")
     return p.parse_args(argv)

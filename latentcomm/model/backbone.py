@@ -10,6 +10,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -121,6 +123,12 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return choose_dtype(device).dtype
 
 
+CPU_ATTENTION = "eager"
+"""Attention of ``Backbone.hidden_states`` (compress, encode, the training passes) on CPU: for their short rows the
+plain matmul + softmax is faster than SDPA's CPU kernels, most of all backward (``bench encode``, ``bench train``).
+Generation keeps the implementation the model was loaded with."""
+
+
 @dataclass
 class Backbone:
     """A frozen causal LM with its tokenizer and a content-derived identity."""
@@ -155,10 +163,24 @@ class Backbone:
         layer's (after the final norm) for ``layer`` -1, else the residual stream after decoder layer ``layer``;
         with ``use_cache`` also the cache extended by these positions (else None)."""
         past = {self._cache_keyword: cache} if cache is not None else {}
-        out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                    use_cache=use_cache, output_hidden_states=layer != -1, **past)
+        with self.attention(CPU_ATTENTION if self.device.type == "cpu" else None):
+            out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                        use_cache=use_cache, output_hidden_states=layer != -1, **past)
         states = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
         return states, getattr(out, self._cache_keyword, None) if use_cache else None
+
+    @contextmanager
+    def attention(self, implementation: str | None) -> Iterator[None]:
+        """Run the model with the attention ``implementation`` ("eager", "sdpa", ...; None: as loaded) meanwhile."""
+        loaded = self.model.config._attn_implementation
+        if implementation is None or implementation == loaded:
+            yield
+            return
+        self.model.set_attn_implementation(implementation)
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(loaded)
 
     @property
     def num_layers(self) -> int:
