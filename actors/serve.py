@@ -272,6 +272,8 @@ _HELP = {
     "batching": "batch concurrent requests (--no-batching: each request alone, generation one row at a time)",
     "max_batch_size": "most rows in one forward pass or running generation",
     "max_wait_s": "how long a compress/embed request waits for others to share its pass",
+    "regroup_share": "while callers of the last pass are still to come back, wait for them up to this share of "
+                     "its duration (0: never)",
     "num_threads": "torch CPU threads per replica",
 }
 
@@ -281,6 +283,7 @@ _FLAG_TYPES = {
     "target_ongoing_requests": number(0, above=True), "num_cpus": number(0), "num_gpus": number(0),
     "key_file": existing_file, "max_payload_bytes": count(1), "backbone": backbone_source, "head": head_folder,
     "num_threads": count(1), "max_new_tokens": count(1), "max_batch_size": count(1), "max_wait_s": number(0),
+    "regroup_share": number(0, 1),
 }
 
 

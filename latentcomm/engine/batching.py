@@ -36,12 +36,19 @@ class BatchConfig:
     max_wait_s: float = 0.005
     """How long the first compress/embed request waits for more before its pass starts (requests that arrive
     while a pass runs always wait for the next one; generation rows never wait: they join between steps)."""
+    regroup_share: float = 0.25
+    """While fewer rows wait than were in flight at the end of the last pass (its rows and those queued behind
+    it), the next pass waits for the missing ones up to this share of the last pass's duration: callers whose
+    replies and next requests take a slower hop (HTTP through a proxy) rejoin one batch instead of splitting
+    into cohorts that alternate in half-full passes. 0: never."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if not self.max_wait_s >= 0:
             raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s}")
+        if not 0 <= self.regroup_share <= 1:
+            raise ValueError(f"regroup_share must be in [0, 1], got {self.regroup_share}")
 
 
 class Batcher(Generic[Q, A]):
@@ -67,6 +74,9 @@ class Batcher(Generic[Q, A]):
         """Rows those calls ran."""
         self.busy_s = 0.0
         """Seconds those calls took on the executor."""
+        self._in_flight = 0
+        """Rows of the last pass and those queued when it ended (the callers expected back)."""
+        self._last_pass_s = 0.0
 
     async def submit(self, request: Q) -> A:
         loop = asyncio.get_running_loop()
@@ -86,7 +96,10 @@ class Batcher(Generic[Q, A]):
             batch = [(request, future) for request, future in await self._gather() if not future.cancelled()]
             if not batch:
                 continue
+            start = time.monotonic()
             outcomes = await loop.run_in_executor(self._executor, self._run_isolated, [r for r, _ in batch])
+            self._last_pass_s = time.monotonic() - start
+            self._in_flight = sum(self._rows(r) for r, _ in batch) + self._waiting_rows()
             for (_, future), outcome in zip(batch, outcomes):
                 if future.done():
                     continue
@@ -96,11 +109,16 @@ class Batcher(Generic[Q, A]):
                     future.set_result(outcome)
 
     async def _gather(self) -> list[tuple[Q, asyncio.Future]]:
-        """The next batch: the first request, and what arrives within ``max_wait_s`` or is already waiting."""
+        """The next batch: the first request, and what arrives within ``max_wait_s`` (or, while callers of the last
+        pass are still to come back, within ``regroup_share`` of its duration) or is already waiting."""
         config = self._config
-        if config.batching and config.max_wait_s > 0:
-            deadline = time.monotonic() + config.max_wait_s
-            while self._waiting_rows() < config.max_batch_size and (left := deadline - time.monotonic()) > 0:
+        wait, enough = config.max_wait_s, config.max_batch_size
+        if self._waiting_rows() < self._in_flight:
+            wait = max(wait, config.regroup_share * self._last_pass_s)
+            enough = min(enough, self._in_flight)
+        if config.batching and wait > 0:
+            deadline = time.monotonic() + wait
+            while self._waiting_rows() < enough and (left := deadline - time.monotonic()) > 0:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
