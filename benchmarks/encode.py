@@ -24,6 +24,7 @@ from latentcomm.model.backbone import DEFAULT_BACKBONE, Backbone, choose_dtype, 
     quantize_int8
 from latentcomm.cli.parser import backbone_source, count, head_folder, output_dir, parser
 from latentcomm.model.generation import generate
+from latentcomm.model.prompt import as_items, common_head, row_width
 from latentcomm.model.embedder import MIN_TEMPLATE_CACHE, PASS_COST_POSITIONS, GenerativeEmbedder, load_embedder, \
     padding_groups
 
@@ -68,18 +69,18 @@ def matmul_flops(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...
 
 def positions_run(model: GenerativeEmbedder, texts: list[str], batch_size: int) -> tuple[int, int]:
     """(positions the backbone computes, of which cached) over ``texts`` in ``encode``'s batches (sorted by width,
-    each split into padded passes by ``padding_groups``), padding included; the cached ones are the chat-template
-    run taken from the prefix cache."""
-    rows = sorted(model.query_token_ids(texts), key=len, reverse=True)
+    each split into padded passes by ``padding_groups``), padding included; the cached ones are the run every row
+    of a pass starts with (the chat template) when taken from the prefix cache."""
+    rows = sorted(model.layout.query_rows(as_items(texts), None), key=row_width, reverse=True)
     pass_cost = PASS_COST_POSITIONS if model.device.type == "cpu" else None
     computed = cached = 0
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
-        for group in padding_groups([len(r) for r in batch], pass_cost):
+        for group in padding_groups([row_width(r) for r in batch], pass_cost):
             chosen = [batch[i] for i in group]
-            head = len(os.path.commonprefix(chosen)) if model.prefix_cache else 0
+            head = len(common_head(chosen)) if model.prefix_cache else 0
             head = head if head >= MIN_TEMPLATE_CACHE else 0
-            width = max(len(r) for r in chosen) + model.config.num_special
+            width = max(row_width(r) for r in chosen) + model.config.num_special
             computed += len(chosen) * (width - head)
             cached += len(chosen) * head
     return computed, cached
