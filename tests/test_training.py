@@ -354,3 +354,58 @@ def test_train_configs_of_older_runs_still_load(tmp_path):
     assert TrainConfig.from_dict(flat) == TrainConfig(weights_dtype="bfloat16", head_dtype="bfloat16",
                                                       head=dataclasses.replace(TRAIN_HEAD, teacher="self",
                                                                                num_compression=4))
+
+
+def test_objectives_are_drawn_per_key_and_notes_carry_no_target():
+    from latentcomm.training.objectives import RESTATE_INSTRUCTIONS, draw_objective, make_sample
+
+    drawn = [draw_objective(f"0:0:{i}", 0.3, 0.2) for i in range(2000)]
+    assert drawn == [draw_objective(f"0:0:{i}", 0.3, 0.2) for i in range(2000)]
+    shares = {o: drawn.count(o) / len(drawn) for o in ("restate", "qa", "response")}
+    assert abs(shares["restate"] - 0.3) < 0.04 and abs(shares["qa"] - 0.2) < 0.04
+    assert all(draw_objective(f"{i}", 0.0, 0.0) == "response" for i in range(50))
+    samples = [make_sample(f"1:0:{i}", "Why is the sky blue today?", "Rayleigh.", ("A", "B"), restate_share=0.3,
+                           qa_share=0.3, restate_text="Why is the sky") for i in range(300)]
+    for s in samples:
+        if s.objective == "response":
+            assert (s.query, s.response, s.instruction, s.aligned) == ("Why is the sky blue today?", "Rayleigh.",
+                                                                       ("A", "B"), True)
+        elif s.objective == "restate":
+            assert s.query == s.response == "Why is the sky" and s.instruction in RESTATE_INSTRUCTIONS and s.aligned
+        else:
+            assert not s.aligned and s.response.rstrip(".") in s.query and "?" in s.instruction[1]
+    assert len({s.query for s in samples if s.objective == "qa"}) > 50
+    with pytest.raises(ValueError, match="restate_share"):
+        TrainConfig(restate_share=0.7, qa_share=0.5)
+    with pytest.raises(ValueError, match="restate_words"):
+        TrainConfig(restate_words=0)
+
+
+def test_alignment_skips_samples_without_a_target(tiny_model):
+    import torch
+
+    queries, responses = ["one query", "another query", "a third"], ["an answer", "more", "last one"]
+    targets = torch.randn(3, tiny_model.head.embed_dim)
+    full = tiny_model(queries, responses, targets)
+    masked = targets.clone()
+    masked[1] = float("nan")
+    with_nan = tiny_model(queries, responses, masked)
+    kept = tiny_model([queries[0], queries[2]], [responses[0], responses[2]], targets[[0, 2]], recon_weight=0.0)
+    assert with_nan.align == pytest.approx(kept.align, rel=1e-5) and with_nan.align != pytest.approx(full.align)
+    assert with_nan.recon == pytest.approx(full.recon, rel=1e-6)
+    none = tiny_model(queries, responses, torch.full_like(targets, float("nan")))
+    assert none.align == 0.0 and torch.isfinite(none.loss)
+
+
+@pytest.mark.slow
+def test_a_run_of_every_objective_resumes_exactly(uninterrupted, tmp_path):
+    _, args = uninterrupted
+    mix = ["--restate-share", "0.4", "--qa-share", "0.4", "--in-context-share", "0.5", "--max-steps", "2"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _train([*args, *mix, "--out", str(whole)])
+    _train([*args, *mix, "--out", str(resumed), "--stop-after", "1"])
+    _train([*args, *mix, "--out", str(resumed), "--resume"])
+    assert _losses(resumed) == pytest.approx(_losses(whole), rel=1e-6)
+    assert all(np.isfinite(_losses(whole)))
+    config = json.loads((whole / "train_config.json").read_text())
+    assert (config["restate_share"], config["qa_share"]) == (0.4, 0.4)
