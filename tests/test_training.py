@@ -409,3 +409,23 @@ def test_a_run_of_every_objective_resumes_exactly(uninterrupted, tmp_path):
     assert all(np.isfinite(_losses(whole)))
     config = json.loads((whole / "train_config.json").read_text())
     assert (config["restate_share"], config["qa_share"]) == (0.4, 0.4)
+
+
+def test_restatement_table_has_the_ceiling_every_head_and_the_bound(tiny_model):
+    from latentcomm.model.optimise import OptimiseConfig
+    from latentcomm.training.restatement import (BOUND, CEILING, heldout_sets, restatement_table, table_markdown,
+                                                 token_accuracy)
+
+    sets = heldout_sets(2, ["one two three four five six", "seven eight nine"], words=4)
+    assert sets["held-out ShareGPT queries"] == ["one two three four", "seven eight nine"]
+    assert len(sets["held-out notes"]) == 2
+    rows = restatement_table({"trained head": tiny_model, "other": tiny_model}, sets, bound_of="trained head",
+                             optimise=OptimiseConfig(steps=2), max_new_tokens=4, batch_size=2)
+    assert [(r.set, r.row) for r in rows] == [(s, row) for s in sets for row in (CEILING, "trained head", "other",
+                                                                                  BOUND)]
+    for r in rows:
+        assert r.n == 2 and 0 <= r.exact <= 1 and 0 <= r.token_accuracy <= 1
+        assert r.exact_ci95[0] <= r.exact <= r.exact_ci95[1]
+    assert "| held-out notes | text (ceiling) | 2 |" in table_markdown(rows)
+    assert token_accuracy(tiny_model, "The quick brown fox", "The quick brown fox") == 1.0
+    assert token_accuracy(tiny_model, "", "The quick brown fox") == 0.0
