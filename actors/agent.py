@@ -54,6 +54,8 @@ ACKED_KEY = "acked"
 receiver, which lost its inbox state, resume the order instead of waiting for messages it already handled)."""
 STARTED_KEY = "started_ns"
 """Metadata key: when the sender started producing the message (Unix ns; it was packed at ``created_ns``)."""
+FORWARDED_KEY = "forwarded_from"
+"""Metadata key of a forwarded message (``Agent.forward``): the agent that made it."""
 AGENT_KEYS = frozenset({SEQ_KEY, ACKED_KEY, STARTED_KEY})
 """Metadata the agents manage; the rest (e.g. a job's mode and question id) is the caller's and reaches the trace."""
 
@@ -234,8 +236,10 @@ class Agent:
 
     async def forward(self, to: Recipient, incoming: Incoming, *, conversation_id: str = "default") -> Any:
         """Send a received message on unchanged (its kind, payload and the head that made it) as a new message of
-        this agent's; returns the receiver's handler result."""
-        return await self.send_message(to, address(incoming.message, message_id=uuid.uuid4().hex),
+        this agent's, its maker in the metadata (``FORWARDED_KEY``); returns the receiver's handler result."""
+        message = incoming.message
+        metadata = {**message.metadata, FORWARDED_KEY: message.metadata.get(FORWARDED_KEY, message.sender)}
+        return await self.send_message(to, address(message, message_id=uuid.uuid4().hex, metadata=metadata),
                                        conversation_id=conversation_id)
 
     def restatement(self, said: Said) -> str:
