@@ -13,7 +13,7 @@ import latentcomm.engine.replica as replica_module
 from latentcomm.actors.agent import Agent, keep_latent
 from latentcomm.actors.job.config import JobConfig, parse_config
 from latentcomm.actors.job.main import main
-from latentcomm.actors.job.modes import MODES
+from latentcomm.actors.job.modes import DEFAULT_MODES, MODES
 from latentcomm.actors.job.run import Held, answer, answer_held_kv, build_chain
 from latentcomm.actors.tasks import FACTS, GSM8K, get_task
 from latentcomm.actors.trace import Trace
@@ -277,7 +277,7 @@ def test_scoring_returns_new_values_and_changes_nothing_it_is_given():
 
     finals = {"latent": ["abc", "xyz"], "latent-decode": ["abd", "abc"], "kv": ["abc", "abc"],
               "text": ["abc", "ddd"], "floor": ["eee", "abc"]}
-    config, job = fake_job(tuple(MODES), finals)
+    config, job = fake_job(DEFAULT_MODES, finals)
 
     def given() -> list[Any]:
         return [*(run for chain in job.chains.values() for run in chain.values()), *job.floor, *job.trace.hops]
@@ -287,7 +287,7 @@ def test_scoring_returns_new_values_and_changes_nothing_it_is_given():
     assert [dataclasses.asdict(v) for v in given()] == before  # nothing scored in place
     assert all(a.agreement is None for run in job.chains[3].values() for a in run.answers)
     [run] = result.runs
-    assert list(run.summaries) == list(MODES) and list(run.over_text) == ["latent", "latent-decode", "kv"]
+    assert list(run.summaries) == list(DEFAULT_MODES) and list(run.over_text) == ["latent", "latent-decode", "kv"]
     assert run.summaries["kv"].task_score == 1.0 and run.summaries["text"].task_score == 0.5
     assert run.over_text["kv"].task_score == 2.0 and run.over_text["kv"].wall_s == 1.0
     assert run.against_text["kv"] == {"a_only": 1, "b_only": 0, "p": 1.0}
@@ -306,13 +306,13 @@ def test_results_json_keeps_the_keys_of_the_runs_written_so_far():
     from latentcomm.actors.job.score import score_job
 
     stored = json.loads((Path(__file__).parent.parent / "results/main-job/k4-36-warm/results.json").read_text())
-    finals = {name: ["abc", "abd"] for name in (*MODES, "floor")}
-    config, job = fake_job(tuple(MODES), finals)
+    finals = {name: ["abc", "abd"] for name in (*DEFAULT_MODES, "floor")}
+    config, job = fake_job(DEFAULT_MODES, finals)
     written = json.loads(json.dumps(score_job(job, config, LetterTeacher()).to_dict()))
     assert list(written) == list(stored)
     [run], [old] = written["runs"], stored["runs"][:1]
     assert list(run) == list(old) and list(run["summaries"]) == list(old["summaries"])
-    for mode in MODES:
+    for mode in DEFAULT_MODES:
         assert list(run["summaries"][mode]) == list(old["summaries"][mode])
         assert list(run["summaries"][mode]["hops"]["holder->relay1"]) == list(old["summaries"][mode]["hops"]
                                                                              ["holder->relay1"])

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from latentcomm.actors.agent import Agent, Handler, Recipient, Said, decode_latent, keep_latent
 from latentcomm.protocols import MetaValue
 
-HopKind = Literal["latent", "kv", "text"]
+HopKind = Literal["latent", "kv", "text", "auto"]
 
 
 @dataclass(frozen=True)
@@ -22,16 +22,18 @@ class Mode:
 
     name: str
     kind: HopKind
-    """The message kind of a hop."""
+    """The message kind of a hop ("auto": the link chooses, ``Agent.send``)."""
     help: str
     read: Handler | None = None
-    """The receivers' handler for ``kind`` (None: the agent's default)."""
+    """The receivers' handler for ``handled_kind`` (None: the agent's default)."""
     generate: bool = False
     """The sender generates its own answer and sends that (a text hop)."""
     label: str = ""
     """Short name in the ratio columns (``label/text``); the name when empty."""
     color: str | None = None
     """Its line in ``run.png`` (None: matplotlib's next colour)."""
+    default: bool = True
+    """It runs when ``--modes`` is not given (else only when named)."""
 
     def __post_init__(self) -> None:
         if self.generate and self.kind != "text":
@@ -40,6 +42,12 @@ class Mode:
     @property
     def short(self) -> str:
         return self.label or self.name
+
+    @property
+    def handled_kind(self) -> str:
+        """The kind ``read`` handles: ``kind``, or a latent where the link chooses (a KV cache and a text keep the
+        agents' defaults)."""
+        return "latent" if self.kind == "auto" else self.kind
 
 
 BASELINE = "text"
@@ -52,8 +60,12 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
          "last one answers after it", color="tab:green"),
     Mode(BASELINE, "text", "every agent generates its answer and sends the text (the baseline)", generate=True,
          color="tab:gray"),
+    Mode("auto", "auto", "every link chooses: the KV cache where it fits the receiver's limits, else the latent "
+         "(read in context), else the generated text (only when named)", read=keep_latent, color="tab:purple",
+         default=False),
 )}
 """Every mode, in the order they run and are tabulated."""
+DEFAULT_MODES: tuple[str, ...] = tuple(name for name, mode in MODES.items() if mode.default)
 
 async def send(mode: Mode, sender: Agent, receiver: Recipient, said: Said, *, conversation_id: str,
                metadata: Mapping[str, MetaValue]) -> Any:

@@ -78,7 +78,7 @@ def build_chain(mode: Mode, k: int, task: Task, pool: ReplicaPool, trace: Trace,
              for name, role in zip(names, roles)]
     if mode.read is not None:
         for agent in chain[1:]:
-            agent.on(mode.kind, mode.read)
+            agent.on(mode.handled_kind, mode.read)
     return chain
 
 
@@ -91,7 +91,7 @@ async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: H
     said: Any = task.first_input(item)
     for hop, (sender, receiver) in enumerate(zip(chain, chain[1:]), 1):
         received = await send(mode, sender, receiver, said, conversation_id=conversation, metadata=metadata)
-        if mode.kind == "kv":
+        if isinstance(received, Incoming) and received.kind == "kv":
             held.kv[received.message.message_id] = (sender, said)
         if isinstance(received, Incoming) and received.kind == "latent":
             held.latents[received.message.message_id] = received.data
