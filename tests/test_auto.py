@@ -17,24 +17,10 @@ from latentcomm.actors.trace import Trace
 from latentcomm.engine.replica import Replica, ReplicaConfig
 from latentcomm.http.client import Client
 from latentcomm.integrations.local import LocalPool
-from latentcomm.model.config import HeadConfig
 from latentcomm.protocols import (Description, FingerprintMismatch, LatentMessage, Limits, MalformedMessage,
                                   UnsupportedKind, candidates, choose, fits, unpack)
-from latentcomm.testing import save_tiny_backbone
-from conftest import TINY_HEAD
 
 NOTE = "Note: Mira Lund lives in Oslo and keeps bees.\n\nQuestion: Where does Mira live?"
-OTHER_HEAD = HeadConfig(num_thought=1, num_compression=2, embed_dim=16, max_query_tokens=64, max_response_tokens=32)
-
-
-@pytest.fixture(scope="module")
-def replicas(tiny_backbone_dir, tmp_path_factory) -> dict[str, Replica]:
-    """Three replicas: the tiny backbone with the test head, the same backbone with another head, another backbone."""
-    other = save_tiny_backbone(tmp_path_factory.mktemp("other_backbone"), seed=1)
-    config = dict(weights_dtype="float32", max_new_tokens=4)
-    return {"same": Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, **config)),
-            "head": Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=OTHER_HEAD, **config)),
-            "backbone": Replica(ReplicaConfig(backbone=str(other), head_config=TINY_HEAD, **config))}
 
 
 def agents(replicas: dict[str, Replica], receiver: str, **options) -> tuple[Agent, Agent, Trace]:
