@@ -147,16 +147,19 @@ class Agent:
 
     ``key`` (bytes) signs every message it sends and makes it reject unsigned or forged messages.
     ``wire_dtype`` is the dtype of latents and embeddings it sends (``float16`` halves the bytes with
-    a cosine above 0.9999). ``limits`` bound what it unpacks (raise them for KV caches of big backbones). Every
-    handled message is recorded in ``trace``.
+    a cosine above 0.9999). ``limits`` bound what it unpacks (raise them for KV caches of big backbones). ``reads``
+    are the kinds its description lists (what a link that chooses may send it). Every handled message is recorded
+    in ``trace``.
     """
 
     def __init__(self, name: str, pool: ReplicaPool, *, role: str = "", key: bytes | None = None,
                  trace: Trace | None = None, wire_dtype: str = "float16", max_new_tokens: int | None = None,
                  redeliver_for_s: float = 120.0, order_timeout_s: float = 120.0, remember: int = 100_000,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, reads: Sequence[str] = KINDS) -> None:
         if not name:
             raise ValueError("an agent needs a non-empty name")
+        if not reads or set(reads) - set(KINDS):
+            raise ValueError(f"reads must be some of {KINDS}, got {reads!r}")
         self.name = name
         self.pool = pool
         self.role = role
@@ -164,6 +167,7 @@ class Agent:
         self.trace = trace if trace is not None else Trace()
         self.wire_dtype = wire_dtype
         self.limits = limits
+        self.reads = tuple(reads)
         self.max_new_tokens = max_new_tokens
         self.redeliver_for_s = redeliver_for_s
         self.order_timeout_s = order_timeout_s
@@ -253,7 +257,7 @@ class Agent:
         if self._description is None:
             info = await self.pool.call("info")
             self._description = Description.of(self.name, info["backbone_id"], info["fingerprint"],
-                                               limits=self.limits)
+                                               kinds=self.reads, limits=self.limits)
         return self._description
 
     async def link(self, to: Peer, *, refresh: bool = False) -> Description:
