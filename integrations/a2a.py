@@ -166,13 +166,15 @@ async def a2a_app(agent: Agent, url: str, *, about: str = "") -> Starlette:
 
 class A2APeer:
     """A remote A2A agent that reads latentcomm messages, as a recipient of ``Agent.send``: ``describe`` reads its
-    card (so ``kind="auto"`` chooses for it), ``receive`` sends the message as a part (with ``ask`` as a text part
-    after it) and returns its text answer. A part the server refused raises the protocol error it names."""
+    card (so ``kind="auto"`` chooses for it), ``receive`` sends the message as a part between the text parts
+    ``before`` and ``ask`` (where given) and returns its text answer. A part the server refused raises the protocol
+    error it names."""
 
-    def __init__(self, client: Client, card: AgentCard, *, ask: str = "") -> None:
+    def __init__(self, client: Client, card: AgentCard, *, before: str = "", ask: str = "") -> None:
         self.client = client
         self.card = card
         self.name = card.name
+        self.before = before
         self.ask = ask
 
     @classmethod
@@ -185,12 +187,19 @@ class A2APeer:
     async def describe(self, peer: Description | None = None) -> Description:
         return card_description(self.card)
 
+    def asking(self, before: str = "", ask: str = "") -> "A2APeer":
+        """The same peer (client, card) with other texts around the message."""
+        return A2APeer(self.client, self.card, before=before, ask=ask)
+
     async def receive(self, data: bytes) -> str:
-        return await self.send_parts([message_part(data), *([Part(text=self.ask)] if self.ask else [])])
+        return await self.send_parts(self._around(message_part(data)))
 
     async def send_text(self, text: str) -> str:
-        """The same exchange in text: ``text`` (and ``ask``) as text parts; the answer."""
-        return await self.send_parts([Part(text=text), *([Part(text=self.ask)] if self.ask else [])])
+        """The same exchange in text: ``text`` as a text part in the message's place; the answer."""
+        return await self.send_parts(self._around(Part(text=text)))
+
+    def _around(self, part: Part) -> list[Part]:
+        return [*([Part(text=self.before)] if self.before else []), part, *([Part(text=self.ask)] if self.ask else [])]
 
     async def send_parts(self, parts: list[Part]) -> str:
         """One A2A message of ``parts``; the text of the answer."""
