@@ -262,6 +262,9 @@ class Agent:
 
     async def link(self, to: Peer, *, refresh: bool = False) -> Description:
         """``to``'s description: exchanged on the first message to it and kept (``refresh``: asked again)."""
+        if not callable(getattr(to, "describe", None)):
+            raise TypeError(f"kind='auto' chooses from the recipient's description: {type(to).__name__} has no "
+                            "describe()")
         if refresh or to.name not in self._links:
             self._links[to.name] = await to.describe(await self.describe())
         return self._links[to.name]

@@ -178,6 +178,15 @@ async def test_send_checks_its_auto_arguments(replicas):
         with pytest.raises(ValueError):
             await alice.send(bob, NOTE, **kwargs)
 
+    class Silent:
+        name = "bob"
+
+        async def receive(self, data: bytes):
+            return await bob.receive(data)
+
+    with pytest.raises(TypeError, match="describe"):
+        await alice.send(Silent(), NOTE, kind="auto")
+
 
 async def test_the_main_jobs_auto_mode_picks_per_hop(replicas):
     [item] = FACTS.load(1, 0)
