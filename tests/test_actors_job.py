@@ -13,7 +13,7 @@ import latentcomm.engine.replica as replica_module
 from latentcomm.actors.agent import Agent, keep_latent
 from latentcomm.actors.job.config import JobConfig, parse_config
 from latentcomm.actors.job.main import main
-from latentcomm.actors.job.modes import MODES, mode_named
+from latentcomm.actors.job.modes import DEFAULT_MODES, MODES, mode_named
 from latentcomm.actors.job.run import Held, answer, answer_held_kv, build_chain
 from latentcomm.actors.tasks import FACTS, GSM8K, get_task
 from latentcomm.actors.trace import Trace
