@@ -429,3 +429,18 @@ def test_restatement_table_has_the_ceiling_every_head_and_the_bound(tiny_model):
     assert "| held-out notes | text (ceiling) | 2 |" in table_markdown(rows)
     assert token_accuracy(tiny_model, "The quick brown fox", "The quick brown fox") == 1.0
     assert token_accuracy(tiny_model, "", "The quick brown fox") == 0.0
+
+
+@pytest.mark.slow
+def test_a_head_without_lora_starts_a_run_that_adds_it(uninterrupted, tmp_path):
+    reference, args = uninterrupted
+    out = tmp_path / "lora"
+    _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), "--encoder-lora-rank", "2",
+            "--align-fit", "0", "--lr", "1e-9", "--warmup-steps", "0", "--out", str(out)])
+    before, after = _head(reference), _head(out)
+    assert set(after) - set(before) and all(k.startswith("encoder_lora.") for k in set(after) - set(before))
+    weights = [k for k in before if "running_" not in k and "num_batches" not in k]
+    assert all(np.allclose(before[k].numpy(), after[k].numpy(), atol=1e-5) for k in weights)
+    done = _train([*args, "--max-steps", "1", "--init-head", str(out / "head"), "--out", str(tmp_path / "back")],
+                  status=2)
+    assert "another head shape" in done.stderr and "encoder_lora_rank" in done.stderr

@@ -214,16 +214,25 @@ class TrainRecipe:
             self.metrics.truncate_after(self.start_step)
 
     def initial_model(self, backbone) -> GenerativeEmbedder:
-        """A fresh head of the configured shape, or the saved ``init_head`` (refused unless its shape is that)."""
+        """A fresh head of the configured shape, or the saved ``init_head``: refused unless its shape is this run's,
+        except that a head without encoder LoRA may start a run that adds it (the adapters start at zero, so the
+        first step's latents are the saved head's)."""
         config = self.cfg.head_config(self.data.embed_dim)
         if self.cfg.init_head is None:
             return GenerativeEmbedder(backbone, config, seed=self.cfg.seed)
-        model = GenerativeEmbedder.from_pretrained(self.cfg.init_head, backbone=backbone)
-        if model.config != config:
-            theirs, ours = model.config.to_dict(), config.to_dict()
-            differ = {k: (v, ours[k]) for k, v in theirs.items() if v != ours[k]}
+        saved = GenerativeEmbedder.from_pretrained(self.cfg.init_head, backbone=backbone)
+        theirs, ours = saved.config.to_dict(), config.to_dict()
+        differ = {k: (v, ours[k]) for k, v in theirs.items() if v != ours[k]}
+        if not differ:
+            return saved
+        if set(differ) != {"encoder_lora_rank"} or saved.config.encoder_lora_rank:
             raise ValueError(f"init_head {self.cfg.init_head} has another head shape than this run "
                              f"(field: head's value, run's value): {differ}")
+        model = GenerativeEmbedder(backbone, config, seed=self.cfg.seed)
+        missing, unexpected = model.head.load_state_dict(saved.head.state_dict(), strict=False)
+        if unexpected or any(not key.startswith("encoder_lora.") for key in missing):
+            raise ValueError(f"init_head {self.cfg.init_head}: its tensors do not fit this run's head "
+                             f"(missing {missing}, unexpected {unexpected})")
         return model
 
     def load_data(self) -> TrainingData:
