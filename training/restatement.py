@@ -1,7 +1,7 @@
 """Held-out restatement: does a latent carry the words its input holds?
 
 A receiver reads each latent inside a user turn with ``optimise.RESTATE`` (an instruction no head trains on) and
-restates the message greedily. Scored against the input text: the exact-match rate (with its 95% Wilson interval)
+restates the message greedily (plain greedy: no repetition penalty). Scored against the input text: the exact-match rate (with its 95% Wilson interval)
 and the token accuracy (the share of the input's tokens that the restatement has at the same position). Rows: the
 text itself in the latent's place (the ceiling), each head's latent, and the latent optimised for the reading (the
 bound, ``latentcomm.model.optimise``). Sets: made-up notes of held-out seeds (``training.notes``) and held-out
@@ -51,10 +51,11 @@ def token_accuracy(model: GenerativeEmbedder, said: str, text: str) -> float:
 
 def restate(model: GenerativeEmbedder, messages: list[Latent | str], *, max_new_tokens: int, batch_size: int
             ) -> list[str]:
-    """Each message (a latent row or a text) read with ``RESTATE`` and restated greedily."""
+    """Each message (a latent row or a text) read with ``RESTATE`` and restated greedily, without the repetition
+    controls of ``respond`` (a restatement repeats what its text repeats, e.g. a name)."""
     before, after = RESTATE
     return model.respond([[before, m, after] for m in messages], max_new_tokens=max_new_tokens,
-                         batch_size=batch_size)
+                         batch_size=batch_size, repetition_penalty=1.0, no_repeat_ngram_size=0)
 
 
 def score(model: GenerativeEmbedder, row: str, name: str, texts: list[str], said: list[str]) -> RestatementRow:
