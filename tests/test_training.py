@@ -283,15 +283,21 @@ def test_grounded_samples_hold_their_response_and_are_drawn_deterministically():
         TrainConfig(grounding_share=-0.1)
 
 
+def _one_still_step(uninterrupted, out: Path, *extra: str) -> tuple[dict, dict, list[str]]:
+    """One step at a learning rate of 1e-9 from the saved head of ``uninterrupted``: that head's tensors, the new
+    run's, and the names of the trained weights (not the running statistics)."""
+    reference, args = uninterrupted
+    _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), *extra, "--align-fit", "0", "--lr",
+            "1e-9", "--warmup-steps", "0", "--out", str(out)])
+    before = _head(reference)
+    return before, _head(out), [k for k in before if "running_" not in k and "num_batches" not in k]
+
+
 @pytest.mark.slow
 def test_a_run_starts_from_a_saved_head_and_refuses_another_shape(uninterrupted, tmp_path):
     reference, args = uninterrupted
-    out = tmp_path / "warm"
-    _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), "--grounding-share", "0.5",
-            "--align-fit", "0", "--lr", "1e-9", "--warmup-steps", "0", "--out", str(out)])
-    before, after = _head(reference), _head(out)
+    before, after, weights = _one_still_step(uninterrupted, tmp_path / "warm", "--grounding-share", "0.5")
     assert before.keys() == after.keys()
-    weights = [k for k in before if "running_" not in k and "num_batches" not in k]  # not the running statistics
     assert len(weights) >= 3 and all(np.allclose(before[k].numpy(), after[k].numpy(), atol=1e-5) for k in weights)
     done = _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), "--num-compression", "4",
                    "--out", str(tmp_path / "other")], status=2)
@@ -433,13 +439,10 @@ def test_restatement_table_has_the_ceiling_every_head_and_the_bound(tiny_model):
 
 @pytest.mark.slow
 def test_a_head_without_lora_starts_a_run_that_adds_it(uninterrupted, tmp_path):
-    reference, args = uninterrupted
+    _, args = uninterrupted
     out = tmp_path / "lora"
-    _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), "--encoder-lora-rank", "2",
-            "--align-fit", "0", "--lr", "1e-9", "--warmup-steps", "0", "--out", str(out)])
-    before, after = _head(reference), _head(out)
+    before, after, weights = _one_still_step(uninterrupted, out, "--encoder-lora-rank", "2")
     assert set(after) - set(before) and all(k.startswith("encoder_lora.") for k in set(after) - set(before))
-    weights = [k for k in before if "running_" not in k and "num_batches" not in k]
     assert all(np.allclose(before[k].numpy(), after[k].numpy(), atol=1e-5) for k in weights)
     done = _train([*args, "--max-steps", "1", "--init-head", str(out / "head"), "--out", str(tmp_path / "back")],
                   status=2)
