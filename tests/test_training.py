@@ -447,3 +447,23 @@ def test_a_head_without_lora_starts_a_run_that_adds_it(uninterrupted, tmp_path):
     done = _train([*args, "--max-steps", "1", "--init-head", str(out / "head"), "--out", str(tmp_path / "back")],
                   status=2)
     assert "another head shape" in done.stderr and "encoder_lora_rank" in done.stderr
+
+
+def test_the_new_objectives_train_only_the_head(tiny_model):
+    import torch
+
+    from latentcomm.training.objectives import make_sample
+
+    samples = [make_sample(f"0:0:{i}", "What is the capital of France?", "Paris.", None, restate_share=0.5,
+                           qa_share=0.5, restate_text="What is the capital") for i in range(12)]
+    assert {s.objective for s in samples} == {"restate", "qa"}
+    targets = torch.randn(len(samples), tiny_model.head.embed_dim)
+    targets[[not s.aligned for s in samples]] = float("nan")
+    out = tiny_model([s.query for s in samples], [s.response for s in samples], targets,
+                     instructions=[s.instruction for s in samples])
+    out.loss.backward()
+    assert out.recon > 0 and out.align > 0 and torch.isfinite(out.loss)
+    for name, param in tiny_model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    assert tiny_model.head.special.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in tiny_model.backbone.model.parameters())
