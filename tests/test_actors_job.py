@@ -118,12 +118,13 @@ async def test_forward_mode_relays_what_it_received_beside_its_own_latent(replic
     assert forwarded == [None, "holder", None, "holder", "relay1", None]
 
 
-async def test_refine_mode_fits_every_sent_latent_to_its_senders_text(replica, monkeypatch):
+async def test_refine_mode_fits_the_holders_latent_to_its_text(replica, monkeypatch):
     [item] = FACTS.load(1, 0)
     [mode] = parse_config(["--modes", "refine", "--refine-steps", "2"]).run_modes[:1]
-    chain, logs, trace = chain_of("latent-forward", 3, replica)
-    for agent in chain:
-        agent.refine = mode.refine
+    chain = build_chain(mode, 3, FACTS, LocalPool(replica, "unused"), Trace(),
+                        JobConfig(wire_dtype="float32", replica=ReplicaConfig(max_new_tokens=4)), None)
+    assert [a.refine for a in chain] == [mode.refine, None, None], "only the holder refines"
+    own_pools(chain, replica)
     asked = []
     compress = replica.compress
 
@@ -133,7 +134,7 @@ async def test_refine_mode_fits_every_sent_latent_to_its_senders_text(replica, m
 
     monkeypatch.setattr(replica, "compress", spy)
     await answer(item, mode, chain, FACTS, Held())
-    assert [a["refine"].steps for a in asked] == [2, 2]
+    assert [a.get("refine") and a["refine"].steps for a in asked] == [2, None]
     assert asked[0]["refine_targets"] == [FACTS.first_input(item)], "the holder's text, without its role"
     assert FACTS.first_role not in asked[0]["refine_targets"][0]
     plain = await compress([[FACTS.first_input(item)]], dtype="float32")

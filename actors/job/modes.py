@@ -39,8 +39,8 @@ class Mode:
     """What a relay sends: one message of all it read ("fold": a received latent is compressed again with the
     relay's own input), or what it received, unchanged, beside its own message ("forward")."""
     refine: OptimiseConfig | None = None
-    """Every latent a sender sends is fitted to its text for up to ``refine.steps`` steps first (None: the head's
-    latent as it is)."""
+    """The first agent's latent is fitted to its text for up to ``refine.steps`` steps before it is sent (None: the
+    head's latent as it is)."""
     default: bool = True
     """It runs when ``--modes`` is not given (else only when named)."""
 
@@ -77,10 +77,10 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
          color="tab:cyan"),
     Mode("latent-decode", "latent", "as latent, but each receiver first decodes the latent to text and reads that",
          read=decode_latent, label="decode", color="tab:orange"),
-    Mode(REFINE, "latent", "as latent-forward, but every latent is first fitted to its sender's text for k steps "
-         "(refine-<k>, one mode per --refine-steps value)", read=keep_latent, relay="forward",
+    Mode(REFINE, "latent", "as latent-forward, but the first agent fits its latent to its text for k steps before "
+         "sending (refine-<k>, one mode per --refine-steps value)", read=keep_latent, relay="forward",
          refine=OptimiseConfig(steps=0, stop_loss=OPTIMISE_STOP_LOSS), color="tab:purple"),
-    Mode("optimised", "latent", "as latent-forward, but every latent is fitted to its sender's text until the "
+    Mode("optimised", "latent", "as latent-forward, but the first agent fits its latent to its text until the "
          "receiver restates it (the bound; at most --optimise-steps steps)", read=keep_latent, relay="forward",
          refine=OptimiseConfig(steps=0, stop_loss=OPTIMISE_STOP_LOSS), label="opt", color="tab:red"),
     Mode("kv", "kv", "every agent but the last sends the KV cache of all it read (one forward pass), the "

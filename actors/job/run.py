@@ -71,12 +71,14 @@ def agent_names(k: int) -> list[str]:
 
 def build_chain(mode: Mode, k: int, task: Task, pool: ReplicaPool, trace: Trace, config: JobConfig,
                 key: bytes | None) -> list[Agent]:
-    """K agents for ``mode``; every receiver reads its hops with the mode's handler."""
+    """K agents for ``mode``; every receiver reads its hops with the mode's handler. Only the first agent, which
+    holds what answers the question, refines its latent (``mode.refine``): relays forward it unchanged."""
     names = agent_names(k)
     roles = [task.first_role, *[task.relay_role] * (k - 2), task.last_role]
     chain = [Agent(name, pool, role=role, key=key, trace=trace, wire_dtype=config.wire_dtype,
-                   max_new_tokens=config.replica.max_new_tokens, limits=config.replica.limits, refine=mode.refine)
-             for name, role in zip(names, roles)]
+                   max_new_tokens=config.replica.max_new_tokens, limits=config.replica.limits,
+                   refine=mode.refine if i == 0 else None)
+             for i, (name, role) in enumerate(zip(names, roles))]
     if mode.read is not None:
         for agent in chain[1:]:
             agent.on(mode.handled_kind, mode.read)
