@@ -250,7 +250,8 @@ def test_job_config_composes_replica_and_pool_configs():
 @pytest.mark.slow
 def test_main_job_runs_every_mode_over_a_sweep(ray_local, tiny_backbone_dir, tmp_path, capsys):
     argv = ["--backbone", str(tiny_backbone_dir), "--questions", "2", "--max-new-tokens", "4", "--num-replicas", "1",
-            "--num-cpus", "0", "--teacher", "none", "--sign", "--sweep", "2", "3", "--out", str(tmp_path)]
+            "--num-cpus", "0", "--teacher", "none", "--sign", "--sweep", "2", "3", "--out", str(tmp_path),
+            "--modes", *FIRST_MODES]
     assert main(argv) == 0
     [folder] = tmp_path.iterdir()
     results = json.loads((folder / "results.json").read_text())
