@@ -16,6 +16,14 @@ What an agent says is made of parts: strings and received messages (``Incoming``
 the model's input as soft tokens. The replica reads a received message as the receiver parsed it (Ray ships the
 parsed ``LatentMessage``, fields and payload, without parsing it again): one parse per hop.
 
+``kind="auto"`` lets the link choose (``latentcomm.protocols.link``): on the first message to a recipient the two
+agents exchange descriptions (``describe``: backbone, head fingerprint, the kinds they read, their limits) and cache
+them; then a KV cache goes where the backbone is the same and the cache fits the receiver's limits and the send's
+``byte_budget`` (measured: the cache is made, and dropped for the next kind when it does not fit), a latent where
+the receiver has the same head, the agent's own answer as text otherwise. Why is in the message's metadata and the
+receiver's trace. The receiver checks such a message against its own description and refuses what it cannot read
+with the protocol's error; the sender then asks for its description again and falls back once, recorded.
+
     solver, critic = Agent("solver", pool), Agent("critic", pool).on("latent", keep_latent)
     draft = await solver.send(critic, "What is 7 * 6?")            # the critic keeps the solver's latent
     answer = await critic.respond(["Check this answer:", draft])   # and reads it in its own prompt
@@ -42,8 +50,10 @@ from latentcomm.errors import OrderingError, ConflictingMessageError
 from latentcomm.engine.messaging import address, message_embedding
 from latentcomm.model.optimise import OptimiseConfig
 from latentcomm.runtime.pool import NoReplicaError, ReplicaPool, retry_delays, run_sync
-from latentcomm.protocols import (DEFAULT_LIMITS, KINDS, LatentMessage, Limits, MetaValue, ProtocolError, pack, sign,
-                                  unpack)
+from latentcomm.protocols import (DEFAULT_LIMITS, KINDS, Choice, Description, FingerprintMismatch, LatentMessage,
+                                  LimitExceeded, Limits, MetaValue, ProtocolError, UnsupportedKind, candidates, fits,
+                                  pack, sign, unpack)
+from latentcomm.protocols.link import SENT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,14 @@ ACKED_KEY = "acked"
 receiver, which lost its inbox state, resume the order instead of waiting for messages it already handled)."""
 STARTED_KEY = "started_ns"
 """Metadata key: when the sender started producing the message (Unix ns; it was packed at ``created_ns``)."""
-AGENT_KEYS = frozenset({SEQ_KEY, ACKED_KEY, STARTED_KEY})
+FORWARDED_KEY = "forwarded_from"
+"""Metadata key of a forwarded message (``Agent.forward``): the agent that made it."""
+LINK_KEY = "link"
+"""Metadata key: why a link that chooses its kind (``kind="auto"``) sent this one; its receiver checks that it can
+read it."""
+FALLBACK_KEY = "fallback"
+"""Metadata key: the kind the receiver refused before this message on the same send, and the error."""
+AGENT_KEYS = frozenset({SEQ_KEY, ACKED_KEY, STARTED_KEY, LINK_KEY, FALLBACK_KEY})
 """Metadata the agents manage; the rest (e.g. a job's mode and question id) is the caller's and reaches the trace."""
 
 
@@ -74,9 +91,13 @@ class Incoming:
 Handler = Callable[["Agent", Incoming], Awaitable[Any]]
 Said = Union[str, Incoming, Sequence[Union[str, Incoming]]]
 """What an agent reads or answers on: a text, a received message, or parts of both (its role prompt goes first)."""
-Kind = Literal["latent", "kv", "embedding", "text"]
+Kind = Literal["latent", "kv", "embedding", "text", "auto"]
 SENDS: dict[str, str | None] = {"latent": "compress", "kv": "prefill", "embedding": "embed_texts", "text": None}
 """The replica method that makes a message of each kind from what an agent says (a text needs none)."""
+REFUSALS = (FingerprintMismatch, UnsupportedKind, LimitExceeded)
+"""A receiver's errors for a message it cannot read (not for bad bytes): an auto link falls back once on them."""
+VALUE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+"""Bytes per value of each wire dtype: a measured KV message's values are at most its bytes over this."""
 
 
 class Recipient(Protocol):
@@ -85,6 +106,13 @@ class Recipient(Protocol):
     name: str
 
     async def receive(self, data: bytes) -> Any:
+        ...
+
+
+class Peer(Recipient, Protocol):
+    """A recipient that describes itself: what a link that chooses its kind (``kind="auto"``) sends to."""
+
+    async def describe(self, peer: Description | None = None) -> Description:
         ...
 
 
@@ -123,18 +151,22 @@ class Agent:
 
     ``key`` (bytes) signs every message it sends and makes it reject unsigned or forged messages.
     ``wire_dtype`` is the dtype of latents and embeddings it sends (``float16`` halves the bytes with
-    a cosine above 0.9999). ``limits`` bound what it unpacks (raise them for KV caches of big backbones). With
-    ``refine``, every latent it sends is fitted to what it read for up to ``refine.steps`` steps before it leaves
-    (``latentcomm.model.optimise``: the sender spends compute so that the latent carries its text). Every handled
-    message is recorded in ``trace``.
+    a cosine above 0.9999). ``limits`` bound what it unpacks (raise them for KV caches of big backbones). ``reads``
+    are the kinds its description lists (what a link that chooses may send it). With ``refine``, every latent it
+    sends is fitted to what it read for up to ``refine.steps`` steps before it leaves (``latentcomm.model.optimise``:
+    the sender spends compute so that the latent carries its text). Every handled message is recorded in
+    ``trace``.
     """
 
     def __init__(self, name: str, pool: ReplicaPool, *, role: str = "", key: bytes | None = None,
                  trace: Trace | None = None, wire_dtype: str = "float16", max_new_tokens: int | None = None,
                  redeliver_for_s: float = 120.0, order_timeout_s: float = 120.0, remember: int = 100_000,
-                 limits: Limits = DEFAULT_LIMITS, refine: OptimiseConfig | None = None) -> None:
+                 limits: Limits = DEFAULT_LIMITS, reads: Sequence[str] = KINDS,
+                 refine: OptimiseConfig | None = None) -> None:
         if not name:
             raise ValueError("an agent needs a non-empty name")
+        if not reads or set(reads) - set(KINDS):
+            raise ValueError(f"reads must be some of {KINDS}, got {reads!r}")
         self.name = name
         self.pool = pool
         self.role = role
@@ -142,6 +174,7 @@ class Agent:
         self.trace = trace if trace is not None else Trace()
         self.wire_dtype = wire_dtype
         self.limits = limits
+        self.reads = tuple(reads)
         self.refine = refine
         self.max_new_tokens = max_new_tokens
         self.redeliver_for_s = redeliver_for_s
@@ -159,6 +192,9 @@ class Agent:
         self._acked_below: dict[tuple[str, str], int] = collections.defaultdict(int)
         self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Condition] = \
             weakref.WeakKeyDictionary()
+        self._description: Description | None = None
+        self._links: dict[str, Description] = {}
+        """The descriptions of the peers of this agent's links, by name (exchanged once, kept)."""
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, role={self.role[:30]!r}, pool={self.pool.name!r})"
@@ -192,7 +228,8 @@ class Agent:
 
     # ---- sending ----------------------------------------------------------------------------------
     async def send(self, to: Recipient, said: Said, *, kind: Kind = "latent", generate: bool = False,
-                   conversation_id: str = "default", metadata: Mapping[str, MetaValue] | None = None) -> Any:
+                   byte_budget: int | None = None, conversation_id: str = "default",
+                   metadata: Mapping[str, MetaValue] | None = None) -> Any:
         """Send ``said`` to ``to`` as a message of ``kind``; returns the receiver's handler result.
 
         ``said`` is read under the role prompt, received latents and KV prefixes in context. The replica method of
@@ -200,10 +237,14 @@ class Agent:
         is only signed. "latent": the compressed latent; "kv": the KV cache of what the agent read (it grows with
         it, ``latentcomm.model.kv``); "embedding": the (D,) embedding of one string; "text": one string as is,
         or with ``generate`` the agent's own answer to ``said`` (``respond``: the text baseline; the hop's
-        latency includes the generation).
+        latency includes the generation). "auto": the link chooses kv, latent or (generated) text, ``to`` must
+        describe itself (a ``Peer``), and ``byte_budget`` bounds the bytes of a KV cache on it.
         """
-        if kind not in SENDS:
-            raise ValueError(f"unknown kind {kind!r}; send one of {tuple(SENDS)}")
+        if kind not in (*SENDS, "auto"):
+            raise ValueError(f"unknown kind {kind!r}; send one of {(*SENDS, 'auto')}")
+        if byte_budget is not None and (kind != "auto" or byte_budget < 1):
+            raise ValueError(f"byte_budget (>= 1) bounds the KV cache of kind='auto', got {byte_budget!r} with "
+                             f"kind={kind!r}")
         if generate and kind != "text":
             raise ValueError(f"generate=True sends the agent's generated answer as text: it needs kind='text', "
                              f"not {kind!r}")
@@ -211,16 +252,77 @@ class Agent:
             raise TypeError(f"kind={kind!r}{'' if kind == 'embedding' else ' without generate'} sends "
                             f"one string, got {type(said).__name__}")  # before a sequence number is taken
         stream, routing = self._routing(to, conversation_id, metadata)  # the hop starts before any generation
+        if kind == "auto":
+            return await self._send_auto(to, said, stream, routing, byte_budget)  # type: ignore[arg-type]
+        data = await self._make(kind, said, generate, routing)
+        return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
+
+    async def describe(self, peer: Description | None = None) -> Description:
+        """What this agent runs and reads: its replicas' backbone and head (asked once), every kind, its limits.
+        Given the asking peer's description, keeps it as that link's (the exchange)."""
+        if peer is not None:
+            self._links[peer.name] = peer
+        if self._description is None:
+            info = await self.pool.call("info")
+            self._description = Description.of(self.name, info["backbone_id"], info["fingerprint"],
+                                               kinds=self.reads, limits=self.limits)
+        return self._description
+
+    async def link(self, to: Peer, *, refresh: bool = False) -> Description:
+        """``to``'s description: exchanged on the first message to it and kept (``refresh``: asked again)."""
+        if not callable(getattr(to, "describe", None)):
+            raise TypeError(f"kind='auto' chooses from the recipient's description: {type(to).__name__} has no "
+                            "describe()")
+        if refresh or to.name not in self._links:
+            self._links[to.name] = await to.describe(await self.describe())
+        return self._links[to.name]
+
+    async def _make(self, kind: str, said: Said, generate: bool, routing: Mapping[str, Any]) -> bytes:
+        """The packed, addressed message of ``kind`` made from ``said`` (``SENDS``)."""
         method = SENDS[kind]
         if method is not None:
             item = self.prompt(said) if kind == "embedding" else self.parts(said)
             refine = {"refine": self.refine, "refine_targets": [self.restatement(said)]} \
                 if kind == "latent" and self.refine is not None else {}
             [data] = await self.pool.call(method, [item], dtype=self.wire_dtype, routing=[routing], **refine)
-        else:
-            text = await self.respond(said) if generate else said
-            data = pack(LatentMessage.from_text(text, **routing))
-        return await self._deliver(to, data, stream, routing["metadata"][SEQ_KEY])
+            return data
+        text = await self.respond(said) if generate else said
+        return pack(LatentMessage.from_text(text, **routing))
+
+    async def _send_auto(self, to: Peer, said: Said, stream: tuple[str, str], routing: dict[str, Any],
+                         byte_budget: int | None) -> Any:
+        """Choose, make and deliver; on a refusal (``REFUSALS``) ask ``to`` for its description again and send the
+        next kind instead, once, under the same sequence number (the refused message was not handled)."""
+        seq = routing["metadata"][SEQ_KEY]
+        choice, data = await self._choose(await self.link(to), said, routing, byte_budget, "", "")
+        try:
+            return await self._deliver(to, data, stream, seq)
+        except REFUSALS as err:
+            fallback = f"{choice.kind} refused: {type(err).__name__}"
+            log.warning("%s -> %s: %s (%s); falling back once", self.name, to.name, fallback, err)
+        theirs = await self.link(to, refresh=True)
+        data = (await self._choose(theirs, said, routing, byte_budget, choice.kind, fallback))[1]
+        return await self._deliver(to, data, stream, seq)
+
+    async def _choose(self, theirs: Description, said: Said, routing: dict[str, Any], byte_budget: int | None,
+                      refused: str, fallback: str) -> tuple[Choice, bytes]:
+        """The first candidate kind that fits, made: a KV cache is made and measured (its bytes against the byte
+        budget and the receiver's limits), and made again as the next kind when it does not fit."""
+        makes = [k for k in SENT_KINDS if k != refused and not (k == "latent" and _holds_kv(said))]
+        passed: list[str] = []
+        for choice in candidates(await self.describe(), theirs, makes=makes):
+            chosen = Choice(choice.kind, "; ".join([*passed, choice.why]))
+            extra = {LINK_KEY: chosen.why} | ({FALLBACK_KEY: fallback} if fallback else {})
+            data = await self._make(chosen.kind, said, chosen.kind == "text",
+                                    dict(routing, metadata=routing["metadata"] | extra))
+            if chosen.kind == "kv":
+                over = fits(theirs, len(data), len(data) // VALUE_BYTES[self.wire_dtype], byte_budget)
+                if over is not None:
+                    passed.append(f"kv of {over}")
+                    continue
+            return chosen, data
+        raise UnsupportedKind(f"{self.name} can send {theirs.name} none of {makes} (it takes "
+                              f"{', '.join(theirs.kinds)})")
 
     def send_sync(self, to: Recipient, said: Said, **kwargs: Any) -> Any:
         """``send`` from synchronous code (not from inside a running event loop)."""
@@ -234,8 +336,10 @@ class Agent:
 
     async def forward(self, to: Recipient, incoming: Incoming, *, conversation_id: str = "default") -> Any:
         """Send a received message on unchanged (its kind, payload and the head that made it) as a new message of
-        this agent's; returns the receiver's handler result."""
-        return await self.send_message(to, address(incoming.message, message_id=uuid.uuid4().hex),
+        this agent's, its maker in the metadata (``FORWARDED_KEY``); returns the receiver's handler result."""
+        message = incoming.message
+        metadata = {**message.metadata, FORWARDED_KEY: message.metadata.get(FORWARDED_KEY, message.sender)}
+        return await self.send_message(to, address(message, message_id=uuid.uuid4().hex, metadata=metadata),
                                        conversation_id=conversation_id)
 
     def restatement(self, said: Said) -> str:
@@ -291,8 +395,11 @@ class Agent:
             self._acked_below[stream] += 1
 
     # ---- receiving --------------------------------------------------------------------------------
-    async def receive(self, data: bytes) -> Any:
-        """Verify and unpack ``data``, drop duplicates, keep per-conversation order, run the kind's handler."""
+    async def receive(self, data: bytes, *, strict: bool = False) -> Any:
+        """Verify and unpack ``data``, drop duplicates, keep per-conversation order, run the kind's handler.
+
+        A message whose kind a link chose (``LINK_KEY``), and with ``strict`` every message, is first checked
+        against this agent's description: one it cannot read is refused (``Description.refusal``)."""
         try:
             message = unpack(data, key=self.key, limits=self.limits)
         except ProtocolError:
@@ -301,6 +408,11 @@ class Agent:
         if message.recipient and message.recipient != self.name:
             self.rejected += 1
             raise ProtocolError(f"{self.name} received a message addressed to {message.recipient!r}")
+        if strict or LINK_KEY in message.metadata:
+            refusal = (await self.describe()).refusal(message)
+            if refusal is not None:
+                self.rejected += 1
+                raise refusal
         mid, digest = message.message_id, hashlib.sha256(data).digest()
         seen = self._results.get(mid) or self._pending.get(mid)
         if seen is not None and seen[0] != digest:
@@ -374,7 +486,9 @@ class Agent:
                               deliver_s=max(start_ns - message.created_ns, 0) / 1e9,
                               handle_s=(done_ns - start_ns) / 1e9,
                               latency_s=max(done_ns - started_ns, 0) / 1e9, text=text, text_from=text_from,
-                              metadata={k: v for k, v in message.metadata.items() if k not in AGENT_KEYS}))
+                              metadata={k: v for k, v in message.metadata.items() if k not in AGENT_KEYS},
+                              choice=str(message.metadata.get(LINK_KEY, "")),
+                              fallback=str(message.metadata.get(FALLBACK_KEY, ""))))
         return result
 
     def _turn(self) -> asyncio.Condition:
@@ -396,3 +510,9 @@ class Agent:
         [data] = await self.pool.call("embed", [incoming.message])
         return message_embedding(unpack(data))
 
+
+
+def _holds_kv(said: Said) -> bool:
+    """Whether ``said`` reads a KV cache (a latent cannot be made after one: ``compress`` reads no KV prefix)."""
+    items = [said] if isinstance(said, (str, Incoming)) else list(said)
+    return any(isinstance(part, Incoming) and part.kind == "kv" for part in items)

@@ -17,6 +17,7 @@ import ray
 
 from latentcomm.actors.agent import Agent, Handler, Recipient, Said
 from latentcomm.actors.trace import Hop
+from latentcomm.protocols import Description
 from latentcomm.runtime.pool import ReplicaPool
 
 
@@ -33,6 +34,9 @@ class AgentHost:
 
     async def send(self, to: Recipient, said: Said, options: dict[str, Any]) -> Any:
         return await self.agent.send(to, said, **options)
+
+    async def describe(self, peer: Description | None) -> Description:
+        return await self.agent.describe(peer)
 
     def hops(self) -> list[Hop]:
         return self.agent.trace.hops
@@ -52,9 +56,13 @@ class RemoteAgent:
         return await self.handle.receive.remote(data)
 
     async def send(self, to: Recipient, said: Said, **options: Any) -> Any:
-        """``Agent.send`` (same options: ``kind``, ``generate``, ``conversation_id``, ``metadata``), run in the host
-        process."""
+        """``Agent.send`` (same options: ``kind``, ``generate``, ``byte_budget``, ``conversation_id``,
+        ``metadata``), run in the host process."""
         return await self.handle.send.remote(to, said, options)
+
+    async def describe(self, peer: Description | None = None) -> Description:
+        """``Agent.describe`` of the hosted agent (a link that chooses its kind asks it once)."""
+        return await self.handle.describe.remote(peer)
 
     async def hops(self) -> list[Hop]:
         return await self.handle.hops.remote()

@@ -25,7 +25,7 @@ from typing import Any
 from latentcomm.cli.parser import add_config_arguments, backbone_source, config_from_args, count, existing_file, \
     head_folder, number, parser
 from latentcomm.errors import LatentcommError
-from latentcomm.http.api import JSON_TYPE, PROTOCOL_TYPE, ROUTES, parse_options
+from latentcomm.http.api import JSON_TYPE, KINDS_READ, PROTOCOL_TYPE, ROUTES, parse_options
 from latentcomm.engine.messaging import routing_of
 from latentcomm.protocols import DEFAULT_LIMITS, LatentMessage, Limits, LimitExceeded, MalformedMessage, \
     ProtocolError, SignatureError, pack, sign, unpack
@@ -145,7 +145,10 @@ class LatentcommServer:
         route = request.url.path.rstrip("/").rsplit("/", 1)[-1]
         try:
             if route == "info" and request.method == "GET":
-                return JSONResponse(self.replica.info() | {"counters": self.replica.counters()})
+                return JSONResponse(self.replica.info() | {"kinds": list(KINDS_READ),
+                                                            "max_payload_bytes": self.limits.max_payload_bytes,
+                                                            "max_elements": self.limits.max_elements,
+                                                            "counters": self.replica.counters()})
             if route not in ROUTES:
                 raise HTTPError(404, f"no route /{route}; POST to one of {['/' + r for r in ROUTES]} or GET /info")
             if request.method != "POST":

@@ -50,6 +50,10 @@ class Hop:
     """Where ``text`` came from: a key of ``TEXT_FROM`` ("" when there is none)."""
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The message's own metadata (e.g. a job's mode and question id), without the agents' routing keys."""
+    choice: str = ""
+    """On a link that chose the kind (``kind="auto"``): why this kind ("" otherwise)."""
+    fallback: str = ""
+    """The kind the receiver refused before this message on the same send, and the error ("" when none)."""
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ from .errors import (
     MalformedMessage,
     ProtocolError,
     SignatureError,
+    UnsupportedKind,
     UnsupportedVersion,
 )
+from .link import Choice, Description, candidates, choose, fits
 from .message import DTYPES, FORMAT_VERSION, KINDS, LatentMessage, MetaValue, from_torch, to_torch
 from .quantize import (
     dequantize_int8,
@@ -38,6 +40,8 @@ __all__ = [
     "KINDS",
     "MAGIC",
     "ChecksumMismatch",
+    "Choice",
+    "Description",
     "FingerprintMismatch",
     "InvalidPayload",
     "LatentMessage",
@@ -47,9 +51,13 @@ __all__ = [
     "MetaValue",
     "ProtocolError",
     "SignatureError",
+    "UnsupportedKind",
     "UnsupportedVersion",
+    "candidates",
+    "choose",
     "dequantize_int8",
     "from_bfloat16_bits",
+    "fits",
     "from_torch",
     "pack",
     "quantize_int8",

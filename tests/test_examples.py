@@ -60,3 +60,20 @@ def test_join_an_existing_cluster(tiny_backbone_dir) -> None:
     assert "joined a cluster with" in out
     assert out.count("replica pid") == 2
     assert sum(" -> " in line for line in out.splitlines()) == 3
+
+
+def test_langgraph_relay_prints_the_main_jobs_table_for_every_mode(tiny_backbone_dir, tmp_path) -> None:
+    out = _run([str(EXAMPLES / "langgraph_relay.py"), "--backbone", str(tiny_backbone_dir), "--questions", "2",
+                "--max-new-tokens", "4", "--num-replicas", "1", "--num-cpus", "0", "--teacher", "none",
+                "--out", str(tmp_path)])
+    assert "K = 3 agents (2 hops)" in out and "task score 95% CI" in out
+    assert all(f"{label}/text" in out for label in ("latent", "decode", "kv", "auto"))
+    assert len(list(tmp_path.glob("run-*/results.json"))) == 1
+
+
+def test_a2a_round_trip_between_two_processes(tiny_backbone_dir) -> None:
+    out = _run([str(EXAMPLES / "a2a_round_trip.py"), "--backbone", str(tiny_backbone_dir), "--questions", "1",
+                "--max-new-tokens", "4"])
+    assert "answerer at http://127.0.0.1:" in out and "reads latent, kv, text" in out
+    rows = [line.split()[1] for line in out.splitlines() if line.startswith("facts-0-0")]
+    assert rows == ["latent", "kv", "auto:", "text"]

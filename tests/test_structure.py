@@ -13,6 +13,7 @@
     latentcomm.training    <- the core
     latentcomm.benchmarks  <- the core, actors, training (nothing but experiments imports benchmarks)
     latentcomm.experiments <- the core, actors, training, benchmarks (nothing imports experiments)
+    latentcomm.integrations <- the core, actors (nothing imports integrations; only they import langgraph and a2a)
 
 No module imports ``latentcomm.cli.main`` (the entry point imports the commands, never the reverse), and the
 module-level imports form no cycle.
@@ -30,16 +31,22 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"latentcomm": "latentcomm", "protocols": "latentcomm.protocols", "actors": "latentcomm.actors",
            "training": "latentcomm.training", "benchmarks": "latentcomm.benchmarks",
-           "experiments": "latentcomm.experiments"}
-OUTER = ("latentcomm.actors", "latentcomm.training", "latentcomm.benchmarks", "latentcomm.experiments")
+           "experiments": "latentcomm.experiments", "integrations": "latentcomm.integrations"}
+OUTER = ("latentcomm.actors", "latentcomm.training", "latentcomm.benchmarks", "latentcomm.experiments",
+         "latentcomm.integrations")
 FORBIDDEN = {
     "latentcomm": OUTER,
     "latentcomm.protocols": OUTER,
-    "latentcomm.actors": ("latentcomm.training", "latentcomm.benchmarks", "latentcomm.experiments"),
-    "latentcomm.training": ("latentcomm.actors", "latentcomm.benchmarks", "latentcomm.experiments"),
-    "latentcomm.benchmarks": ("latentcomm.experiments",),
-    "latentcomm.experiments": (),
+    "latentcomm.actors": ("latentcomm.training", "latentcomm.benchmarks", "latentcomm.experiments",
+                          "latentcomm.integrations"),
+    "latentcomm.training": ("latentcomm.actors", "latentcomm.benchmarks", "latentcomm.experiments",
+                            "latentcomm.integrations"),
+    "latentcomm.benchmarks": ("latentcomm.experiments", "latentcomm.integrations"),
+    "latentcomm.experiments": ("latentcomm.integrations",),
+    "latentcomm.integrations": ("latentcomm.training", "latentcomm.benchmarks", "latentcomm.experiments"),
 }
+FRAMEWORKS = ("langgraph", "a2a")
+"""The agent frameworks of the optional extras: only ``latentcomm.integrations`` imports them."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,14 @@ def test_ray_loads_only_inside_the_runtime_and_on_first_use():
              if _package(m) == "latentcomm" and _subpackage(m) != "latentcomm.runtime"
              for i in found if i.target.split(".")[0] == "ray"]
     assert not wrong
+
+
+def test_only_the_integrations_import_the_agent_frameworks():
+    wrong = [f"{i.module}:{i.line} imports {i.target}" for m, found in IMPORTS.items()
+             if _package(m) != "latentcomm.integrations" for i in found if i.target.split(".")[0] in FRAMEWORKS]
+    assert not wrong
+    assert {m for m in MODULES if _package(m) == "latentcomm.integrations"} >= {
+        "latentcomm.integrations.langgraph", "latentcomm.integrations.a2a", "latentcomm.integrations.local"}
 
 
 def test_the_core_loads_without_ray_or_deepspeed():

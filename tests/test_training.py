@@ -283,15 +283,21 @@ def test_grounded_samples_hold_their_response_and_are_drawn_deterministically():
         TrainConfig(grounding_share=-0.1)
 
 
+def _one_still_step(uninterrupted, out: Path, *extra: str) -> tuple[dict, dict, list[str]]:
+    """One step at a learning rate of 1e-9 from the saved head of ``uninterrupted``: that head's tensors, the new
+    run's, and the names of the trained weights (not the running statistics)."""
+    reference, args = uninterrupted
+    _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), *extra, "--align-fit", "0", "--lr",
+            "1e-9", "--warmup-steps", "0", "--out", str(out)])
+    before = _head(reference)
+    return before, _head(out), [k for k in before if "running_" not in k and "num_batches" not in k]
+
+
 @pytest.mark.slow
 def test_a_run_starts_from_a_saved_head_and_refuses_another_shape(uninterrupted, tmp_path):
     reference, args = uninterrupted
-    out = tmp_path / "warm"
-    _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), "--grounding-share", "0.5",
-            "--align-fit", "0", "--lr", "1e-9", "--warmup-steps", "0", "--out", str(out)])
-    before, after = _head(reference), _head(out)
+    before, after, weights = _one_still_step(uninterrupted, tmp_path / "warm", "--grounding-share", "0.5")
     assert before.keys() == after.keys()
-    weights = [k for k in before if "running_" not in k and "num_batches" not in k]  # not the running statistics
     assert len(weights) >= 3 and all(np.allclose(before[k].numpy(), after[k].numpy(), atol=1e-5) for k in weights)
     done = _train([*args, "--max-steps", "1", "--init-head", str(reference / "head"), "--num-compression", "4",
                    "--out", str(tmp_path / "other")], status=2)
@@ -354,3 +360,110 @@ def test_train_configs_of_older_runs_still_load(tmp_path):
     assert TrainConfig.from_dict(flat) == TrainConfig(weights_dtype="bfloat16", head_dtype="bfloat16",
                                                       head=dataclasses.replace(TRAIN_HEAD, teacher="self",
                                                                                num_compression=4))
+
+
+def test_objectives_are_drawn_per_key_and_notes_carry_no_target():
+    from latentcomm.training.objectives import RESTATE_INSTRUCTIONS, draw_objective, make_sample
+
+    drawn = [draw_objective(f"0:0:{i}", 0.3, 0.2) for i in range(2000)]
+    assert drawn == [draw_objective(f"0:0:{i}", 0.3, 0.2) for i in range(2000)]
+    shares = {o: drawn.count(o) / len(drawn) for o in ("restate", "qa", "response")}
+    assert abs(shares["restate"] - 0.3) < 0.04 and abs(shares["qa"] - 0.2) < 0.04
+    assert all(draw_objective(f"{i}", 0.0, 0.0) == "response" for i in range(50))
+    samples = [make_sample(f"1:0:{i}", "Why is the sky blue today?", "Rayleigh.", ("A", "B"), restate_share=0.3,
+                           qa_share=0.3, restate_text="Why is the sky") for i in range(300)]
+    for s in samples:
+        if s.objective == "response":
+            assert (s.query, s.response, s.instruction, s.aligned) == ("Why is the sky blue today?", "Rayleigh.",
+                                                                       ("A", "B"), True)
+        elif s.objective == "restate":
+            assert s.query == s.response == "Why is the sky" and s.instruction in RESTATE_INSTRUCTIONS and s.aligned
+        else:
+            assert not s.aligned and s.response.rstrip(".") in s.query and "?" in s.instruction[1]
+    assert len({s.query for s in samples if s.objective == "qa"}) > 50
+    with pytest.raises(ValueError, match="restate_share"):
+        TrainConfig(restate_share=0.7, qa_share=0.5)
+    with pytest.raises(ValueError, match="restate_words"):
+        TrainConfig(restate_words=0)
+
+
+def test_alignment_skips_samples_without_a_target(tiny_model):
+    import torch
+
+    queries, responses = ["one query", "another query", "a third"], ["an answer", "more", "last one"]
+    targets = torch.randn(3, tiny_model.head.embed_dim)
+    full = tiny_model(queries, responses, targets)
+    masked = targets.clone()
+    masked[1] = float("nan")
+    with_nan = tiny_model(queries, responses, masked)
+    kept = tiny_model([queries[0], queries[2]], [responses[0], responses[2]], targets[[0, 2]], recon_weight=0.0)
+    assert with_nan.align == pytest.approx(kept.align, rel=1e-5) and with_nan.align != pytest.approx(full.align)
+    assert with_nan.recon == pytest.approx(full.recon, rel=1e-6)
+    none = tiny_model(queries, responses, torch.full_like(targets, float("nan")))
+    assert none.align == 0.0 and torch.isfinite(none.loss)
+
+
+@pytest.mark.slow
+def test_a_run_of_every_objective_resumes_exactly(uninterrupted, tmp_path):
+    _, args = uninterrupted
+    mix = ["--restate-share", "0.4", "--qa-share", "0.4", "--in-context-share", "0.5", "--max-steps", "2"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _train([*args, *mix, "--out", str(whole)])
+    _train([*args, *mix, "--out", str(resumed), "--stop-after", "1"])
+    _train([*args, *mix, "--out", str(resumed), "--resume"])
+    assert _losses(resumed) == pytest.approx(_losses(whole), rel=1e-6)
+    assert all(np.isfinite(_losses(whole)))
+    config = json.loads((whole / "train_config.json").read_text())
+    assert (config["restate_share"], config["qa_share"]) == (0.4, 0.4)
+
+
+def test_restatement_table_has_the_ceiling_every_head_and_the_bound(tiny_model):
+    from latentcomm.model.optimise import OptimiseConfig
+    from latentcomm.training.restatement import (BOUND, CEILING, heldout_sets, restatement_table, table_markdown,
+                                                 token_accuracy)
+
+    sets = heldout_sets(2, ["one two three four five six", "seven eight nine"], words=4)
+    assert sets["held-out ShareGPT queries"] == ["one two three four", "seven eight nine"]
+    assert len(sets["held-out notes"]) == 2
+    rows = restatement_table({"trained head": tiny_model, "other": tiny_model}, sets, bound_of="trained head",
+                             optimise=OptimiseConfig(steps=2), max_new_tokens=4, batch_size=2)
+    assert [(r.set, r.row) for r in rows] == [(s, row) for s in sets for row in (CEILING, "trained head", "other",
+                                                                                  BOUND)]
+    for r in rows:
+        assert r.n == 2 and 0 <= r.exact <= 1 and 0 <= r.token_accuracy <= 1
+        assert r.exact_ci95[0] <= r.exact <= r.exact_ci95[1]
+    assert "| held-out notes | text (ceiling) | 2 |" in table_markdown(rows)
+    assert token_accuracy(tiny_model, "The quick brown fox", "The quick brown fox") == 1.0
+    assert token_accuracy(tiny_model, "", "The quick brown fox") == 0.0
+
+
+@pytest.mark.slow
+def test_a_head_without_lora_starts_a_run_that_adds_it(uninterrupted, tmp_path):
+    _, args = uninterrupted
+    out = tmp_path / "lora"
+    before, after, weights = _one_still_step(uninterrupted, out, "--encoder-lora-rank", "2")
+    assert set(after) - set(before) and all(k.startswith("encoder_lora.") for k in set(after) - set(before))
+    assert all(np.allclose(before[k].numpy(), after[k].numpy(), atol=1e-5) for k in weights)
+    done = _train([*args, "--max-steps", "1", "--init-head", str(out / "head"), "--out", str(tmp_path / "back")],
+                  status=2)
+    assert "another head shape" in done.stderr and "encoder_lora_rank" in done.stderr
+
+
+def test_the_new_objectives_train_only_the_head(tiny_model):
+    import torch
+
+    from latentcomm.training.objectives import make_sample
+
+    samples = [make_sample(f"0:0:{i}", "What is the capital of France?", "Paris.", None, restate_share=0.5,
+                           qa_share=0.5, restate_text="What is the capital") for i in range(12)]
+    assert {s.objective for s in samples} == {"restate", "qa"}
+    targets = torch.randn(len(samples), tiny_model.head.embed_dim)
+    targets[[not s.aligned for s in samples]] = float("nan")
+    out = tiny_model([s.query for s in samples], [s.response for s in samples], targets,
+                     instructions=[s.instruction for s in samples])
+    out.loss.backward()
+    assert out.recon > 0 and out.align > 0 and torch.isfinite(out.loss)
+    for name, param in tiny_model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    assert tiny_model.head.special.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in tiny_model.backbone.model.parameters())

@@ -68,6 +68,13 @@ class TrainConfig:
     grounding_share: float = 0.0
     """Share of samples whose query holds its own response as context (``training.grounding``), the target
     unchanged: latents that carry words their input gives them."""
+    restate_share: float = 0.0
+    """Share of samples whose latent is read with a request to restate the query, its own text the answer
+    (``training.objectives``: autoencoding)."""
+    qa_share: float = 0.0
+    """Share of samples replaced by a note (``training.notes``) whose latent is read with a question about it."""
+    restate_words: int = 32
+    """A restated query is cut to its first this many words (input and answer alike)."""
     init_head: str | None = None
     """Start the special tokens and heads from this saved head (same backbone and head shape) instead of fresh."""
     align_fit: int | None = None
@@ -121,6 +128,11 @@ class TrainConfig:
             raise ValueError(f"in_context_share must be in [0, 1], got {self.in_context_share}")
         if not 0 <= self.grounding_share <= 1:
             raise ValueError(f"grounding_share must be in [0, 1], got {self.grounding_share}")
+        if not (0 <= self.restate_share and 0 <= self.qa_share and self.restate_share + self.qa_share <= 1):
+            raise ValueError(f"restate_share and qa_share must be >= 0 and sum to at most 1, got "
+                             f"{self.restate_share} and {self.qa_share}")
+        if self.restate_words < 1:
+            raise ValueError(f"restate_words must be >= 1, got {self.restate_words}")
         if self.align_fit is not None and (self.align_fit < 0 or (self.align_fit and not self._align_fit_applies)):
             raise ValueError(f"align_fit must be >= 0, and 0 unless align_head is 'linear' and align_loss 'mse' "
                              f"(got {self.align_fit})")
@@ -256,6 +268,9 @@ _HELP = {
                          "compressing (0 = none)",
     "in_context_share": "share of samples reconstructed from the latent inside a user turn with a reading instruction",
     "grounding_share": "share of samples whose query holds its own response as context (the target unchanged)",
+    "restate_share": "share of samples whose latent is read with a request to restate the query (autoencoding)",
+    "qa_share": "share of samples replaced by a made-up note whose latent is read with a question about it",
+    "restate_words": "a restated query is cut to its first N words",
     "init_head": "start from this saved head (same backbone and head shape) instead of a fresh one",
     "split_prefix": "query without autograd, its KV cache handed to the special tokens (--no-split-prefix: one pass)",
     "bucket_by_length": "batch samples of similar length together (less padding)",

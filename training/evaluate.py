@@ -28,6 +28,9 @@ from latentcomm.model.teachers import load_teacher, mean_pooled_states
 from latentcomm.training.fidelity import (decoding_sweep, fidelity_table, retrieval_scores, rows_as_dicts,
                                           table_markdown)
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
+from latentcomm.training.restatement import heldout_sets, restatement_table
+from latentcomm.training.restatement import rows_as_dicts as restatement_rows
+from latentcomm.training.restatement import table_markdown as restatement_markdown
 from latentcomm.training.targets import compute_targets, load_targets, targets_path
 
 
@@ -95,7 +98,8 @@ class HeldOut:
 
 def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR, *, backbone: str | None = None,
              compare: dict[str, str | os.PathLike] | None = None, limit: int | None = None, decode_limit: int = 100,
-             max_new_tokens: int = 64, batch_size: int = 16, sweep: bool = False) -> dict[str, Any]:
+             max_new_tokens: int = 64, batch_size: int = 16, sweep: bool = False, restatement: int = 0
+             ) -> dict[str, Any]:
     """All acceptance figures for ``head`` (and the ``compare`` heads, by name) on the held-out split of ``run``."""
     if decode_limit < 1 or (limit is not None and limit < 2):
         raise ValueError(f"need decode_limit >= 1 and limit >= 2 (or None), got {decode_limit} and {limit}")
@@ -124,12 +128,15 @@ def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR,
                               batch_size=batch_size)
     decoding = decoding_sweep(trained, data.queries[:n], data.responses[:n], teacher, max_new_tokens=max_new_tokens,
                               batch_size=batch_size) if sweep else []
+    restated = restatement_table(heads, heldout_sets(restatement, data.queries), bound_of="trained head",
+                                 batch_size=batch_size) if restatement else []
     return {
         "run": str(run), "head": str(head), "backbone": bb.backbone_id, "teacher": teacher_name,
         "compare": {k: str(v) for k, v in (compare or {}).items()},
         "heldout_queries": len(data.queries), "fidelity_queries": n, "max_new_tokens": max_new_tokens,
         "retrieval": retrieval, "reconstruction": reconstruction, "fidelity": rows_as_dicts(fidelity),
         "fidelity_markdown": table_markdown(fidelity), "decoding_sweep": decoding,
+        "restatement": restatement_rows(restated), "restatement_markdown": restatement_markdown(restated),
         "examples": [{"query": q, "response": r} for q, r in zip(data.queries[:3], data.responses[:3])],
     }
 
@@ -192,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=count(1), default=64)
     ap.add_argument("--sweep-decoding", action="store_true",
                     help="also decode the trained head's latents under several repetition settings (decoding_sweep)")
+    ap.add_argument("--restatement", type=count(0), default=0, metavar="N",
+                    help="also the held-out restatement table on N made-up notes and N held-out queries (0: off)")
     ap.add_argument("--batch-size", type=count(1), default=16)
     ap.add_argument("--threads", type=count(1), default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
@@ -209,12 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = evaluate(args.run, args.head, backbone=args.backbone, compare=compare, limit=args.limit,
                       decode_limit=args.decode_limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      sweep=args.sweep_decoding)
+                      sweep=args.sweep_decoding, restatement=args.restatement)
     out = Path(args.out or args.head)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_evaluation(result, out / "eval.png")
     print(json.dumps({"retrieval": result["retrieval"], "reconstruction": result["reconstruction"]}, indent=2))
     print(result["fidelity_markdown"])
+    if result["restatement"]:
+        print(result["restatement_markdown"])
     print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
     return 0

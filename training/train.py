@@ -31,6 +31,7 @@ from latentcomm.training.checkpoint import load_latest_checkpoint, save_checkpoi
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.grounding import grounded_query
 from latentcomm.training.metrics import MetricsLog, plot_losses
+from latentcomm.training.objectives import make_sample
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
 from latentcomm.training.targets import load_targets
 
@@ -96,7 +97,8 @@ class TrainingData:
     def micro_batch(self, cfg: TrainConfig, step: int, micro: int, rank: int
                     ) -> tuple[list[str], list[str], torch.Tensor, list[Instruction | None]]:
         """The ``micro``-th micro-batch of ``rank`` in optimizer step ``step`` (0-based, across epochs):
-        queries, responses, targets and each sample's reading instruction (None: bare prefix)."""
+        queries, responses, targets (a NaN row: no teacher target) and each sample's reading instruction (None:
+        bare prefix). Each sample's objective is drawn from its key (``training.objectives``)."""
         epoch, within = divmod(step, self.steps_per_epoch(cfg.global_batch))
         key = (epoch, cfg.seed, cfg.global_batch, cfg.bucket_by_length)
         if self._order[0] != key:
@@ -104,10 +106,15 @@ class TrainingData:
         start = within * cfg.global_batch + (micro * cfg.world_size + rank) * cfg.micro_batch
         idx = self._order[1][start:start + cfg.micro_batch]
         keys = [f"{cfg.seed}:{epoch}:{self.ids[i]}" for i in idx]
-        instructions = [draw_instruction(key, cfg.in_context_share) for key in keys]
-        queries = [grounded_query(key, self.queries[i], self.responses[i], cfg.grounding_share)
+        samples = [make_sample(key, grounded_query(key, self.queries[i], self.responses[i], cfg.grounding_share),
+                               self.responses[i], draw_instruction(key, cfg.in_context_share),
+                               restate_share=cfg.restate_share, qa_share=cfg.qa_share,
+                               restate_text=" ".join(self.queries[i].split()[:cfg.restate_words]))
                    for key, i in zip(keys, idx)]
-        return queries, [self.responses[i] for i in idx], torch.from_numpy(self.targets[idx]), instructions
+        targets = torch.from_numpy(self.targets[idx]).clone()
+        targets[[not s.aligned for s in samples]] = float("nan")
+        return ([s.query for s in samples], [s.response for s in samples], targets,
+                [s.instruction for s in samples])
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
@@ -207,16 +214,25 @@ class TrainRecipe:
             self.metrics.truncate_after(self.start_step)
 
     def initial_model(self, backbone) -> GenerativeEmbedder:
-        """A fresh head of the configured shape, or the saved ``init_head`` (refused unless its shape is that)."""
+        """A fresh head of the configured shape, or the saved ``init_head``: refused unless its shape is this run's,
+        except that a head without encoder LoRA may start a run that adds it (the adapters start at zero, so the
+        first step's latents are the saved head's)."""
         config = self.cfg.head_config(self.data.embed_dim)
         if self.cfg.init_head is None:
             return GenerativeEmbedder(backbone, config, seed=self.cfg.seed)
-        model = GenerativeEmbedder.from_pretrained(self.cfg.init_head, backbone=backbone)
-        if model.config != config:
-            theirs, ours = model.config.to_dict(), config.to_dict()
-            differ = {k: (v, ours[k]) for k, v in theirs.items() if v != ours[k]}
+        saved = GenerativeEmbedder.from_pretrained(self.cfg.init_head, backbone=backbone)
+        theirs, ours = saved.config.to_dict(), config.to_dict()
+        differ = {k: (v, ours[k]) for k, v in theirs.items() if v != ours[k]}
+        if not differ:
+            return saved
+        if set(differ) != {"encoder_lora_rank"} or saved.config.encoder_lora_rank:
             raise ValueError(f"init_head {self.cfg.init_head} has another head shape than this run "
                              f"(field: head's value, run's value): {differ}")
+        model = GenerativeEmbedder(backbone, config, seed=self.cfg.seed)
+        missing, unexpected = model.head.load_state_dict(saved.head.state_dict(), strict=False)
+        if unexpected or any(not key.startswith("encoder_lora.") for key in missing):
+            raise ValueError(f"init_head {self.cfg.init_head}: its tensors do not fit this run's head "
+                             f"(missing {missing}, unexpected {unexpected})")
         return model
 
     def load_data(self) -> TrainingData:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from latentcomm.actors.job.modes import BASELINE, MODES, Mode, modes_to_run
+from latentcomm.actors.job.modes import BASELINE, DEFAULT_MODES, MODES, Mode, modes_to_run
 from latentcomm.actors.tasks import TASKS, TaskName, get_task
 from latentcomm.cli.parser import (add_config_arguments, backbone_source, config_from_args, count, head_folder,
                                    output_dir, parser, teacher_source)
@@ -28,7 +28,7 @@ class JobConfig:
     """Agents in the chain (2..6): K - 1 hops."""
     sweep: tuple[int, ...] = ()
     """Chain lengths to run one after the other (e.g. 2 3 4 5) instead of ``agents``."""
-    modes: tuple[str, ...] = tuple(MODES)
+    modes: tuple[str, ...] = DEFAULT_MODES
     """The modes to run (names of ``MODES``); the text baseline runs whatever is chosen."""
     refine_steps: tuple[int, ...] = (5, 20)
     """The ``refine`` modes: one per value, every latent fitted that many steps to its sender's text."""

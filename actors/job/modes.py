@@ -15,7 +15,7 @@ from latentcomm.actors.agent import Agent, Handler, Recipient, Said, decode_late
 from latentcomm.model.optimise import OptimiseConfig
 from latentcomm.protocols import MetaValue
 
-HopKind = Literal["latent", "kv", "text"]
+HopKind = Literal["latent", "kv", "text", "auto"]
 Relay = Literal["fold", "forward"]
 
 
@@ -25,10 +25,10 @@ class Mode:
 
     name: str
     kind: HopKind
-    """The message kind of a hop."""
+    """The message kind of a hop ("auto": the link chooses, ``Agent.send``)."""
     help: str
     read: Handler | None = None
-    """The receivers' handler for ``kind`` (None: the agent's default)."""
+    """The receivers' handler for ``handled_kind`` (None: the agent's default)."""
     generate: bool = False
     """The sender generates its own answer and sends that (a text hop)."""
     label: str = ""
@@ -39,8 +39,10 @@ class Mode:
     """What a relay sends: one message of all it read ("fold": a received latent is compressed again with the
     relay's own input), or what it received, unchanged, beside its own message ("forward")."""
     refine: OptimiseConfig | None = None
-    """Every latent a sender sends is fitted to its text for up to ``refine.steps`` steps first (None: the head's
-    latent as it is)."""
+    """The first agent's latent is fitted to its text for up to ``refine.steps`` steps before it is sent (None: the
+    head's latent as it is)."""
+    default: bool = True
+    """It runs when ``--modes`` is not given (else only when named)."""
 
     def __post_init__(self) -> None:
         if self.generate and self.kind != "text":
@@ -53,6 +55,12 @@ class Mode:
     @property
     def short(self) -> str:
         return self.label or self.name
+
+    @property
+    def handled_kind(self) -> str:
+        """The kind ``read`` handles: ``kind``, or a latent where the link chooses (a KV cache and a text keep the
+        agents' defaults)."""
+        return "latent" if self.kind == "auto" else self.kind
 
 
 BASELINE = "text"
@@ -69,19 +77,23 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
          color="tab:cyan"),
     Mode("latent-decode", "latent", "as latent, but each receiver first decodes the latent to text and reads that",
          read=decode_latent, label="decode", color="tab:orange"),
-    Mode(REFINE, "latent", "as latent-forward, but every latent is first fitted to its sender's text for k steps "
-         "(refine-<k>, one mode per --refine-steps value)", read=keep_latent, relay="forward",
+    Mode(REFINE, "latent", "as latent-forward, but the first agent fits its latent to its text for k steps before "
+         "sending (refine-<k>, one mode per --refine-steps value)", read=keep_latent, relay="forward",
          refine=OptimiseConfig(steps=0, stop_loss=OPTIMISE_STOP_LOSS), color="tab:purple"),
-    Mode("optimised", "latent", "as latent-forward, but every latent is fitted to its sender's text until the "
+    Mode("optimised", "latent", "as latent-forward, but the first agent fits its latent to its text until the "
          "receiver restates it (the bound; at most --optimise-steps steps)", read=keep_latent, relay="forward",
          refine=OptimiseConfig(steps=0, stop_loss=OPTIMISE_STOP_LOSS), label="opt", color="tab:red"),
     Mode("kv", "kv", "every agent but the last sends the KV cache of all it read (one forward pass), the "
          "last one answers after it", color="tab:green"),
     Mode(BASELINE, "text", "every agent generates its answer and sends the text (the baseline)", generate=True,
          color="tab:gray"),
+    Mode("auto", "auto", "every link chooses: the KV cache where it fits the receiver's limits, else the latent "
+         "(read in context), else the generated text (only when named)", read=keep_latent, color="tab:brown",
+         default=False),
 )}
 """Every mode, in the order they run and are tabulated (``refine`` and ``optimised`` take their steps from the
 job's flags: ``modes_to_run``)."""
+DEFAULT_MODES: tuple[str, ...] = tuple(name for name, mode in MODES.items() if mode.default)
 
 
 async def send(mode: Mode, sender: Agent, receiver: Recipient, said: Said, *, conversation_id: str,

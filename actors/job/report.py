@@ -67,8 +67,10 @@ def table(run: ChainResult) -> str:
     row("agreement with text: R@1", "agreement_r_at_1", ".3f", floor.agreement_r_at_1, ratio=False)
     row("total wall time (s)", "wall_s", ".1f")
     row("mean hop (s)", "hop_s", ".2f")
+    row("sender time per message (s)", "sender_s", ".2f", ratio=False)
     row("last agent's answer (s)", "answer_s", ".2f")
     row("bytes per message", "bytes_per_message", ".0f")
+    row("messages per question", "messages_per_question", ".1f", ratio=False)
     row("generations", "generations", "d", ratio=False)
     return aligned(rows, label_left=True)
 

@@ -55,6 +55,10 @@ class ModeSummary:
     generations: int
     hops: dict[str, HopSummary]
     """By ``sender->receiver``."""
+    sender_s: float
+    """Mean time a sender takes to make one message (refinement included; forwarded messages not counted)."""
+    messages_per_question: float
+    """Messages sent along the chain per question (forwarding relays send more than one per hop)."""
 
 
 @dataclass(frozen=True)

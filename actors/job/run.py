@@ -11,6 +11,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -70,15 +71,17 @@ def agent_names(k: int) -> list[str]:
 
 def build_chain(mode: Mode, k: int, task: Task, pool: ReplicaPool, trace: Trace, config: JobConfig,
                 key: bytes | None) -> list[Agent]:
-    """K agents for ``mode``; every receiver reads its hops with the mode's handler."""
+    """K agents for ``mode``; every receiver reads its hops with the mode's handler. Only the first agent, which
+    holds what answers the question, refines its latent (``mode.refine``): relays forward it unchanged."""
     names = agent_names(k)
     roles = [task.first_role, *[task.relay_role] * (k - 2), task.last_role]
     chain = [Agent(name, pool, role=role, key=key, trace=trace, wire_dtype=config.wire_dtype,
-                   max_new_tokens=config.replica.max_new_tokens, limits=config.replica.limits, refine=mode.refine)
-             for name, role in zip(names, roles)]
+                   max_new_tokens=config.replica.max_new_tokens, limits=config.replica.limits,
+                   refine=mode.refine if i == 0 else None)
+             for i, (name, role) in enumerate(zip(names, roles))]
     if mode.read is not None:
         for agent in chain[1:]:
-            agent.on(mode.kind, mode.read)
+            agent.on(mode.handled_kind, mode.read)
     return chain
 
 
@@ -93,9 +96,9 @@ async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: H
     for hop, (sender, receiver) in enumerate(zip(chain, chain[1:]), 1):
         received = [await sender.forward(receiver, message, conversation_id=conversation) for message in carried]
         received.append(await send(mode, sender, receiver, said, conversation_id=conversation, metadata=metadata))
-        if mode.kind == "kv":
-            held.kv[received[-1].message.message_id] = (sender, said)
         for message in received:
+            if isinstance(message, Incoming) and message.kind == "kv":
+                held.kv[message.message.message_id] = (sender, said)
             if isinstance(message, Incoming) and message.kind == "latent":
                 held.latents[message.message.message_id] = message.data
         carried = received if mode.relay == "forward" else []
@@ -106,15 +109,20 @@ async def answer(item: Item, mode: Mode, chain: list[Agent], task: Task, held: H
     return Answer(item.id, mode.name, len(chain), final, task.correct(final, item), done - start, done - answer_start)
 
 
+Answering = Callable[[Item, Mode, list[Agent], Task, Held], Awaitable[Answer]]
+"""How one question goes through a chain: ``answer``, or another runner of the same chain (e.g. a LangGraph graph:
+``examples/langgraph_relay.py``)."""
+
+
 async def run_mode(mode: Mode, items: list[Item], chain: list[Agent], task: Task, concurrency: int,
-                   held: Held) -> tuple[list[Answer], float]:
+                   held: Held, answering: Answering = answer) -> tuple[list[Answer], float]:
     """All questions in ``mode``, ``concurrency`` at a time; returns the answers (in item order) and wall seconds."""
     gate = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(items), desc=f"K={len(chain)} {mode.name}", unit="question")
 
     async def one(item: Item) -> Answer:
         async with gate:
-            result = await answer(item, mode, chain, task, held)
+            result = await answering(item, mode, chain, task, held)
             bar.update()
             return result
 
@@ -151,14 +159,14 @@ async def answer_held_kv(kv: dict[str, tuple[Agent, Said]], trace: Trace) -> Non
 
 
 async def run_chain(k: int, items: list[Item], task: Task, pool: ReplicaPool, trace: Trace, config: JobConfig,
-                    key: bytes | None, held: Held) -> dict[str, ModeRun]:
+                    key: bytes | None, held: Held, answering: Answering = answer) -> dict[str, ModeRun]:
     """Every mode of ``config`` at one chain length; the KV hops' trace text is generated after each mode's run,
     so the caches are not kept for longer."""
     runs = {}
     for mode in config.run_modes:
         chain = build_chain(mode, k, task, pool, trace, config, key)
         before = sum(pool.method_calls[m] for m in GENERATING)
-        answers, wall_s = await run_mode(mode, items, chain, task, config.concurrency, held)
+        answers, wall_s = await run_mode(mode, items, chain, task, config.concurrency, held, answering)
         generations = sum(pool.method_calls[m] for m in GENERATING) - before
         runs[mode.name] = ModeRun(mode.name, k, answers, wall_s, generations)
         await answer_held_kv(held.kv, trace)
@@ -183,9 +191,9 @@ def head_description(config: JobConfig, info: dict[str, Any]) -> str:
     return f"{'shipped' if shipped else 'UNTRAINED'} head {info['fingerprint']} on {info['backbone']}"
 
 
-async def run_job(config: JobConfig) -> JobRun:
-    """Start replicas, run every mode at every chain length and the floor, annotate the trace; nothing scored or
-    written."""
+async def run_job(config: JobConfig, answering: Answering = answer) -> JobRun:
+    """Start replicas, run every mode at every chain length (each question by ``answering``) and the floor, annotate
+    the trace; nothing scored or written."""
     task = get_task(config.task)
     items = task.load(config.questions, config.offset)
     pool = ReplicaPool(config.replica, config.pool, name="main")
@@ -194,7 +202,8 @@ async def run_job(config: JobConfig) -> JobRun:
     try:
         infos = await pool.ready()
         await warm_up(pool, config.pool.num_replicas)
-        chains = {k: await run_chain(k, items, task, pool, trace, config, key, held) for k in config.chain_lengths}
+        chains = {k: await run_chain(k, items, task, pool, trace, config, key, held, answering)
+                  for k in config.chain_lengths}
         floor = await floor_answers(items, task, pool, config)
         await decode_held(pool, held.latents, trace, config.replica.max_new_tokens)
         calls = pool.stats()

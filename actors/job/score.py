@@ -16,6 +16,7 @@ from latentcomm.actors.job.modes import BASELINE
 from latentcomm.actors.job.results import (Answer, ChainResult, FloorSummary, HopSummary, ModeSummary, Ratios,
                                            RunResult)
 from latentcomm.actors.job.run import JobRun, ModeRun, agent_names
+from latentcomm.actors.agent import FORWARDED_KEY
 from latentcomm.actors.trace import Hop, hop_stats
 from latentcomm.model.teachers import Teacher, unit_rows
 from latentcomm.stats import paired_sign_test, wilson_interval
@@ -73,20 +74,22 @@ def against_text(answers: Sequence[Answer], text: Sequence[Answer]) -> dict[str,
 def summarize(run: ModeRun, hops: Sequence[Hop], agreement: Agreement | None) -> ModeSummary:
     """One mode at one K from its answers and its hops in the trace."""
     mine = [h for h in hops if h.metadata.get("mode") == run.mode and h.metadata.get("agents") == run.agents]
+    made = [h for h in mine if FORWARDED_KEY not in h.metadata]
     names = agent_names(run.agents)
     per_hop = {}
     for sender, receiver in zip(names, names[1:]):
-        stats = hop_stats([h for h in mine if (h.sender, h.receiver) == (sender, receiver)])
+        stats = hop_stats([h for h in made if (h.sender, h.receiver) == (sender, receiver)])
         per_hop[f"{sender}->{receiver}"] = HopSummary(stats.mean_latency_s, stats.mean_produce_s,
                                                       stats.mean_handle_s, stats.mean_bytes)
-    every = hop_stats(mine)
+    every, sent = hop_stats(mine), hop_stats(made)
     return ModeSummary(
         mode=run.mode, agents=run.agents, questions=len(run.answers), task_score=task_score(run.answers),
         task_score_ci95=score_interval(run.answers), agreement_cosine=agreement.cosine if agreement else None,
         agreement_r_at_1=agreement.r_at_1 if agreement else None, wall_s=run.wall_s,
-        mean_question_s=statistics.fmean(a.seconds for a in run.answers), hop_s=every.mean_latency_s,
+        mean_question_s=statistics.fmean(a.seconds for a in run.answers), hop_s=sent.mean_latency_s,
         answer_s=statistics.fmean(a.answer_s for a in run.answers), bytes_per_message=every.mean_bytes,
-        generations=run.generations, hops=per_hop)
+        generations=run.generations, hops=per_hop, sender_s=sent.mean_produce_s,
+        messages_per_question=every.count / len(run.answers))
 
 
 def summarize_floor(floor: Sequence[Answer], agreement: Agreement | None) -> FloorSummary:

@@ -2,7 +2,7 @@
 
     POST /compress   text  -> latent message        POST /decode    latent -> text
     POST /embed      text or latent -> embedding    POST /respond   text   -> text
-    GET  /info       the replica's identity and its batch counters (JSON)
+    GET  /info       the replica's identity, what it reads, its limits and batch counters (JSON)
 
 A request body is one packed protocol message (``application/x-latentcomm``, ``protocols/SPEC.md``: a "text"
 message for text, a "latent" message for a latent) or JSON text, ``{"text": "...", <options>}``. Options go
@@ -25,6 +25,8 @@ from typing import Any
 PROTOCOL_TYPE = "application/x-latentcomm"
 JSON_TYPE = "application/json"
 ROUTES = ("compress", "embed", "decode", "respond")
+KINDS_READ = ("latent", "text")
+"""The message kinds the routes read (``GET /info``'s ``kinds``: a link chooses a latent or text for a server)."""
 
 OPTIONS: dict[str, dict[str, type]] = {
     "compress": {"prompt": str, "dtype": str},

@@ -6,6 +6,7 @@ one; a service in another language speaks the same bytes (``protocols/SPEC.md``)
     client = Client("http://127.0.0.1:8000", key=shared_key)
     latent = client.compress("Why is the sky blue?", conversation_id="c1")   # a LatentMessage
     client.decode(latent, max_new_tokens=32)                                 # text
+    client.choose(mine).kind          # what to send it: "latent" where it runs my head, else "text" (GET /info, once)
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from latentcomm.errors import RequestError
 from latentcomm.http.api import PROTOCOL_TYPE, parse_options
-from latentcomm.protocols import LatentMessage, pack, unpack
+from latentcomm.protocols import Choice, Description, LatentMessage, choose, pack, unpack
 
 
 class Client:
@@ -32,6 +33,7 @@ class Client:
         self._path = parts.path.rstrip("/")
         connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         self._connection = connection(parts.hostname, parts.port, timeout=timeout_s)
+        self._description: Description | None = None
 
     def compress(self, text: str, *, prompt: str | None = None, dtype: str = "float16", **routing: Any
                  ) -> LatentMessage:
@@ -58,6 +60,19 @@ class Client:
         if status != 200:
             raise RequestError(status, body.decode("utf-8", "replace"))
         return json.loads(body)
+
+    def describe(self, *, refresh: bool = False) -> Description:
+        """What the server runs and reads (``GET /info``: backbone, head, the kinds its routes read, its limits),
+        asked once and kept (``refresh``: asked again); ``MalformedMessage`` if a field is missing or wrong."""
+        if refresh or self._description is None:
+            self._description = Description.from_dict(self.info())
+        return self._description
+
+    def choose(self, sender: Description, *, kv_bytes: int | None = None, kv_elements: int | None = None,
+               byte_budget: int | None = None) -> Choice:
+        """The kind ``sender`` should send this server: the rule of ``latentcomm.protocols.link`` against
+        ``describe()`` (the front door reads latents of its own head and text)."""
+        return choose(sender, self.describe(), kv_bytes=kv_bytes, kv_elements=kv_elements, byte_budget=byte_budget)
 
     def post(self, route: str, message: LatentMessage, **options: Any) -> LatentMessage:
         """POST one message to ``/route`` with ``options`` (None values left out); the reply message, verified."""

@@ -330,7 +330,8 @@ class GenerativeEmbedder(nn.Module):
         """Training loss: recon_weight * L_recon + align_weight * L_align for one batch.
 
         ``instructions`` (one per sample, None = bare prefix) places each latent inside a reading instruction
-        for the reconstruction term; ``reference`` turns off the KV caches (the slower one-pass step).
+        for the reconstruction term; ``reference`` turns off the KV caches (the slower one-pass step). A target
+        row of NaN marks a sample without a teacher target: the alignment term averages over the others.
         """
         if not (len(queries) == len(responses) == len(targets)):
             raise ValueError(f"batch sizes differ: {len(queries)} queries, {len(responses)} responses, "
@@ -339,7 +340,9 @@ class GenerativeEmbedder(nn.Module):
         zero = latent.new_zeros(())
         recon = reconstruction_loss(*self.reconstruction_logits(latent, responses, instructions, reference=reference)) \
             if recon_weight else zero
-        align = alignment_loss(self.head.embed(latent), targets, align_loss) if align_weight else zero
+        has_target = torch.isfinite(targets).all(dim=-1)
+        align = alignment_loss(self.head.embed(latent)[has_target], targets[has_target], align_loss) \
+            if align_weight and has_target.any() else zero
         total = recon_weight * recon + align_weight * align
         return LossOutput(total, float(recon.detach()), float(align.detach()))
 

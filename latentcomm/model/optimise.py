@@ -10,6 +10,7 @@ the reading prompt and the restatement (the template and the text before the vec
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -133,8 +134,6 @@ def optimise_latent(model: "GenerativeEmbedder", inputs: "Item | Sequence[Item]"
 
 
 def _quiet(show: bool | None, total: int) -> bool:
-    import sys
-
     return not (show if show is not None else total > 50 and sys.stderr.isatty())
 
 
