@@ -31,7 +31,7 @@ class JobConfig:
     modes: tuple[str, ...] = DEFAULT_MODES
     """The modes to run (names of ``MODES``); the text baseline runs whatever is chosen."""
     refine_steps: tuple[int, ...] = (5, 20)
-    """The ``refine`` modes: one per value, every latent fitted that many steps to its sender's text."""
+    """The ``refine`` modes: one per value, the first agent's latent fitted that many steps to its text."""
     optimise_steps: int = 100
     """The most steps of the ``optimised`` mode (it stops where the receiver restates the text)."""
     concurrency: int = 2
@@ -75,7 +75,7 @@ HELPS = {"task": f"what the chain answers: {', '.join(TASKS)}", "questions": "ho
          "modes": f"the modes to run ({', '.join(MODES)}); '{BASELINE}' always runs too (every ratio is against "
                   "it), and so does the floor (the last agent without any message). "
                   + "; ".join(f"{m.name}: {m.help}" for m in MODES.values()),
-         "refine_steps": "the refine modes: one per value, every latent fitted that many steps to its sender's text",
+         "refine_steps": "the refine modes: one per value, the first agent's latent fitted that many steps to its text",
          "optimise_steps": "the most steps of the optimised mode (it stops once the receiver restates the text)",
          "concurrency": "questions in flight",
          "wire_dtype": "dtype of the latents on the wire",

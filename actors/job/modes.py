@@ -65,7 +65,8 @@ class Mode:
 
 BASELINE = "text"
 REFINE = "refine"
-"""The family of modes ``refine-<k>``: latents fitted k steps, one mode per ``--refine-steps`` value."""
+"""The family of modes ``refine-<k>``: the first agent's latent fitted k steps, one mode per ``--refine-steps``
+value."""
 OPTIMISE_STOP_LOSS = 0.05
 """Where the optimised latent stops (nats per restated token: the receiver restates the text almost surely)."""
 MODES: dict[str, Mode] = {mode.name: mode for mode in (
