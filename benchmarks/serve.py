@@ -156,7 +156,8 @@ async def measure(call: Call, kind: str, mode: str, path: str, agents: list[int]
 
 def replica_config(args: argparse.Namespace, batching: BatchConfig) -> ReplicaConfig:
     return ReplicaConfig(backbone=args.backbone, head=args.head, weights_dtype=args.dtype, num_threads=args.threads,
-                         max_new_tokens=args.max_new_tokens, batching=replace(batching, max_batch_size=args.max_batch))
+                         max_new_tokens=args.max_new_tokens,
+                         batching=replace(batching, max_batch_size=args.max_batch, regroup_share=args.regroup_share))
 
 
 def pool_of(args: argparse.Namespace, batching: BatchConfig, name: str) -> ReplicaPool:
@@ -296,6 +297,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-requests", type=count(1), default=8, help="requests per level at least (and one per agent)")
     p.add_argument("--max-new-tokens", type=count(1), default=16, help="decode budget per request (greedy)")
     p.add_argument("--max-batch", type=count(1), default=32, help="rows per forward pass / running generation")
+    p.add_argument("--regroup-share", type=number(0, 1), default=BatchConfig.regroup_share,
+                   help="the batcher's regroup_share (0: never wait for the last pass's callers)")
     p.add_argument("--port", type=count(1), default=8765, help="port of the HTTP front door (127.0.0.1)")
     p.add_argument("--no-http", action="store_true", help="skip the HTTP part")
     p.add_argument("--kinds", choices=KINDS, nargs="+", default=list(KINDS), help="request kinds measured")
