@@ -90,3 +90,18 @@ def test_lora_head_saves_loads_and_is_checked(lora_model, tiny, tmp_path) -> Non
     (tmp_path / "head" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(HeadMismatchError, match="encoder_lora"):
         GenerativeEmbedder.from_pretrained(tmp_path / "head", backbone=tiny)
+
+
+def test_lora_head_folder_is_checked_without_a_backbone(lora_model, tmp_path) -> None:
+    """The CLI's ``--head`` check (no backbone loaded) takes a LoRA head and refuses one whose adapters are gone."""
+    from safetensors.torch import save_file
+
+    from latentcomm.model.head_file import check_folder
+
+    lora_model.save_pretrained(tmp_path / "head")
+    assert check_folder(tmp_path / "head").encoder_lora_rank == 4
+    state = load_file(tmp_path / "head" / "head.safetensors")
+    save_file({k: v for k, v in state.items() if not k.startswith("encoder_lora.")},
+              tmp_path / "head" / "head.safetensors")
+    with pytest.raises(HeadMismatchError, match="no adapters"):
+        check_folder(tmp_path / "head")

@@ -139,9 +139,26 @@ def check_folder(folder: Path) -> HeadConfig:
     hidden size of its special-token table (``from_pretrained`` then checks that size against the backbone)."""
     _, config = read_config(folder / "config.json")
     path = folder / "head.safetensors"
-    _, shape = tensor_header(path).get("special.weight", ("", ()))
-    check_tensors(path, config, shape[-1] if len(shape) == 2 and shape[-1] > 0 else 1)
+    found = tensor_header(path)
+    _, shape = found.get("special.weight", ("", ()))
+    check_tensors(path, config, shape[-1] if len(shape) == 2 and shape[-1] > 0 else 1,
+                  file_lora_targets(path, found) if config.encoder_lora_rank else None)
     return config
+
+
+def file_lora_targets(path: Path, found: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, tuple[int, int]]:
+    """The (in, out) shapes of the encoder LoRA adapters a head file holds, under placeholder paths in file order
+    (the file names adapters by index; ``from_pretrained`` checks them against the backbone's own linears)."""
+    targets, i = {}, 0
+    while (down := found.get(f"encoder_lora.adapters.{i}.down.weight")) and \
+            (up := found.get(f"encoder_lora.adapters.{i}.up.weight")):
+        if len(down[1]) != 2 or len(up[1]) != 2:
+            raise HeadMismatchError(f"{path}: encoder LoRA adapter {i} is not two matrices")
+        targets[f"{i:06d}"] = (down[1][1], up[1][0])
+        i += 1
+    if not targets:
+        raise HeadMismatchError(f"{path}: the config asks for encoder LoRA, the file holds no adapters")
+    return targets
 
 
 def head_fingerprint(backbone_id: str, config: HeadConfig, state: Mapping[str, torch.Tensor]) -> str:
