@@ -269,6 +269,24 @@ def test_evaluate_reports_every_method(uninterrupted, tiny_run, tiny_backbone_di
     assert "8 held out; 32 used for training" in card
 
 
+@pytest.mark.slow
+def test_evaluate_restatement_only_writes_the_table(uninterrupted, tiny_run, tiny_backbone_dir, tmp_path):
+    from latentcomm.errors import UsageError
+    from latentcomm.training.evaluate import main as evaluate_main
+    from latentcomm.training.restatement import BOUND, CEILING
+
+    out, _ = uninterrupted
+    with pytest.raises(UsageError, match="needs --restatement N"):
+        evaluate_main(["--run", str(tiny_run), "--head", str(out / "head"), "--restatement-only"])
+    assert evaluate_main(["--run", str(tiny_run), "--head", str(out / "head"), "--backbone", str(tiny_backbone_dir),
+                          "--restatement", "2", "--restatement-only", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "restatement.json").read_text())
+    assert {(r["set"], r["row"]) for r in rows} == {(s, row) for s in ("held-out notes", "held-out ShareGPT queries")
+                                                    for row in (CEILING, "trained head", "untrained head", BOUND)}
+    assert all(r["n"] == 2 and 0 <= r["exact"] <= 1 and 0 <= r["token_accuracy"] <= 1 for r in rows)
+    assert not (tmp_path / "eval.json").exists() and "| set | latent |" in (tmp_path / "restatement.md").read_text()
+
+
 def test_grounded_samples_hold_their_response_and_are_drawn_deterministically():
     from latentcomm.training.grounding import grounded_query
 

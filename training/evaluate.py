@@ -96,6 +96,22 @@ class HeldOut:
                    self_teacher)
 
 
+def load_heads(run: str | os.PathLike, head: str | os.PathLike, *, backbone: str | None = None,
+               compare: dict[str, str | os.PathLike] | None = None, limit: int | None = None, batch_size: int = 16
+               ) -> tuple[Backbone, HeldOut, dict[str, GenerativeEmbedder]]:
+    """The backbone, the held-out split of ``run`` and the heads compared: "trained head" (``head``), the
+    ``compare`` heads by name, and "untrained head" (same shape, standardisation fitted on training queries)."""
+    meta = json.loads((Path(head) / "config.json").read_text())
+    bb = load_backbone(backbone or meta["backbone"])
+    trained = GenerativeEmbedder.from_pretrained(head, backbone=bb)
+    data = HeldOut.load(run, bb, limit, trained.config.teacher)
+    heads = {"trained head": trained}
+    heads |= {name: GenerativeEmbedder.from_pretrained(path, backbone=bb) for name, path in (compare or {}).items()}
+    heads["untrained head"] = GenerativeEmbedder(bb, trained.config, seed=0).fit_standardization(
+        training_queries(run, CALIBRATION_QUERIES), batch_size=batch_size)
+    return bb, data, heads
+
+
 def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR, *, backbone: str | None = None,
              compare: dict[str, str | os.PathLike] | None = None, limit: int | None = None, decode_limit: int = 100,
              max_new_tokens: int = 64, batch_size: int = 16, sweep: bool = False, restatement: int = 0
@@ -103,18 +119,10 @@ def evaluate(run: str | os.PathLike, head: str | os.PathLike = DEFAULT_HEAD_DIR,
     """All acceptance figures for ``head`` (and the ``compare`` heads, by name) on the held-out split of ``run``."""
     if decode_limit < 1 or (limit is not None and limit < 2):
         raise ValueError(f"need decode_limit >= 1 and limit >= 2 (or None), got {decode_limit} and {limit}")
-    meta = json.loads((Path(head) / "config.json").read_text())
-    bb = load_backbone(backbone or meta["backbone"])
-    trained = GenerativeEmbedder.from_pretrained(head, backbone=bb)
-    teacher_name = trained.config.teacher
-    data = HeldOut.load(run, bb, limit, teacher_name)
-    untrained = GenerativeEmbedder(bb, trained.config, seed=0).fit_standardization(
-        training_queries(run, CALIBRATION_QUERIES), batch_size=batch_size)
+    bb, data, heads = load_heads(run, head, backbone=backbone, compare=compare, limit=limit, batch_size=batch_size)
+    teacher_name = heads["trained head"].config.teacher
     teacher = load_teacher(teacher_name, backbone=bb)
-
-    heads = {"trained head": trained}
-    heads |= {name: GenerativeEmbedder.from_pretrained(path, backbone=bb) for name, path in (compare or {}).items()}
-    heads["untrained head"] = untrained
+    trained = heads["trained head"]
     retrieval = {name: retrieval_scores(m.encode(data.queries, batch_size=batch_size, show_progress_bar=True),
                                         data.targets) for name, m in heads.items()}
     retrieval[f"teacher ({teacher_name}) on query"] = retrieval_scores(teacher.embed(data.queries), data.targets)
@@ -201,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also decode the trained head's latents under several repetition settings (decoding_sweep)")
     ap.add_argument("--restatement", type=count(0), default=0, metavar="N",
                     help="also the held-out restatement table on N made-up notes and N held-out queries (0: off)")
+    ap.add_argument("--restatement-only", action="store_true",
+                    help="only the restatement table (needs --restatement N): restatement.json and .md, no retrieval")
     ap.add_argument("--batch-size", type=count(1), default=16)
     ap.add_argument("--threads", type=count(1), default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
@@ -216,10 +226,23 @@ def main(argv: list[str] | None = None) -> int:
     read_responses(args.run / RESPONSES_DIR)  # refused here, before any model loads
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out or args.head)
+    if args.restatement_only:
+        if not args.restatement:
+            ap.error("--restatement-only needs --restatement N")
+        _, data, heads = load_heads(args.run, args.head, backbone=args.backbone, compare=compare, limit=args.limit,
+                                    batch_size=args.batch_size)
+        rows = restatement_table(heads, heldout_sets(args.restatement, data.queries), bound_of="trained head",
+                                 batch_size=args.batch_size)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "restatement.json").write_text(json.dumps(restatement_rows(rows), indent=2) + "\n")
+        (out / "restatement.md").write_text(restatement_markdown(rows) + "\n")
+        print(restatement_markdown(rows))
+        print(f"wrote {out / 'restatement.json'} and {out / 'restatement.md'}")
+        return 0
     result = evaluate(args.run, args.head, backbone=args.backbone, compare=compare, limit=args.limit,
                       decode_limit=args.decode_limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       sweep=args.sweep_decoding, restatement=args.restatement)
-    out = Path(args.out or args.head)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_evaluation(result, out / "eval.png")
