@@ -146,6 +146,10 @@ class ChainRecipe(TrainRecipe):
                         for i in range(len(samples))]
         return queries, [t.step(k) for t, k in samples], self.data.targets(samples), instructions
 
+    def objectives(self, step: int, micro: int) -> None:
+        """Chain samples have one objective (the step's response): no split in the metrics."""
+        return None
+
     @torch.no_grad()
     def previous_latents(self, samples: Sequence[tuple[ChainTask, int]]) -> list[Latent | None]:
         """z_{k-1} of each sample from the current head (None where k is 1), in eval mode."""

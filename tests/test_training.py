@@ -433,6 +433,21 @@ def test_a_run_of_every_objective_resumes_exactly(uninterrupted, tmp_path):
     assert all(np.isfinite(_losses(whole)))
     config = json.loads((whole / "train_config.json").read_text())
     assert (config["restate_share"], config["qa_share"]) == (0.4, 0.4)
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    split = {k for r in records for k in r if k.startswith("recon_")}
+    assert split and split <= {"recon_response", "recon_restate", "recon_qa"}
+    assert all(np.isfinite(r[k]) and r[k] > 0 for r in records for k in split if k in r)
+
+
+def test_forward_reports_each_samples_loss_and_their_token_weighted_mean(tiny_model):
+    queries, responses = ["What is two plus two?", "Name a colour."], ["Four.", "Blue, or perhaps a deep green."]
+    targets = torch.zeros(2, tiny_model.head.embed_dim)
+    out = tiny_model(queries, responses, targets, align_weight=0.0)
+    counts = [len(ids) for ids in tiny_model.response_ids(responses)]
+    assert len(out.recon_rows) == 2 and counts[1] > counts[0]
+    assert out.recon == pytest.approx(sum(r * c for r, c in zip(out.recon_rows, counts)) / sum(counts), rel=1e-5)
+    alone = [tiny_model([q], [r], targets[:1], align_weight=0.0).recon for q, r in zip(queries, responses)]
+    assert list(out.recon_rows) == pytest.approx(alone, abs=1e-4)
 
 
 def test_restatement_table_has_the_ceiling_every_head_and_the_bound(tiny_model):

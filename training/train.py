@@ -31,7 +31,7 @@ from latentcomm.training.checkpoint import load_latest_checkpoint, save_checkpoi
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.grounding import grounded_query
 from latentcomm.training.metrics import MetricsLog, plot_losses
-from latentcomm.training.objectives import make_sample
+from latentcomm.training.objectives import Objective, Sample, make_sample
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
 from latentcomm.training.targets import load_targets
 
@@ -99,6 +99,19 @@ class TrainingData:
         """The ``micro``-th micro-batch of ``rank`` in optimizer step ``step`` (0-based, across epochs):
         queries, responses, targets (a NaN row: no teacher target) and each sample's reading instruction (None:
         bare prefix). Each sample's objective is drawn from its key (``training.objectives``)."""
+        idx, samples = self._samples(cfg, step, micro, rank)
+        targets = torch.from_numpy(self.targets[idx]).clone()
+        targets[[not s.aligned for s in samples]] = float("nan")
+        return ([s.query for s in samples], [s.response for s in samples], targets,
+                [s.instruction for s in samples])
+
+
+    def objectives(self, cfg: TrainConfig, step: int, micro: int, rank: int) -> list[Objective]:
+        """The objective of each sample of that micro-batch (``micro_batch``'s order)."""
+        return [sample.objective for sample in self._samples(cfg, step, micro, rank)[1]]
+
+    def _samples(self, cfg: TrainConfig, step: int, micro: int, rank: int) -> tuple[list[int], list[Sample]]:
+        """Row indices and samples of one micro-batch."""
         epoch, within = divmod(step, self.steps_per_epoch(cfg.global_batch))
         key = (epoch, cfg.seed, cfg.global_batch, cfg.bucket_by_length)
         if self._order[0] != key:
@@ -106,15 +119,11 @@ class TrainingData:
         start = within * cfg.global_batch + (micro * cfg.world_size + rank) * cfg.micro_batch
         idx = self._order[1][start:start + cfg.micro_batch]
         keys = [f"{cfg.seed}:{epoch}:{self.ids[i]}" for i in idx]
-        samples = [make_sample(key, grounded_query(key, self.queries[i], self.responses[i], cfg.grounding_share),
-                               self.responses[i], draw_instruction(key, cfg.in_context_share),
-                               restate_share=cfg.restate_share, qa_share=cfg.qa_share,
-                               restate_text=" ".join(self.queries[i].split()[:cfg.restate_words]))
-                   for key, i in zip(keys, idx)]
-        targets = torch.from_numpy(self.targets[idx]).clone()
-        targets[[not s.aligned for s in samples]] = float("nan")
-        return ([s.query for s in samples], [s.response for s in samples], targets,
-                [s.instruction for s in samples])
+        return idx, [make_sample(key, grounded_query(key, self.queries[i], self.responses[i], cfg.grounding_share),
+                                 self.responses[i], draw_instruction(key, cfg.in_context_share),
+                                 restate_share=cfg.restate_share, qa_share=cfg.qa_share,
+                                 restate_text=" ".join(self.queries[i].split()[:cfg.restate_words]))
+                     for key, i in zip(keys, idx)]
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
@@ -243,6 +252,10 @@ class TrainRecipe:
         """Queries (strings or lists of parts), responses, targets and reading instructions of one micro-batch."""
         return self.data.micro_batch(self.cfg, step, micro, self.rank)
 
+    def objectives(self, step: int, micro: int) -> list[Objective] | None:
+        """Each sample's objective in that micro-batch (None: the recipe has none; metrics then log no split)."""
+        return self.data.objectives(self.cfg, step, micro, self.rank)
+
     def _autocast(self):
         if self.cfg.head_dtype == "bfloat16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -258,8 +271,10 @@ class TrainRecipe:
         for step in bar:
             started = time.perf_counter()
             sums = torch.zeros(3)
+            by_objective: dict[str, list[float]] = {}
             for micro in range(cfg.grad_accum):
                 queries, responses, targets, instructions = self.micro_batch(step, micro)
+                objectives = self.objectives(step, micro)
                 with self._autocast():
                     out = engine(queries, responses, targets.to(self.device), recon_weight=cfg.recon_weight,
                                  align_weight=cfg.align_weight, align_loss=cfg.align_loss,
@@ -267,6 +282,8 @@ class TrainRecipe:
                 engine.backward(out.loss)
                 engine.step()
                 sums += torch.tensor([float(out.loss.detach()), out.recon, out.align])
+                for objective, row in zip(objectives or [], out.recon_rows):
+                    by_objective.setdefault(objective, []).append(row)
             if dist.is_initialized() and dist.get_world_size() > 1:
                 dist.all_reduce(sums)
                 sums /= dist.get_world_size()
@@ -277,7 +294,9 @@ class TrainRecipe:
             seconds = time.perf_counter() - started
             if self.rank == 0:
                 self.metrics.append({"step": step + 1, "epoch": step // self.steps_per_epoch, "loss": loss,
-                                     "recon": recon, "align": align, "lr": self.scheduler.get_last_lr()[0],
+                                     "recon": recon, "align": align,
+                                     **{f"recon_{k}": sum(v) / len(v) for k, v in sorted(by_objective.items())},
+                                     "lr": self.scheduler.get_last_lr()[0],
                                      "samples_per_s": cfg.global_batch / seconds})
                 bar.set_postfix(loss=f"{loss:.3f}", recon=f"{recon:.3f}", align=f"{align:.5f}")
             done_here += 1

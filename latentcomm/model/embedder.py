@@ -29,7 +29,7 @@ from latentcomm.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY
 from latentcomm.model.head_file import head_fingerprint, head_lora_targets, read_config, read_head, write_head
 from latentcomm.model.heads import CompressionHead, FeatureStandardize, embedding_statistics, initial_token_embeddings
 from latentcomm.model.latent import Latent, LatentError
-from latentcomm.model.losses import IGNORE_INDEX, AlignLoss, alignment_loss, reconstruction_loss
+from latentcomm.model.losses import AlignLoss, alignment_loss, row_losses
 from latentcomm.model.prompt import (Item, Part, PromptLayout, Segment, Template, as_items, check_backbone,
                                      common_head, item_size, positions_of, row_width)
 from latentcomm.model.reading import Instruction
@@ -61,6 +61,8 @@ class LossOutput:
     loss: torch.Tensor
     recon: float
     align: float
+    recon_rows: tuple[float, ...] = ()
+    """Each sample's reconstruction loss (mean nats per response token), in the batch's order."""
 
 
 def _batches(order: list[int], batch_size: int, show: bool | None, desc: str) -> Iterator[list[int]]:
@@ -281,6 +283,12 @@ class GenerativeEmbedder(nn.Module):
         hidden = torch.cat([h for h, _ in states])[torch.argsort(torch.tensor(order))]  # (B, num_special, H)
         return self.head.latent(hidden[:, self.config.num_thought:self.config.num_special])
 
+    def response_ids(self, responses: list[str]) -> list[list[int]]:
+        """The token ids each response is reconstructed as: cut to ``max_response_tokens`` with the end token."""
+        tok = self.backbone.tokenizer
+        limit = self.config.max_response_tokens
+        return [ids[:limit - 1] + [tok.eos_token_id] for ids in tok(responses, add_special_tokens=False).input_ids]
+
     def reconstruction_logits(self, latent: torch.Tensor, responses: list[str],
                               instructions: Sequence[Instruction | None] | None = None, *,
                               reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,8 +301,7 @@ class GenerativeEmbedder(nn.Module):
         """
         bb = self.backbone
         tok = bb.tokenizer
-        limit = self.config.max_response_tokens
-        answers = [ids[:limit - 1] + [tok.eos_token_id] for ids in tok(responses, add_special_tokens=False).input_ids]
+        answers = self.response_ids(responses)
         instructions = list(instructions) if instructions is not None else [None] * len(responses)
         if len(instructions) != len(responses):
             raise ValueError(f"{len(instructions)} instructions for {len(responses)} responses")
@@ -338,13 +345,18 @@ class GenerativeEmbedder(nn.Module):
                              f"{len(targets)} targets")
         latent = self.latent_vectors(queries, prompt, reference=reference)
         zero = latent.new_zeros(())
-        recon = reconstruction_loss(*self.reconstruction_logits(latent, responses, instructions, reference=reference)) \
-            if recon_weight else zero
+        recon, rows = zero, ()
+        if recon_weight:
+            logits, labels = self.reconstruction_logits(latent, responses, instructions, reference=reference)
+            counts = [len(ids) for ids in self.response_ids(responses)]
+            per_row = row_losses(logits, labels, counts)
+            weights = per_row.new_tensor(counts)
+            recon, rows = (per_row * weights).sum() / weights.sum(), tuple(per_row.detach().tolist())
         has_target = torch.isfinite(targets).all(dim=-1)
         align = alignment_loss(self.head.embed(latent)[has_target], targets[has_target], align_loss) \
             if align_weight and has_target.any() else zero
         total = recon_weight * recon + align_weight * align
-        return LossOutput(total, float(recon.detach()), float(align.detach()))
+        return LossOutput(total, float(recon.detach()), float(align.detach()), rows)
 
     @torch.no_grad()
     def fit_standardization(self, texts: Sequence[Item], *, batch_size: int = 16, prompt: str | None = None

@@ -15,6 +15,14 @@ def reconstruction_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
+def row_losses(logits: torch.Tensor, labels: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Mean token NLL of each row (B,) from flat logits (N, V) and labels (N,) whose rows hold ``counts`` tokens
+    (``reconstruction_logits``' layout, every position labelled); their token-weighted mean is
+    ``reconstruction_loss``."""
+    tokens = F.cross_entropy(logits.float(), labels, reduction="none")
+    return torch.stack([chunk.mean() for chunk in tokens.split(counts)])
+
+
 def alignment_loss(predicted: torch.Tensor, target: torch.Tensor, kind: AlignLoss = "mse") -> torch.Tensor:
     """The paper's squared error ||e - ê||² (summed over dimensions), or 1 - cosine; averaged over the batch.
 

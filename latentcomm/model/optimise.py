@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from latentcomm.model.heads import embedding_statistics
 from latentcomm.model.latent import Latent
+from latentcomm.model.losses import row_losses
 from latentcomm.model.prompt import as_items
 from latentcomm.model.reading import Instruction
 
@@ -84,12 +84,6 @@ class Optimised:
 def restatement_targets(items: Sequence["Item"]) -> list[str]:
     """What each input's receiver should restate: its text parts, in order (a latent part is not text to restate)."""
     return ["".join(p for p in parts if isinstance(p, str)).strip() for parts in as_items(list(items))]
-
-
-def _row_losses(logits: torch.Tensor, labels: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Mean token NLL of each row (B,) from the flat logits (N, V) and labels (N,) of ``reconstruction_logits``."""
-    tokens = F.cross_entropy(logits.float(), labels, reduction="none")
-    return torch.stack([chunk.mean() for chunk in tokens.split(counts)])
 
 
 def optimise_latent(model: "GenerativeEmbedder", inputs: "Item | Sequence[Item]", *,
@@ -155,8 +149,7 @@ def _fit(model: "GenerativeEmbedder", vectors: torch.Tensor, rows: list[int], ta
     moment1 = torch.zeros_like(vectors[rows])
     moment2 = torch.zeros_like(vectors[rows])
     active = list(range(len(rows)))
-    counts_of = {i: len(model.backbone.tokenizer(targets[r], add_special_tokens=False).input_ids) + 1
-                 for i, r in enumerate(rows)}
+    counts_of = {i: len(ids) for i, ids in enumerate(model.response_ids([targets[r] for r in rows]))}
     for step in range(config.steps + 1):
         if not active:
             break
@@ -164,7 +157,7 @@ def _fit(model: "GenerativeEmbedder", vectors: torch.Tensor, rows: list[int], ta
         batch = vectors[[rows[i] for i in active]].to(device).requires_grad_(True)
         logits, labels = model.reconstruction_logits(batch.to(dtype), [targets[rows[i]] for i in active],
                                                      [instruction] * len(active))
-        row_loss = _row_losses(logits, labels, [min(counts_of[i], model.config.max_response_tokens) for i in active])
+        row_loss = row_losses(logits, labels, [counts_of[i] for i in active])
         values = row_loss.detach().cpu().tolist()
         done = [config.stop_loss is not None and v < config.stop_loss or step == config.steps for v in values]
         for i, v, stop in zip(active, values, done):
