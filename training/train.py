@@ -31,7 +31,7 @@ from latentcomm.training.checkpoint import load_latest_checkpoint, save_checkpoi
 from latentcomm.training.config import TrainConfig
 from latentcomm.training.grounding import grounded_query
 from latentcomm.training.metrics import MetricsLog, plot_losses
-from latentcomm.training.objectives import Objective, Sample, make_sample
+from latentcomm.training.objectives import Objective, draw_objective, make_sample
 from latentcomm.training.responses import RESPONSES_DIR, read_responses
 from latentcomm.training.targets import load_targets
 
@@ -99,31 +99,30 @@ class TrainingData:
         """The ``micro``-th micro-batch of ``rank`` in optimizer step ``step`` (0-based, across epochs):
         queries, responses, targets (a NaN row: no teacher target) and each sample's reading instruction (None:
         bare prefix). Each sample's objective is drawn from its key (``training.objectives``)."""
-        idx, samples = self._samples(cfg, step, micro, rank)
+        idx, keys = self._keys(cfg, step, micro, rank)
+        samples = [make_sample(key, grounded_query(key, self.queries[i], self.responses[i], cfg.grounding_share),
+                               self.responses[i], draw_instruction(key, cfg.in_context_share),
+                               restate_share=cfg.restate_share, qa_share=cfg.qa_share,
+                               restate_text=" ".join(self.queries[i].split()[:cfg.restate_words]))
+                   for key, i in zip(keys, idx)]
         targets = torch.from_numpy(self.targets[idx]).clone()
         targets[[not s.aligned for s in samples]] = float("nan")
         return ([s.query for s in samples], [s.response for s in samples], targets,
                 [s.instruction for s in samples])
 
-
     def objectives(self, cfg: TrainConfig, step: int, micro: int, rank: int) -> list[Objective]:
-        """The objective of each sample of that micro-batch (``micro_batch``'s order)."""
-        return [sample.objective for sample in self._samples(cfg, step, micro, rank)[1]]
+        """The objective of each sample of that micro-batch (``micro_batch``'s order), drawn from its key alone."""
+        return [draw_objective(key, cfg.restate_share, cfg.qa_share) for key in self._keys(cfg, step, micro, rank)[1]]
 
-    def _samples(self, cfg: TrainConfig, step: int, micro: int, rank: int) -> tuple[list[int], list[Sample]]:
-        """Row indices and samples of one micro-batch."""
+    def _keys(self, cfg: TrainConfig, step: int, micro: int, rank: int) -> tuple[list[int], list[str]]:
+        """Row indices and sample keys of one micro-batch."""
         epoch, within = divmod(step, self.steps_per_epoch(cfg.global_batch))
         key = (epoch, cfg.seed, cfg.global_batch, cfg.bucket_by_length)
         if self._order[0] != key:
             self._order = (key, self.epoch_order(cfg, epoch))
         start = within * cfg.global_batch + (micro * cfg.world_size + rank) * cfg.micro_batch
         idx = self._order[1][start:start + cfg.micro_batch]
-        keys = [f"{cfg.seed}:{epoch}:{self.ids[i]}" for i in idx]
-        return idx, [make_sample(key, grounded_query(key, self.queries[i], self.responses[i], cfg.grounding_share),
-                                 self.responses[i], draw_instruction(key, cfg.in_context_share),
-                                 restate_share=cfg.restate_share, qa_share=cfg.qa_share,
-                                 restate_text=" ".join(self.queries[i].split()[:cfg.restate_words]))
-                     for key, i in zip(keys, idx)]
+        return idx, [f"{cfg.seed}:{epoch}:{self.ids[i]}" for i in idx]
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):

@@ -299,12 +299,17 @@ class GenerativeEmbedder(nn.Module):
         template end, response], the layout ``respond([[before, latent, after]])`` uses. ``reference`` as for
         ``latent_vectors``.
         """
+        return self._reconstruction(latent, self.response_ids(responses), instructions, reference=reference)
+
+    def _reconstruction(self, latent: torch.Tensor, answers: list[list[int]],
+                        instructions: Sequence[Instruction | None] | None, *, reference: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``reconstruction_logits`` of responses already tokenised (``response_ids``)."""
         bb = self.backbone
         tok = bb.tokenizer
-        answers = self.response_ids(responses)
-        instructions = list(instructions) if instructions is not None else [None] * len(responses)
-        if len(instructions) != len(responses):
-            raise ValueError(f"{len(instructions)} instructions for {len(responses)} responses")
+        instructions = list(instructions) if instructions is not None else [None] * len(answers)
+        if len(instructions) != len(answers):
+            raise ValueError(f"{len(instructions)} instructions for {len(answers)} responses")
         template_before, template_after = self.layout.template(None)
         texts = [t for ins in instructions if ins is not None for t in ins]
         encoded = iter(tok(texts, add_special_tokens=False).input_ids if texts else [])
@@ -347,8 +352,9 @@ class GenerativeEmbedder(nn.Module):
         zero = latent.new_zeros(())
         recon, rows = zero, ()
         if recon_weight:
-            logits, labels = self.reconstruction_logits(latent, responses, instructions, reference=reference)
-            counts = [len(ids) for ids in self.response_ids(responses)]
+            answers = self.response_ids(responses)
+            logits, labels = self._reconstruction(latent, answers, instructions, reference=reference)
+            counts = [len(ids) for ids in answers]
             per_row = row_losses(logits, labels, counts)
             weights = per_row.new_tensor(counts)
             recon, rows = (per_row * weights).sum() / weights.sum(), tuple(per_row.detach().tolist())
