@@ -6,6 +6,11 @@ run computed once), without it (recomputed for every text), with ``--int8`` also
 int8 linears (and its drift from the float path), and with ``--peer official`` the official ``llm2vec-gen``
 package on the same backbone (``benchmarks/official.py``; reported as not measured when it is not installed,
 never installed here). Ratios are of texts/s within this run; the 1-minute load average is recorded.
+
+The roofline beside them: each float run's linear-layer FLOP/s (2 x the decoder's parameters per computed
+position) as a share of a matmul in its dtype measured in the same run, and the ratio to the official that our
+positions would give if every linear layer ran at that peak and nothing else took time: the most any exact
+speed-up of the same computation can reach on this machine.
 """
 from __future__ import annotations
 
@@ -86,14 +91,19 @@ def positions_run(model: GenerativeEmbedder, texts: list[str], batch_size: int) 
     return computed, cached
 
 
+def linear_flops_per_position(backbone: Backbone) -> int:
+    """FLOPs of the decoder's linear layers for one position: 2 x its non-embedding parameters."""
+    return 2 * sum(p.numel() for n, p in backbone.model.base_model.named_parameters() if "embed_tokens" not in n)
+
+
 def forward_flops(model: GenerativeEmbedder, texts: list[str], batch_size: int) -> float:
-    """FLOPs of the compress forward passes over ``texts``: 2 x non-embedding params x computed positions, plus
+    """FLOPs of the compress forward passes over ``texts``: the linear layers' per computed position, plus
     attention (every computed position over all positions of its row, cached ones included)."""
     cfg = model.backbone.model.config
-    params = sum(p.numel() for n, p in model.backbone.model.base_model.named_parameters() if "embed_tokens" not in n)
     computed, cached = positions_run(model, texts, batch_size)
     width = (computed + cached) / len(texts)
-    return 2 * params * computed + 4 * cfg.num_hidden_layers * computed * width * cfg.hidden_size
+    return linear_flops_per_position(model.backbone) * computed + \
+        4 * cfg.num_hidden_layers * computed * width * cfg.hidden_size
 
 
 def decode_speed(model: GenerativeEmbedder, texts: list[str], new_tokens: int, use_cache: bool, repeat: int) -> float:
@@ -137,8 +147,9 @@ def plot(results: dict, path: Path) -> None:
     ax.bar([n.replace(" ", "\n", 1).replace(", ", ",\n") for n in names], [side["texts_per_s"][n] for n in names],
            color=["#dd8452" if n.startswith("official") else "#4c72b0" for n in names])
     for i, name in enumerate(names):
+        roof = side["linear_flops_fraction_of_matmul"].get(name)
         ax.text(i, side["texts_per_s"][name], f"{side['texts_per_s'][name]:.1f}\n{side['positions_per_text'][name]:.0f} "
-                "pos/text", ha="center", va="bottom", fontsize=8)
+                "pos/text" + ("" if roof is None else f"\n{roof:.0%} of matmul"), ha="center", va="bottom", fontsize=8)
     ax.set_ylim(top=max(side["texts_per_s"].values()) * 1.3)
     ax.set_ylabel("texts / s")
     ax.set_title(f"{side['texts']} texts, batch {side['batch_size']}, {side['threads']} threads, median of {side['rounds']} "
@@ -196,6 +207,7 @@ def side_by_side(model: GenerativeEmbedder, texts: list[str], args: Any) -> dict
         return lambda: m.encode(texts, batch_size=batch, show_progress_bar=False)
 
     runs: dict[str, Callable[[], Any]] = {}
+    run_dtype: dict[str, str] = {}  # the float runs, for the roofline
     positions: dict[str, int] = {}
     cosine, drift = {}, None
     plain = models.get("float32") or variant(model, backbone=load_backbone(args.backbone, device=model.device,
@@ -205,6 +217,7 @@ def side_by_side(model: GenerativeEmbedder, texts: list[str], args: Any) -> dict
         uncached = variant(m, prefix_cache=False)
         runs[f"latentcomm {name}"] = ours(m)
         runs[f"latentcomm {name}, no prefix cache"] = ours(uncached)
+        run_dtype.update({f"latentcomm {name}": name, f"latentcomm {name}, no prefix cache": name})
         positions[f"latentcomm {name}"] = positions_run(m, texts, batch)[0]
         positions[f"latentcomm {name}, no prefix cache"] = positions_run(uncached, texts, batch)[0]
         cosine[f"latentcomm {name}"] = cosines(m.encode(texts, batch_size=batch), reference)
@@ -221,6 +234,7 @@ def side_by_side(model: GenerativeEmbedder, texts: list[str], args: Any) -> dict
         if peer is None:
             encoder = official.OfficialEncoder(args.backbone, m.config, m.config.embed_dim, m.backbone.dtype)
             runs[f"official llm2vec-gen {name}"] = partial(encoder.encode, texts, batch)
+            run_dtype[f"official llm2vec-gen {name}"] = name
             positions[f"official llm2vec-gen {name}"] = encoder.tokens(texts, batch)
     seconds: dict[str, list[float]] = {run: [] for run in runs}
     for fn in runs.values():
@@ -233,6 +247,12 @@ def side_by_side(model: GenerativeEmbedder, texts: list[str], args: Any) -> dict
             seconds[run].append(time.perf_counter() - start)
         loads.append(os.getloadavg()[0])
     speed = {run: len(texts) / statistics.median(times) for run, times in seconds.items()}
+    per_text = {run: count / len(texts) for run, count in positions.items()}
+    # the roofline: linear FLOP/s of each run against a matmul of its dtype measured here, and the ratio to the
+    # official that our positions would give if every linear layer ran at that peak and nothing else took time
+    peaks = {name: matmul_flops(getattr(torch, name), model.device) for name in models}
+    per_position = linear_flops_per_position(model.backbone)
+    of_peak = {run: speed[run] * per_text[run] * per_position / peaks[name] for run, name in run_dtype.items()}
     ratios = {}
     for name in models:
         ours_speed = speed[f"latentcomm {name}"]
@@ -241,11 +261,16 @@ def side_by_side(model: GenerativeEmbedder, texts: list[str], args: Any) -> dict
             if f"official llm2vec-gen {other}" in speed:
                 ratios[f"latentcomm {name}: texts/s x official {other}"] = \
                     ours_speed / speed[f"official llm2vec-gen {other}"]
+        if f"official llm2vec-gen {name}" in speed:
+            ceiling = peaks[name] / (per_text[f"latentcomm {name}"] * per_position)
+            ratios[f"latentcomm {name} at the matmul peak: texts/s x official {name}"] = \
+                ceiling / speed[f"official llm2vec-gen {name}"]
     if "latentcomm int8" in speed:
         ratios["int8: texts/s x float32"] = speed["latentcomm int8"] / speed["latentcomm float32"]
     return {"texts": len(texts), "batch_size": batch, "rounds": args.rounds, "threads": torch.get_num_threads(),
             "dtypes": names, "seconds": seconds, "texts_per_s": speed,
-            "positions_per_text": {k: v / len(texts) for k, v in positions.items()}, "ratios": ratios,
+            "positions_per_text": per_text, "ratios": ratios, "matmul_flops": peaks,
+            "linear_flops_per_position": per_position, "linear_flops_fraction_of_matmul": of_peak,
             "cosine_to_plain_float32": cosine, "int8_drift": drift, "peer": peer,
             "load_average": {"before": loads[0], "after": loads[-1], "rounds": loads[1:]}}
 
@@ -320,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{side['rounds']} rounds, load average {side['load_average']['before']:.2f} -> "
           f"{side['load_average']['after']:.2f}")
     for name, speed in side["texts_per_s"].items():
-        print(f"  {name:<40} {speed:>7.2f} texts/s  {side['positions_per_text'][name]:>5.1f} positions/text")
+        roof = side["linear_flops_fraction_of_matmul"].get(name)
+        print(f"  {name:<40} {speed:>7.2f} texts/s  {side['positions_per_text'][name]:>5.1f} positions/text"
+              + ("" if roof is None else f"  linear layers at {roof:.0%} of the matmul peak"))
     if side["peer"]:
         print(f"  official llm2vec-gen: {side['peer']}")
     for name, value in side["ratios"].items():

@@ -9,7 +9,12 @@ configuration sees the same head):
   the special tokens (and an in-context latent's instruction prefix to the response pass); losses must agree;
 * ``split, bucketed batches`` — the same number of samples, batched by length (what ``train`` now does).
 
-Also reports padding: the share of computed positions that are padding, random against bucketed batches.
+Also reports padding: the share of computed positions that are padding, random against bucketed batches; and the
+work each configuration does, counted as it runs (``Work``): positions computed forward only, forward under
+autograd (their backward through the frozen weights costs as much again: input gradients only) and response tokens
+scored through the vocabulary projection. From it the linear layers' FLOPs, the ratio of work against the one-pass
+step (the speed-up the same kernels would give) and the achieved share of a matmul measured in the same run: a
+configuration near its work ratio and near the matmul peak is as fast as its computation allows.
 With ``--short-answers K`` two more, on the same bucketed batches with every latent read inside a reading
 instruction and each response cut to its first K words (objectives that answer from a latent in a few tokens):
 ``one pass, short answers`` and ``split, short answers``, losses compared.
@@ -20,13 +25,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Iterator, get_args
 
 import numpy as np
 import torch
 
+from latentcomm.benchmarks.encode import linear_flops_per_position, matmul_flops
 from latentcomm.model.backbone import WeightsDtype, load_backbone
 from latentcomm.cli.parser import backbone_source, count, existing_dir, number, output_dir, parser
 from latentcomm.model.embedder import GenerativeEmbedder
@@ -61,9 +68,52 @@ def padding_share(model: GenerativeEmbedder, chosen: list[Batch]) -> float:
     return 1 - real / padded
 
 
-def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, reference: bool) -> tuple[float, list[float]]:
-    """Seconds for forward + backward over ``chosen`` (after one warm-up batch), and each batch's loss; the split
-    step, or with ``reference`` the one-pass step."""
+@dataclass
+class Work:
+    """What the backbone computed: positions forward only, positions forward under autograd (backpropagated),
+    and response tokens scored through the vocabulary projection (forward and backward)."""
+
+    forward: int = 0
+    autograd: int = 0
+    scored: int = 0
+
+    def linear_flops(self, model: GenerativeEmbedder) -> float:
+        """FLOPs of the linear layers: 2 x parameters per position forward, as much again backward (input
+        gradients only: the weights are frozen), and the vocabulary projection forward and backward."""
+        vocab = model.backbone.model.get_output_embeddings().weight.numel()
+        return linear_flops_per_position(model.backbone) * (self.forward + self.autograd) + \
+            4 * vocab * self.scored
+
+
+@contextmanager
+def counting(model: GenerativeEmbedder) -> Iterator[Work]:
+    """Count the ``Work`` of ``model``'s backbone passes and vocabulary projections meanwhile."""
+    work, backbone = Work(), model.backbone
+    hidden_states = backbone.hidden_states
+
+    def counted(embeds: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        positions = embeds.shape[0] * embeds.shape[1]
+        work.forward += positions
+        if torch.is_grad_enabled() and embeds.requires_grad:
+            work.autograd += positions
+        return hidden_states(embeds, *args, **kwargs)
+
+    def scored(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        work.scored += output.shape[:-1].numel()
+
+    hook = backbone.model.get_output_embeddings().register_forward_hook(scored)
+    backbone.hidden_states = counted
+    try:
+        yield work
+    finally:
+        del backbone.hidden_states
+        hook.remove()
+
+
+def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, reference: bool
+               ) -> tuple[float, list[float], Work]:
+    """Seconds for forward + backward over ``chosen`` (after one warm-up batch), each batch's loss and the work
+    done; the split step, or with ``reference`` the one-pass step."""
     def step(batch: Batch) -> float:
         queries, responses, targets, instructions = batch
         out = model(queries, responses, targets, instructions=instructions, reference=reference)
@@ -72,9 +122,11 @@ def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, reference: boo
         return float(out.loss.detach())
 
     step(chosen[0])
-    start = time.perf_counter()
-    losses = [step(batch) for batch in chosen]
-    return time.perf_counter() - start, losses
+    with counting(model) as work:
+        start = time.perf_counter()
+        losses = [step(batch) for batch in chosen]
+        seconds = time.perf_counter() - start
+    return seconds, losses, work
 
 
 def run(cfg: TrainConfig, count: int, short: int = 0) -> dict[str, Any]:
@@ -84,6 +136,7 @@ def run(cfg: TrainConfig, count: int, short: int = 0) -> dict[str, Any]:
     backbone = load_backbone(cfg.backbone, device=device, dtype=cfg.torch_weights_dtype)
     model = GenerativeEmbedder(backbone, cfg.head_config(data.targets.shape[1]), seed=cfg.seed)
     model.train()
+    peak = matmul_flops(backbone.dtype, device)
     random_batches = batches(data, replace(cfg, bucket_by_length=False), count)
     bucketed = batches(data, replace(cfg, bucket_by_length=True), count)
     samples = count * cfg.micro_batch
@@ -95,15 +148,19 @@ def run(cfg: TrainConfig, count: int, short: int = 0) -> dict[str, Any]:
         runs += [("one pass, short answers", short_answers(bucketed, short), True),
                  ("split, short answers", short_answers(bucketed, short), False)]
     for name, chosen, reference in runs:
-        seconds, losses[name] = time_steps(model, chosen, reference=reference)
+        seconds, losses[name], work = time_steps(model, chosen, reference=reference)
+        flops = work.linear_flops(model)
         results[name] = {"seconds": seconds, "samples_per_s": samples / seconds,
-                         "padding_share": padding_share(model, chosen)}
+                         "padding_share": padding_share(model, chosen), "work": asdict(work),
+                         "linear_gflop_per_sample": flops / samples / 1e9,
+                         "linear_flops_fraction_of_matmul": flops / seconds / peak}
     for name, entry in results.items():
-        baseline = "one pass, short answers" if "short" in name else "one pass, random batches"
-        entry["speedup"] = entry["samples_per_s"] / results[baseline]["samples_per_s"]
+        baseline = results["one pass, short answers" if "short" in name else "one pass, random batches"]
+        entry["speedup"] = entry["samples_per_s"] / baseline["samples_per_s"]
+        entry["work_ratio"] = baseline["linear_gflop_per_sample"] / entry["linear_gflop_per_sample"]
     diff = np.abs(np.array(losses["one pass, random batches"]) - np.array(losses["split, random batches"]))
     out = {"backbone": backbone.backbone_id, "dtype": str(backbone.dtype).removeprefix("torch."),
-           "threads": torch.get_num_threads(), "micro_batch": cfg.micro_batch, "batches": count,
+           "threads": torch.get_num_threads(), "matmul_flops": peak, "micro_batch": cfg.micro_batch, "batches": count,
            "in_context_share": cfg.in_context_share, "results": results,
            "same_batches_max_loss_difference": float(diff.max()),
            "same_batches_mean_loss": float(np.mean(losses["one pass, random batches"])),
@@ -127,10 +184,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     bars = ax.bar([n.replace(", ", ",\n") for n in names], values, color=["tab:gray", "tab:blue", "tab:green", "tab:gray", "tab:purple"][:len(names)])
     for bar, name in zip(bars, names):
         entry = result["results"][name]
-        ax.annotate(f"{entry['speedup']:.2f}x\npadding {entry['padding_share']:.0%}",
+        ax.annotate(f"{entry['speedup']:.2f}x (work {entry['work_ratio']:.2f}x)\npadding {entry['padding_share']:.0%}\n"
+                    f"{entry['linear_flops_fraction_of_matmul']:.0%} of matmul",
                     (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("training samples / s (forward + backward)")
-    ax.set_ylim(0, max(values) * 1.3)
+    ax.set_ylim(0, max(values) * 1.45)
     ax.set_title(f"training step, micro-batch {result['micro_batch']}, {result['batches']} batches, "
                  f"{result['dtype']} backbone, {result['threads']} threads", fontsize=9)
     fig.tight_layout()
@@ -171,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(result, out / "train.png")
     for name, entry in result["results"].items():
         print(f"{name:<26} {entry['samples_per_s']:7.2f} samples/s  x{entry['speedup']:.2f}  "
-              f"padding {entry['padding_share']:.0%}")
+              f"padding {entry['padding_share']:.0%}  {entry['linear_gflop_per_sample']:6.1f} GFLOP/sample "
+              f"(work x{entry['work_ratio']:.2f})  {entry['linear_flops_fraction_of_matmul']:.0%} of the matmul peak")
     print(f"same batches: max |loss difference| {result['same_batches_max_loss_difference']:.2e} "
           f"(mean loss {result['same_batches_mean_loss']:.3f})")
     if args.short_answers:

@@ -323,6 +323,9 @@ def test_bench_encode_side_by_side_says_when_the_official_package_is_missing(tin
     assert side["positions_per_text"]["latentcomm float32"] < \
         side["positions_per_text"]["latentcomm float32, no prefix cache"]
     assert side["int8_drift"]["embedding_cosine_mean"] > 0.9
+    assert set(side["linear_flops_fraction_of_matmul"]) == {"latentcomm float32", "latentcomm float32, no prefix cache"}
+    assert all(share > 0 for share in side["linear_flops_fraction_of_matmul"].values())
+    assert side["matmul_flops"]["float32"] > 0 and side["linear_flops_per_position"] > 0
     assert side["cosine_to_plain_float32"]["latentcomm float32"]["min"] > 0.9999  # cache and groups: same numbers
     texts = encode.benchmark_texts(6)  # the in-run baseline computes the same latents, only without the cache
     np.testing.assert_allclose(encode.variant(tiny_model, prefix_cache=False).compress(texts).numpy(),
@@ -339,3 +342,32 @@ def test_official_peer_runs_on_our_backbone(tiny_backbone_dir, tiny_model) -> No
     texts = ["a short one", "a somewhat longer text to encode", "x"]
     assert tuple(peer.encode(texts, batch_size=2).shape) == (3, tiny_model.config.embed_dim)
     assert peer.tokens(texts, 2) >= 3 * (tiny_model.config.num_special + 1)
+
+
+def test_bench_train_counts_the_work_of_each_step(tiny_model) -> None:
+    """The split step backpropagates fewer positions than the one pass, scores the same response tokens, and its
+    linear FLOPs follow from the counts."""
+    from latentcomm.benchmarks.train import counting, time_steps
+
+    queries = ["What is a cat?", "Explain tides to a child, please, in some detail."]
+    responses = ["A small animal.", "The moon pulls the sea, and the sea rises and falls twice a day."]
+    batch = (queries, responses, torch.randn(2, tiny_model.config.embed_dim), [None, None])
+    works = {}
+    for reference in (True, False):
+        seconds, losses, works[reference] = time_steps(tiny_model, [batch], reference=reference)
+        assert seconds > 0 and len(losses) == 1
+    scored = sum(len(ids) for ids in tiny_model.response_ids(responses))
+    assert works[True].scored == works[False].scored == scored
+    assert 0 < works[False].autograd < works[True].autograd <= works[True].forward
+    assert works[False].forward > works[False].autograd  # the query ran without autograd
+    assert "hidden_states" not in vars(tiny_model.backbone)  # the counter is gone afterwards
+    with counting(tiny_model) as work:
+        with torch.no_grad():
+            tiny_model.latent_vectors(queries)
+    assert work.autograd == 0 and work.scored == 0 and work.forward > 0
+    per_position = 2 * sum(p.numel() for n, p in tiny_model.backbone.model.base_model.named_parameters()
+                           if "embed_tokens" not in n)
+    assert work.linear_flops(tiny_model) == per_position * work.forward
+    vocab = tiny_model.backbone.model.get_output_embeddings().weight.numel()  # a backward costs a forward again
+    assert works[False].linear_flops(tiny_model) == \
+        per_position * (works[False].forward + works[False].autograd) + 4 * vocab * scored
