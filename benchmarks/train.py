@@ -2,7 +2,7 @@
 bucketing, measured in one run on the same batches, with the losses compared.
 
 Three configurations, each a forward + backward (gradients of the head only, no optimizer step, so every
-configuration sees the same head):
+configuration sees the same head), timed in rounds (every configuration once per round, the median reported):
 
 * ``one pass, random batches`` — the step as it was: the whole input under autograd, batches in random order;
 * ``split, random batches`` — the same batches: the query runs without autograd and hands its KV cache to
@@ -17,7 +17,9 @@ step (the speed-up the same kernels would give) and the achieved share of a matm
 configuration near its work ratio and near the matmul peak is as fast as its computation allows.
 With ``--short-answers K`` two more, on the same bucketed batches with every latent read inside a reading
 instruction and each response cut to its first K words (objectives that answer from a latent in a few tokens):
-``one pass, short answers`` and ``split, short answers``, losses compared.
+``one pass, short answers`` and ``split, short answers``, losses compared. With ``--cut-responses K`` one more:
+``split, responses cut to K tokens`` on the bucketed batches (``--max-response-tokens K`` for that configuration;
+``latentcomm bench positions`` measures how much of the latent's signal such a cut keeps).
 Writes ``train.json`` and ``train.png``.
 """
 from __future__ import annotations
@@ -129,7 +131,7 @@ def time_steps(model: GenerativeEmbedder, chosen: list[Batch], *, reference: boo
     return seconds, losses, work
 
 
-def run(cfg: TrainConfig, count: int, short: int = 0) -> dict[str, Any]:
+def run(cfg: TrainConfig, count: int, short: int = 0, cut: int = 0, rounds: int = 3) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     data = TrainingData.load(cfg)
     device = torch.device("cpu")
@@ -142,18 +144,29 @@ def run(cfg: TrainConfig, count: int, short: int = 0) -> dict[str, Any]:
     samples = count * cfg.micro_batch
     results: dict[str, dict[str, float]] = {}
     losses = {}
-    runs = [("one pass, random batches", random_batches, True), ("split, random batches", random_batches, False),
-            ("split, bucketed batches", bucketed, False)]
+    full = model.config
+    runs = [("one pass, random batches", random_batches, True, full),
+            ("split, random batches", random_batches, False, full), ("split, bucketed batches", bucketed, False, full)]
     if short:
-        runs += [("one pass, short answers", short_answers(bucketed, short), True),
-                 ("split, short answers", short_answers(bucketed, short), False)]
-    for name, chosen, reference in runs:
-        seconds, losses[name], work = time_steps(model, chosen, reference=reference)
-        flops = work.linear_flops(model)
-        results[name] = {"seconds": seconds, "samples_per_s": samples / seconds,
-                         "padding_share": padding_share(model, chosen), "work": asdict(work),
+        runs += [("one pass, short answers", short_answers(bucketed, short), True, full),
+                 ("split, short answers", short_answers(bucketed, short), False, full)]
+    if cut:
+        runs.append((f"split, responses cut to {cut} tokens", bucketed, False, replace(full, max_response_tokens=cut)))
+    seconds: dict[str, list[float]] = {name: [] for name, *_ in runs}
+    works: dict[str, Work] = {}
+    for _ in range(rounds):  # every configuration in each round, so that a change of load hits all alike
+        for name, chosen, reference, head in runs:
+            model.config = head
+            took, losses[name], works[name] = time_steps(model, chosen, reference=reference)
+            seconds[name].append(took)
+    for name, chosen, _, head in runs:
+        model.config = head
+        took, flops = float(np.median(seconds[name])), works[name].linear_flops(model)
+        results[name] = {"seconds": took, "seconds_per_round": seconds[name], "samples_per_s": samples / took,
+                         "padding_share": padding_share(model, chosen), "work": asdict(works[name]),
                          "linear_gflop_per_sample": flops / samples / 1e9,
-                         "linear_flops_fraction_of_matmul": flops / seconds / peak}
+                         "linear_flops_fraction_of_matmul": flops / took / peak}
+    model.config = full
     for name, entry in results.items():
         baseline = results["one pass, short answers" if "short" in name else "one pass, random batches"]
         entry["speedup"] = entry["samples_per_s"] / baseline["samples_per_s"]
@@ -161,6 +174,7 @@ def run(cfg: TrainConfig, count: int, short: int = 0) -> dict[str, Any]:
     diff = np.abs(np.array(losses["one pass, random batches"]) - np.array(losses["split, random batches"]))
     out = {"backbone": backbone.backbone_id, "dtype": str(backbone.dtype).removeprefix("torch."),
            "threads": torch.get_num_threads(), "matmul_flops": peak, "micro_batch": cfg.micro_batch, "batches": count,
+           "rounds": rounds,
            "in_context_share": cfg.in_context_share, "results": results,
            "same_batches_max_loss_difference": float(diff.max()),
            "same_batches_mean_loss": float(np.mean(losses["one pass, random batches"])),
@@ -181,7 +195,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     names = list(result["results"])
     values = [result["results"][n]["samples_per_s"] for n in names]
     fig, ax = plt.subplots(figsize=(max(8, 2 * len(names)), 4))
-    bars = ax.bar([n.replace(", ", ",\n") for n in names], values, color=["tab:gray", "tab:blue", "tab:green", "tab:gray", "tab:purple"][:len(names)])
+    bars = ax.bar([n.replace(", ", ",\n") for n in names], values,
+                  color=["tab:gray" if n.startswith("one pass") else "tab:blue" for n in names])
     for bar, name in zip(bars, names):
         entry = result["results"][name]
         ax.annotate(f"{entry['speedup']:.2f}x (work {entry['work_ratio']:.2f}x)\npadding {entry['padding_share']:.0%}\n"
@@ -189,7 +204,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
                     (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("training samples / s (forward + backward)")
     ax.set_ylim(0, max(values) * 1.45)
-    ax.set_title(f"training step, micro-batch {result['micro_batch']}, {result['batches']} batches, "
+    ax.set_title(f"training step, micro-batch {result['micro_batch']}, {result['batches']} batches, median of "
+                 f"{result['rounds']} rounds, "
                  f"{result['dtype']} backbone, {result['threads']} threads", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -211,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=count(1), default=None, help="torch CPU threads")
     ap.add_argument("--short-answers", type=count(0), default=0, metavar="K",
                     help="also time in-context reading with responses cut to K words (0: not)")
+    ap.add_argument("--rounds", type=count(1), default=3,
+                    help="rounds of all configurations, one after the other in each (the median is reported)")
+    ap.add_argument("--cut-responses", type=count(0), default=0, metavar="K",
+                    help="also time the split step with responses cut to K tokens (0: not)")
     ap.add_argument("--train-limit", type=count(1), default=None,
                     help="read only the first N training samples of --run (the batches are drawn from those)")
     ap.add_argument("--out", type=output_dir, default=f"runs/bench/train-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -222,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                       head=head, micro_batch=args.micro_batch, in_context_share=args.in_context_share,
                       train_limit=args.train_limit)
     cfg.check_inputs()
-    result = run(cfg, args.batches, args.short_answers)
+    result = run(cfg, args.batches, args.short_answers, args.cut_responses, args.rounds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -271,6 +271,9 @@ HOSTILE: list[tuple[str, ...]] = [
     ("bench", "train", "--run", "{emptydir}", "--in-context-share", "2"),
     ("bench", "train", "--run", "{emptydir}", "--threads", "0"),
     ("bench", "train", "--run", "{emptydir}"),
+    ("bench", "positions", "--run", "{missing}"),
+    ("bench", "positions", "--run", "{emptydir}", "--samples", "0"),
+    ("bench", "positions", "--run", "{emptydir}"),
 ]
 
 

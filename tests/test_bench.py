@@ -371,3 +371,22 @@ def test_bench_train_counts_the_work_of_each_step(tiny_model) -> None:
     vocab = tiny_model.backbone.model.get_output_embeddings().weight.numel()  # a backward costs a forward again
     assert works[False].linear_flops(tiny_model) == \
         per_position * (works[False].forward + works[False].autograd) + 4 * vocab * scored
+
+
+def test_bench_positions_reads_each_response_three_ways(tiny_model) -> None:
+    """Per-token NLL after the latent, the query as text and an empty turn; the shares of gain are cumulative."""
+    from latentcomm.benchmarks.positions import CUTS, READINGS, response_nll, summarise
+
+    queries = ["What is a cat?", "Explain tides."]
+    responses = ["A small animal that purrs and sleeps a lot. " * 3, "The moon pulls the sea."]
+    nll = response_nll(tiny_model, queries, responses)
+    lengths = [len(ids) for ids in tiny_model.response_ids(responses)]
+    assert set(nll) == set(READINGS)
+    assert all([len(row) for row in nll[r]] == lengths for r in READINGS)
+    assert all(np.isfinite(row).all() and (row >= 0).all() for r in READINGS for row in nll[r])
+    result = summarise(nll, [True, False])
+    assert len(result["by_position"]["latent"]) == lengths[0] - 1  # the cut row's end token is scored apart
+    assert result["end_token_of_cut_responses"]["latent"] == pytest.approx(float(nll["latent"][0][-1]))
+    tokens = result["share_of_tokens_within_first"]
+    assert list(tokens) == [k for k in CUTS if k < lengths[0] - 1] and list(tokens.values()) == sorted(tokens.values())
+    assert result["tokens_at_position"][0] == 2 and result["tokens_at_position"][-1] == 1

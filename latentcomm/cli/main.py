@@ -43,6 +43,8 @@ BENCHMARKS: dict[str, Command] = {
     "mteb": Command("latentcomm.benchmarks.mteb", "the real MTEB (needs the hub) or the offline mini-MTEB, one model"),
     "suite": Command("latentcomm.benchmarks.suite", "mini-MTEB, reasoning and safety retrieval as Ray jobs"),
     "train": Command("latentcomm.benchmarks.train", "training samples/s: the one-pass step vs the KV-cached split"),
+    "positions": Command("latentcomm.benchmarks.positions",
+                         "where along a response the latent informs the backbone (how much to reconstruct)"),
     "serve": Command("latentcomm.benchmarks.serve",
                      "requests/s and p50/p99 vs concurrent agents: batching on/off, HTTP vs actor calls"),
 }
