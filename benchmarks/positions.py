@@ -5,13 +5,15 @@ On held-out queries of a run, the backbone's per-token loss (NLL) of its own res
 three ways: after the head's latent (a bare soft prompt, as training reconstructs it), after the query as a user
 turn (the text ceiling) and after an empty user turn (the floor: what the backbone predicts from the response's
 own prefix). The latent's gain at a position is floor - latent; the share of its whole gain within the first K
-tokens is what a cut at K keeps of the signal the head learned from. The end token of a response that reaches
-``max_response_tokens`` is scored apart (it marks where the cut, or generation, stopped: not content). Writes
-``positions.json`` and ``positions.png``.
+tokens is what a cut at K keeps of the signal the head learned from. A response longer than
+``max_response_tokens`` is scored without an end token (``response_ids``); the end token of one that fills it
+exactly is scored apart (it marks where generation stopped, not content). Writes ``positions.json`` and
+``positions.png``.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,8 @@ def summarise(nll: dict[str, list[np.ndarray]], cut: list[bool]) -> dict[str, An
             "share_of_tokens_within_first": {k: sum(min(len(row), k) for row in content["latent"]) / tokens
                                              for k in CUTS if k < width},
             "mean": {r: float(np.mean(np.concatenate(rows))) for r, rows in content.items()},
+            "mean_within_first": {k: {r: float(np.mean(np.concatenate([row[:k] for row in rows])))
+                                      for r, rows in content.items()} for k in CUTS if k < width},
             "end_token_of_cut_responses": {r: float(np.mean([row[-1] for row, c in zip(rows, cut) if c]))
                                            for r, rows in nll.items()} if any(cut) else None}
 
@@ -108,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, type=existing_dir, help="run directory with held-out responses")
     p.add_argument("--head", type=head_folder, default=None, help="saved head folder (default: the shipped head)")
     p.add_argument("--samples", type=count(1), default=128, help="held-out queries read")
+    p.add_argument("--response-tokens", type=count(2), default=None,
+                   help="score each response up to this many tokens (default: the head's max_response_tokens; "
+                        "set it alike to compare heads trained on different cuts)")
     p.add_argument("--out", type=output_dir, default="runs/bench/positions")
     args = p.parse_args(argv)
     from latentcomm.training.responses import read_responses
@@ -116,18 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     if not held_out:
         p.error(f"{args.run} has no held-out responses")
     model = load_embedder(args.head, dtype=torch.float32)
+    trained_on = model.config.max_response_tokens
+    if args.response_tokens:
+        model.config = replace(model.config, max_response_tokens=args.response_tokens)
     queries, responses = [r["query"] for r in held_out], [r["response"] for r in held_out]
-    tok = model.backbone.tokenizer
-    cut = [len(ids) >= model.config.max_response_tokens - 1  # reaches the cut: its end token marks where it stopped
-           for ids in tok(responses, add_special_tokens=False).input_ids]
+    eos, limit = model.backbone.tokenizer.eos_token_id, model.config.max_response_tokens
+    cut = [len(ids) == limit and ids[-1] == eos  # fills the cut and ends: generation stopped there, not the response
+           for ids in model.response_ids(responses)]
     result = {"head": model.fingerprint, "samples": len(held_out),
-              "max_response_tokens": model.config.max_response_tokens, "cut_responses": sum(cut),
+              "head_max_response_tokens": trained_on, "scored_tokens": model.config.max_response_tokens,
+              "ending_at_the_cut": sum(cut),
               **summarise(response_nll(model, queries, responses), cut)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "positions.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out / "positions.png")
-    print(f"{len(held_out)} held-out responses, head {model.fingerprint}, {sum(cut)} cut at "
-          f"{model.config.max_response_tokens} tokens; mean NLL " +
+    print(f"{len(held_out)} held-out responses, head {model.fingerprint} (trained on {trained_on} tokens), scored up "
+          f"to {limit} tokens ({sum(cut)} ending exactly there); mean NLL " +
           ", ".join(f"{r} {v:.3f}" for r, v in result["mean"].items()))
     for k, share in result["share_of_tokens_within_first"].items():
         gain = result["share_of_gain_within_first"]

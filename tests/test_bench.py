@@ -390,3 +390,6 @@ def test_bench_positions_reads_each_response_three_ways(tiny_model) -> None:
     tokens = result["share_of_tokens_within_first"]
     assert list(tokens) == [k for k in CUTS if k < lengths[0] - 1] and list(tokens.values()) == sorted(tokens.values())
     assert result["tokens_at_position"][0] == 2 and result["tokens_at_position"][-1] == 1
+    first = min(tokens)
+    assert result["mean_within_first"][first]["text"] == pytest.approx(
+        float(np.mean(np.concatenate([nll["text"][0][:first], nll["text"][1][:first]]))))

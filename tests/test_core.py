@@ -551,3 +551,17 @@ def test_reconstruction_runs_responses_of_different_widths_in_separate_passes(ti
     assert grouped >= 3  # the instruction prefixes, then the long responses and the short ones apart
     assert torch.equal(labels, ref_labels)
     torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_cut_response_is_reconstructed_without_an_end_token(tiny_model) -> None:
+    """A response that fits keeps its end token; one longer than max_response_tokens is cut there with none (it does
+    not end at the cut: an end token would teach the head to stop)."""
+    tok, limit = tiny_model.backbone.tokenizer, tiny_model.config.max_response_tokens
+    short, long = "A small animal.", " ".join(["word"] * (3 * limit))
+    ids = [tok(text, add_special_tokens=False).input_ids for text in (short, long)]
+    got = tiny_model.response_ids([short, long])
+    assert got[0] == ids[0] + [tok.eos_token_id]
+    assert got[1] == ids[1][:limit] and tok.eos_token_id not in got[1]
+    exact = tok.decode(ids[1][:limit - 1])  # one token short of the limit: it still fits with its end token
+    fitted = tiny_model.response_ids([exact])[0]
+    assert len(fitted) <= limit and fitted[-1] == tok.eos_token_id

@@ -284,10 +284,13 @@ class GenerativeEmbedder(nn.Module):
         return self.head.latent(hidden[:, self.config.num_thought:self.config.num_special])
 
     def response_ids(self, responses: list[str]) -> list[list[int]]:
-        """The token ids each response is reconstructed as: cut to ``max_response_tokens`` with the end token."""
+        """The token ids each response is reconstructed as: the response and the end token, or, when that is longer
+        than ``max_response_tokens``, its first ``max_response_tokens`` tokens without one (a cut response does not
+        end there: an end token would teach the head to stop at the cut; ``bench positions`` measured it)."""
         tok = self.backbone.tokenizer
         limit = self.config.max_response_tokens
-        return [ids[:limit - 1] + [tok.eos_token_id] for ids in tok(responses, add_special_tokens=False).input_ids]
+        return [ids + [tok.eos_token_id] if len(ids) < limit else ids[:limit]
+                for ids in tok(responses, add_special_tokens=False).input_ids]
 
     def reconstruction_logits(self, latent: torch.Tensor, responses: list[str],
                               instructions: Sequence[Instruction | None] | None = None, *,
