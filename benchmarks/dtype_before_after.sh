@@ -6,14 +6,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/dtype}
+mkdir -p "$out"
 export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false
 export ONEDNN_MAX_CPU_ISA=AVX512_CORE
 for dtype in float32 bfloat16; do
   export LATENTCOMM_DTYPE=$dtype
   start=$EPOCHREALTIME
-  .venv/bin/latentcomm run --agents 3 --questions 6 --modes latent kv text --out "$out/$dtype" > "$out-$dtype-job.log" 2>&1
+  .venv/bin/latentcomm run --agents 3 --questions 6 --modes latent kv text --out "$out/$dtype" > "$out/$dtype-job.log" 2>&1
   echo "$dtype: latentcomm run --agents 3 --questions 6 --modes latent kv text: $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $start}") s"
   start=$EPOCHREALTIME
-  .venv/bin/python -m pytest -q -p no:cacheprovider > "$out-$dtype-tests.log" 2>&1
-  echo "$dtype: the test suite ($(tail -1 "$out-$dtype-tests.log")): $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $start}") s"
+  .venv/bin/python -m pytest -q -p no:cacheprovider > "$out/$dtype-tests.log" 2>&1
+  echo "$dtype: the test suite ($(tail -1 "$out/$dtype-tests.log")): $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $start}") s"
 done

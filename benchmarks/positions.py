@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from latentcomm.cli.parser import count, existing_dir, head_folder, output_dir, parser
 from latentcomm.model.embedder import GenerativeEmbedder, load_embedder
+from latentcomm.model.losses import token_losses
 from latentcomm.model.prompt import positions_of
 
 READINGS = ("latent", "text", "empty")
@@ -37,20 +37,26 @@ def _answer_nll(model: GenerativeEmbedder, prompt: torch.Tensor, answer: list[in
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=bb.device)
     hidden, _ = bb.hidden_states(embeds, mask, positions_of(mask))
     logits = bb.model.get_output_embeddings()(hidden[0, prompt.shape[0] - 1:])
-    return F.cross_entropy(logits.float(), ids, reduction="none").cpu().numpy()
+    return token_losses(logits, ids, [len(answer)])[0].cpu().numpy()
 
 
 @torch.no_grad()
-def response_nll(model: GenerativeEmbedder, queries: list[str], responses: list[str]) -> dict[str, list[np.ndarray]]:
-    """Each response's per-token NLL after the latent of its query, the query as text, and an empty user turn."""
+def response_nll(model: GenerativeEmbedder, queries: list[str], responses: list[str], *, batch_size: int = 16
+                 ) -> dict[str, list[np.ndarray]]:
+    """Each response's per-token NLL after the latent of its query (read as training reconstructs it:
+    ``reconstruction_logits``), the query as text, and an empty user turn."""
     answers = model.response_ids(responses)
-    latents = model.compress(queries, batch_size=16).vectors
     out: dict[str, list[np.ndarray]] = {reading: [] for reading in READINGS}
-    for i, answer in enumerate(answers):
-        out["latent"].append(_answer_nll(model, latents[i], answer))
-        for reading, text in (("text", queries[i]), ("empty", "")):
-            embeds, mask = model.respond_prompts([text])
-            out[reading].append(_answer_nll(model, embeds[0][mask[0].bool()], answer))
+    for start in range(0, len(queries), batch_size):
+        batch = slice(start, start + batch_size)
+        logits, labels = model.reconstruction_logits(model.latent_vectors(queries[batch]), responses[batch])
+        out["latent"] += [row.cpu().numpy() for row in token_losses(logits, labels, [len(a) for a in answers[batch]])]
+    embeds, mask = model.respond_prompts([""])
+    empty = embeds[0][mask[0].bool()]
+    for query, answer in zip(queries, answers):
+        embeds, mask = model.respond_prompts([query])
+        out["text"].append(_answer_nll(model, embeds[0][mask[0].bool()], answer))
+        out["empty"].append(_answer_nll(model, empty, answer))
     return out
 
 

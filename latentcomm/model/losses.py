@@ -15,12 +15,16 @@ def reconstruction_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
+def token_losses(logits: torch.Tensor, labels: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, ...]:
+    """Each row's token NLLs from flat logits (N, V) and labels (N,) whose rows hold ``counts`` tokens
+    (``reconstruction_logits``' layout, every position labelled)."""
+    return F.cross_entropy(logits.float(), labels, reduction="none").split(counts)
+
+
 def row_losses(logits: torch.Tensor, labels: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Mean token NLL of each row (B,) from flat logits (N, V) and labels (N,) whose rows hold ``counts`` tokens
-    (``reconstruction_logits``' layout, every position labelled); their token-weighted mean is
+    """Mean token NLL of each row (B,) (``token_losses``' layout); their token-weighted mean is
     ``reconstruction_loss``."""
-    tokens = F.cross_entropy(logits.float(), labels, reduction="none")
-    return torch.stack([chunk.mean() for chunk in tokens.split(counts)])
+    return torch.stack([chunk.mean() for chunk in token_losses(logits, labels, counts)])
 
 
 def alignment_loss(predicted: torch.Tensor, target: torch.Tensor, kind: AlignLoss = "mse") -> torch.Tensor:
