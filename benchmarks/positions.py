@@ -62,7 +62,8 @@ def response_nll(model: GenerativeEmbedder, queries: list[str], responses: list[
 
 def summarise(nll: dict[str, list[np.ndarray]], cut: list[bool]) -> dict[str, Any]:
     """Mean NLL per position (end tokens of cut responses apart) and the share of the latent's and the text's gain
-    over the floor within the first K tokens, for each K of ``CUTS``."""
+    over the floor within the first K tokens, for each K of ``CUTS`` (None where the reading gains nothing over the
+    floor in all: there is no gain to share out)."""
     content = {r: [row[:-1] if was_cut else row for row, was_cut in zip(rows, cut)] for r, rows in nll.items()}
     width = max(len(row) for row in content["latent"])
     by_position = {r: [float(np.mean([row[p] for row in rows if len(row) > p])) for p in range(width)]
@@ -72,7 +73,8 @@ def summarise(nll: dict[str, list[np.ndarray]], cut: list[bool]) -> dict[str, An
     for reading in ("latent", "text"):
         gains = [floor - row for floor, row in zip(content["empty"], content[reading])]
         total = sum(g.sum() for g in gains)
-        shares[reading] = {k: float(sum(g[:k].sum() for g in gains) / total) for k in CUTS if k < width}
+        shares[reading] = {k: float(sum(g[:k].sum() for g in gains) / total) if total > 0 else None
+                           for k in CUTS if k < width}
     tokens = sum(len(row) for row in content["latent"])
     return {"by_position": by_position, "tokens_at_position": counts,
             "share_of_gain_within_first": shares,
@@ -100,7 +102,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     left.set_title(f"{result['samples']} held-out responses of {result['head']}", fontsize=9)
     left.legend()
     for reading in ("latent", "text"):
-        shares = result["share_of_gain_within_first"][reading]
+        shares = {k: v for k, v in result["share_of_gain_within_first"][reading].items() if v is not None}
         right.plot([int(k) for k in shares], list(shares.values()), "o-", label=f"{reading}: gain over empty")
     tokens = result["share_of_tokens_within_first"]
     right.plot([int(k) for k in tokens], list(tokens.values()), "s:", color="gray", label="tokens")
@@ -147,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
           f"to {limit} tokens ({sum(cut)} ending exactly there); mean NLL " +
           ", ".join(f"{r} {v:.3f}" for r, v in result["mean"].items()))
     for k, share in result["share_of_tokens_within_first"].items():
-        gain = result["share_of_gain_within_first"]
-        print(f"first {k:>2} tokens: {share:.0%} of the tokens, {gain['latent'][k]:.0%} of the latent's gain, "
-              f"{gain['text'][k]:.0%} of the text's")
+        gain = {r: "no gain over the floor" if v[k] is None else f"{v[k]:.0%}"
+                for r, v in result["share_of_gain_within_first"].items()}
+        print(f"first {k:>2} tokens: {share:.0%} of the tokens, {gain['latent']} of the latent's gain, "
+              f"{gain['text']} of the text's")
     print(f"wrote {args.out / 'positions.json'} and {args.out / 'positions.png'}")
     return 0
 

@@ -390,6 +390,8 @@ def test_bench_positions_reads_each_response_three_ways(tiny_model) -> None:
     tokens = result["share_of_tokens_within_first"]
     assert list(tokens) == [k for k in CUTS if k < lengths[0] - 1] and list(tokens.values()) == sorted(tokens.values())
     assert result["tokens_at_position"][0] == 2 and result["tokens_at_position"][-1] == 1
+    worse = {**nll, "latent": [row + nll["empty"][i] + 1 for i, row in enumerate(nll["latent"])]}
+    assert all(v is None for v in summarise(worse, [True, False])["share_of_gain_within_first"]["latent"].values())
     first = min(tokens)
     assert result["mean_within_first"][first]["text"] == pytest.approx(
         float(np.mean(np.concatenate([nll["text"][0][:first], nll["text"][1][:first]]))))
