@@ -274,6 +274,9 @@ HOSTILE: list[tuple[str, ...]] = [
     ("bench", "positions", "--run", "{missing}"),
     ("bench", "positions", "--run", "{emptydir}", "--samples", "0"),
     ("bench", "positions", "--run", "{emptydir}"),
+    ("bench", "positions", "--run", "{emptydir}", "--response-tokens", "1"),
+    ("bench", "train", "--run", "{emptydir}", "--rounds", "0"),
+    ("bench", "train", "--run", "{emptydir}", "--cut-responses", "-1"),
 ]
 
 
